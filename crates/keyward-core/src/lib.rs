@@ -1,0 +1,19 @@
+//! keyward-core: the API-key format and the domain rules of keyward.
+//!
+//! Everything here is pure: no I/O, no async, no database and no wire types.
+//! Values are parsed once at the edge (`ApiKeySecret::parse`, `KeyName::parse`,
+//! `Scope::parse`, ...) and are known good afterwards.
+
+mod fields;
+mod hash;
+mod id;
+mod key;
+mod secret;
+
+pub use fields::{
+    Description, FieldError, KeyName, Metadata, OptionalRef, OrganizationId, Scope, Scopes,
+};
+pub use hash::{LookupHash, LookupHasher};
+pub use id::{KeyId, new_ulid};
+pub use key::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
+pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError};

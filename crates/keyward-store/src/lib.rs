@@ -1,0 +1,19 @@
+//! keyward-store: persistence of API keys and their audit log with sea-orm.
+//!
+//! Works on SQLite, PostgreSQL and MySQL/MariaDB. Knows nothing about tonic or
+//! the wire format: it takes and returns `keyward-core` domain types.
+//! Every mutation writes its `KeyEvent` in the same transaction as the change,
+//! hash-chained per organization (see `audit`).
+
+mod audit;
+pub mod entity;
+mod error;
+pub mod migration;
+mod repo;
+
+pub use audit::{AuditReport, BrokenLink};
+pub use error::StoreError;
+pub use repo::{
+    EventPage, EventQuery, EventType, KeyEvent, KeyPage, KeyPatch, ListQuery, NewKey, Page,
+    Store, UsageRecord,
+};
