@@ -1,1 +1,20 @@
-//! keyward
+//! keyward: the gRPC server and CLI.
+//!
+//! `startup` builds the application (store, listener, services); `admin` and
+//! `validation_api` are the two keyward.v1 services; `validation` is the
+//! validation path they share with the auth layer; `error` is the one place
+//! where errors become `tonic::Status`; `convert` holds every wire/domain
+//! conversion. Only this crate knows about tonic.
+
+pub mod admin;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod pb;
+pub mod request_id;
+pub mod startup;
+pub mod telemetry;
+pub mod validation;
+pub mod validation_api;
+
+pub use startup::{Application, Settings, StartupError, bootstrap, open_store};

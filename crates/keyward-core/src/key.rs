@@ -287,7 +287,7 @@ mod tests {
         let read = Scope::parse("orders:read").unwrap();
         let other = Scope::parse("billing:read").unwrap();
         let mut k = key();
-        assert_eq!(k.verdict(&[read.clone()], now), ValidationCode::Valid);
+        assert_eq!(k.verdict(std::slice::from_ref(&read), now), ValidationCode::Valid);
         assert_eq!(k.verdict(&[read.clone(), other], now), ValidationCode::InsufficientScope);
         k.expires_at = Some(now + Duration::hours(1));
         assert_eq!(k.verdict(&[], now), ValidationCode::Valid);

@@ -10,6 +10,9 @@ pub mod entity;
 mod error;
 pub mod migration;
 mod repo;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod time;
 
 pub use audit::{AuditReport, BrokenLink};
 pub use error::StoreError;

@@ -1,1 +1,26 @@
-//! Migrations.
+//! Schema migrations with sea-orm-migration.
+//!
+//! Each migration is a timestamped module with `up` and `down`, written with
+//! the schema builder so one definition serves SQLite, PostgreSQL and
+//! MySQL/MariaDB. Applied migrations are recorded in `keyward_migrations`.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_tables;
+
+/// keyward's migrations, in order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_tables::Migration)]
+    }
+
+    // Our own table name, so keyward can share a database with another
+    // sea-orm application without mixing their migration histories.
+    fn migration_table_name() -> DynIden {
+        Alias::new("keyward_migrations").into_iden()
+    }
+}

@@ -3,15 +3,26 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use keyward_core::{
-    Actor, ApiKey, Description, Environment, KeyId, KeyKind, KeyName, KeyStatus, LookupHash,
-    Metadata, OrganizationId, Scopes,
+    Actor, ActorKind, ApiKey, Description, Environment, KeyId, KeyKind, KeyName, KeyStatus,
+    LookupHash, Metadata, OrganizationId, Scopes,
 };
-use sea_orm::DatabaseConnection;
+use sea_orm::sea_query::Expr;
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait,
+    Database, DatabaseConnection, EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use serde_json::json;
 
-use crate::audit::AuditReport;
-use crate::error::StoreError;
+use crate::audit::{self, AuditReport, Chain, Changes, NewEvent};
+use crate::entity::{api_keys, key_events, keyward_settings};
+use crate::error::{StoreError, is_unavailable};
+use crate::migration::Migrator;
+use crate::time;
 
 /// A handle on the database. Cheap to clone (a connection pool).
 #[derive(Debug, Clone)]
@@ -175,10 +186,56 @@ pub struct UsageRecord {
     pub user_agent: Option<String>,
 }
 
+/// Name of the setting holding the lookup-hasher fingerprint.
+const HASHER_FINGERPRINT: &str = "lookup_hasher_fingerprint";
+/// Longest stored client IP (an IPv6 address with zone fits).
+const MAX_IP_CHARS: usize = 64;
+/// Longest stored user agent; longer ones are cut.
+const MAX_USER_AGENT_CHARS: usize = 512;
+/// Largest page.
+const MAX_PAGE: u32 = 1000;
+
 impl Store {
     /// Connects to `url` (`sqlite://...`, `postgres://...`, `mysql://...`).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        todo!()
+        let mut options = ConnectOptions::new(url);
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5));
+        if url.starts_with("sqlite:") {
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                // Every connection to an in-memory database is its own database:
+                // keep exactly one, forever.
+                options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None::<Duration>)
+                    .max_lifetime(None::<Duration>);
+            } else {
+                // WAL lets readers (the validation path) proceed while a writer
+                // commits; writers queue on the busy timeout.
+                options
+                    .max_connections(8)
+                    .map_sqlx_sqlite_opts(|opts| {
+                        opts.journal_mode(SqliteJournalMode::Wal)
+                            .busy_timeout(Duration::from_secs(5))
+                    });
+            }
+        } else {
+            options
+                .max_connections(16)
+                .min_connections(1)
+                .idle_timeout(Duration::from_secs(300));
+        }
+        let db = Database::connect(options).await.map_err(|err| {
+            if is_unavailable(&err) {
+                StoreError::Unavailable(err)
+            } else {
+                StoreError::Database(err)
+            }
+        })?;
+        Ok(Self { db })
     }
 
     /// The underlying connection, for tests and tooling.
@@ -188,38 +245,54 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        todo!()
+        Migrator::up(&self.db, None)
+            .await
+            .map_err(|err| StoreError::from(err).classify())
     }
 
     /// Records the hasher fingerprint on first use; afterwards fails with
     /// `HasherMismatch` if it differs.
     pub async fn check_hasher(&self, fingerprint: &str) -> Result<(), StoreError> {
-        todo!()
+        self.check_hasher_inner(fingerprint)
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// Creates the organization if it does not exist yet (idempotent).
     pub async fn ensure_organization(&self, org: &OrganizationId) -> Result<(), StoreError> {
-        todo!()
+        audit::insert_organization(&self.db, org.as_str())
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// Inserts a key and its `Created` event.
     pub async fn create_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
-        todo!()
+        self.create_key_inner(key).await.map_err(StoreError::classify)
     }
 
     /// A key of `org` by id.
     pub async fn get_key(&self, org: &str, id: &KeyId) -> Result<ApiKey, StoreError> {
-        todo!()
+        load_key(&self.db, org, id)
+            .await
+            .and_then(key_from_row)
+            .map_err(StoreError::classify)
     }
 
     /// The key with this lookup hash, in any organization (the validation path).
     pub async fn find_by_lookup_hash(&self, hash: &LookupHash) -> Result<Option<ApiKey>, StoreError> {
-        todo!()
+        let found = api_keys::Entity::find()
+            .filter(api_keys::Column::LookupHash.eq(hash.to_hex()))
+            .one(&self.db)
+            .await
+            .map_err(|err| StoreError::from(err).classify())?;
+        found.map(key_from_row).transpose()
     }
 
     /// A page of keys of `org`.
     pub async fn list_keys(&self, org: &str, query: &ListQuery) -> Result<KeyPage, StoreError> {
-        todo!()
+        self.list_keys_inner(org, query)
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// Applies a patch; revoked keys: `FailedPrecondition`. Records `Updated` with
@@ -231,28 +304,117 @@ impl Store {
         patch: KeyPatch,
         actor: &Actor,
     ) -> Result<ApiKey, StoreError> {
-        todo!()
+        self.mutate(org, id, actor, EventType::Updated, |current, now| {
+            if current.revoked_at.is_some() {
+                return Err(revoked("can no longer be changed"));
+            }
+            let before = key_from_row(current.clone())?;
+            let mut next = current.clone();
+            let mut changes = Changes::new();
+            if let Some(name) = patch.name.filter(|n| n.as_str() != before.name) {
+                changes.insert("name", json!(name.as_str()));
+                next.name = name.as_str().to_owned();
+            }
+            if let Some(description) = patch
+                .description
+                .filter(|d| d.as_str() != before.description)
+            {
+                changes.insert("description", json!(description.as_str()));
+                next.description = description.as_str().to_owned();
+            }
+            if let Some(scopes) = patch.scopes.filter(|s| *s != before.scopes) {
+                changes.insert("scopes", scopes_value(&scopes));
+                next.scopes = scopes_json(&scopes)?;
+            }
+            if let Some(metadata) = patch.metadata.filter(|m| *m != before.metadata) {
+                changes.insert("metadata", json!(metadata.as_map()));
+                next.metadata = metadata_json(&metadata)?;
+            }
+            if let Some(expires_at) = patch
+                .expires_at
+                .map(|at| at.map(time::micros))
+                .filter(|at| *at != before.expires_at)
+            {
+                changes.insert("expires_at", time_value(expires_at));
+                next.expires_at = expires_at;
+            }
+            if let Some(disabled) = patch.disabled.filter(|d| *d != before.disabled) {
+                changes.insert("disabled", json!(disabled));
+                next.disabled = disabled;
+            }
+            if changes.is_empty() {
+                return Ok(None);
+            }
+            next.updated_at = now;
+            Ok(Some((next, changes)))
+        })
+        .await
     }
 
     /// Archives (idempotent: archiving an archived key changes nothing and
     /// records nothing). Revoked keys: `FailedPrecondition`.
     pub async fn archive_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<ApiKey, StoreError> {
-        todo!()
+        self.mutate(org, id, actor, EventType::Archived, |current, now| {
+            if current.revoked_at.is_some() {
+                return Err(revoked("cannot be archived"));
+            }
+            if current.archived_at.is_some() {
+                return Ok(None);
+            }
+            let mut next = current.clone();
+            next.archived_at = Some(now);
+            next.updated_at = now;
+            let changes = Changes::from([("archived_at", time_value(Some(now)))]);
+            Ok(Some((next, changes)))
+        })
+        .await
     }
 
     /// Clears `archived_at` and `disabled` (idempotent). Revoked: `FailedPrecondition`.
     pub async fn reactivate_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<ApiKey, StoreError> {
-        todo!()
+        self.mutate(org, id, actor, EventType::Reactivated, |current, now| {
+            if current.revoked_at.is_some() {
+                return Err(revoked("cannot be reactivated"));
+            }
+            let mut next = current.clone();
+            let mut changes = Changes::new();
+            if current.archived_at.is_some() {
+                next.archived_at = None;
+                changes.insert("archived_at", serde_json::Value::Null);
+            }
+            if current.disabled {
+                next.disabled = false;
+                changes.insert("disabled", json!(false));
+            }
+            if changes.is_empty() {
+                return Ok(None);
+            }
+            next.updated_at = now;
+            Ok(Some((next, changes)))
+        })
+        .await
     }
 
     /// Sets `revoked_at` (idempotent).
     pub async fn revoke_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<ApiKey, StoreError> {
-        todo!()
+        self.mutate(org, id, actor, EventType::Revoked, |current, now| {
+            if current.revoked_at.is_some() {
+                return Ok(None);
+            }
+            let mut next = current.clone();
+            next.revoked_at = Some(now);
+            next.updated_at = now;
+            let changes = Changes::from([("revoked_at", time_value(Some(now)))]);
+            Ok(Some((next, changes)))
+        })
+        .await
     }
 
     /// Deletes the key row; its events stay and a `Deleted` event is added.
     pub async fn delete_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<(), StoreError> {
-        todo!()
+        self.delete_key_inner(org, id, actor)
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// Inserts `replacement` (copying nothing itself: the caller fills it from
@@ -267,23 +429,625 @@ impl Store {
         replacement: NewKey,
         grace: Duration,
     ) -> Result<(ApiKey, ApiKey), StoreError> {
-        todo!()
+        self.rotate_key_inner(org, id, replacement, grace)
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// A page of `org`'s events.
     pub async fn list_events(&self, org: &str, query: &EventQuery) -> Result<EventPage, StoreError> {
-        todo!()
+        self.list_events_inner(org, query)
+            .await
+            .map_err(StoreError::classify)
+    }
+
+    /// Events of every organization with `seq > after_seq`, oldest first, at
+    /// most `limit` (1..=1000): the change feed other replicas follow.
+    ///
+    /// `seq` is assigned at insert but becomes visible at commit, so a
+    /// transaction that took a smaller `seq` may commit after a larger one was
+    /// already read. A follower that must not miss events should re-read a
+    /// window behind its cursor (events are immutable, so re-reading is safe).
+    pub async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+        let rows = key_events::Entity::find()
+            .filter(key_events::Column::Seq.gt(after_seq))
+            .order_by_asc(key_events::Column::Seq)
+            .limit(u64::from(limit.clamp(1, MAX_PAGE)))
+            .all(&self.db)
+            .await
+            .map_err(|err| StoreError::from(err).classify())?;
+        rows.into_iter().map(event_from_row).collect()
     }
 
     /// Writes coalesced last-used data (one UPDATE per key at most); keys
     /// deleted meanwhile are skipped. Writes no event.
     pub async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
-        todo!()
+        self.record_usage_inner(batch)
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// Walks every organization's hash chain (or only `org`) and reports the
     /// first broken link of each.
     pub async fn verify_audit(&self, org: Option<&str>) -> Result<AuditReport, StoreError> {
-        todo!()
+        audit::verify(&self.db, org)
+            .await
+            .map_err(StoreError::classify)
     }
+
+    async fn check_hasher_inner(&self, fingerprint: &str) -> Result<(), StoreError> {
+        keyward_settings::Entity::insert(keyward_settings::ActiveModel {
+            name: Set(HASHER_FINGERPRINT.to_owned()),
+            value: Set(fingerprint.to_owned()),
+        })
+        .on_conflict_do_nothing()
+        .exec_without_returning(&self.db)
+        .await?;
+        let stored = keyward_settings::Entity::find_by_id(HASHER_FINGERPRINT.to_owned())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt("the lookup-hasher fingerprint vanished after being stored".into())
+            })?;
+        if stored.value == fingerprint {
+            Ok(())
+        } else {
+            Err(StoreError::HasherMismatch)
+        }
+    }
+
+    async fn create_key_inner(&self, key: NewKey) -> Result<ApiKey, StoreError> {
+        let txn = self.db.begin().await?;
+        let mut chain = Chain::lock(&txn, key.organization_id.as_str()).await?;
+        let now = time::now();
+        let row = new_row(&key, KeyId::generate(), None, now)?;
+        insert_key(&txn, &row).await?;
+        chain.append(&txn, created_event(&row, &key, now)).await?;
+        txn.commit().await?;
+        key_from_row(row)
+    }
+
+    async fn list_keys_inner(&self, org: &str, query: &ListQuery) -> Result<KeyPage, StoreError> {
+        use api_keys::Column as C;
+        let limit = query.limit.clamp(1, MAX_PAGE) as usize;
+        let now = time::now();
+        let mut filter = Condition::all().add(C::OrganizationId.eq(org));
+        if let Some(after) = &query.after_id {
+            filter = filter.add(C::Id.lt(after.as_str()));
+        }
+        if let Some(before) = &query.before_id {
+            filter = filter.add(C::Id.gt(before.as_str()));
+        }
+        if !query.statuses.is_empty() {
+            let mut any = Condition::any();
+            for status in &query.statuses {
+                any = any.add(status_condition(*status, now));
+            }
+            filter = filter.add(any);
+        } else if !query.include_archived {
+            // Hide keys whose status is ARCHIVED (a revoked key stays visible).
+            filter = filter.add(
+                Condition::any()
+                    .add(C::RevokedAt.is_not_null())
+                    .add(C::ArchivedAt.is_null()),
+            );
+        }
+        if let Some(workspace) = &query.workspace_id {
+            filter = filter.add(C::WorkspaceId.eq(workspace.as_str()));
+        }
+        if let Some(creator) = &query.created_by_id {
+            filter = filter.add(C::CreatedById.eq(creator.as_str()));
+        }
+        if let Some(user) = &query.user_id {
+            filter = filter.add(C::UserId.eq(user.as_str()));
+        }
+        if let Some(account) = &query.service_account_id {
+            filter = filter.add(C::ServiceAccountId.eq(account.as_str()));
+        }
+        if let Some(before) = query.last_used_before {
+            filter = filter.add(
+                Condition::any()
+                    .add(C::LastUsedAt.is_null())
+                    .add(C::LastUsedAt.lt(time::ceil_micros(before))),
+            );
+        }
+
+        // `before_id` alone walks towards newer keys: read upwards from the
+        // cursor, then flip the page to newest first.
+        let ascending = query.before_id.is_some() && query.after_id.is_none();
+        let select = api_keys::Entity::find().filter(filter);
+        let select = if ascending {
+            select.order_by_asc(C::Id)
+        } else {
+            select.order_by_desc(C::Id)
+        };
+        let rows = select.limit(limit as u64 + 1).all(&self.db).await?;
+        let (items, has_more) = page_of(rows, limit, ascending);
+        Ok(Page {
+            items: items.into_iter().map(key_from_row).collect::<Result<_, _>>()?,
+            has_more,
+        })
+    }
+
+    async fn list_events_inner(&self, org: &str, query: &EventQuery) -> Result<EventPage, StoreError> {
+        use key_events::Column as C;
+        let limit = query.limit.clamp(1, MAX_PAGE) as usize;
+        let mut filter = Condition::all().add(C::OrganizationId.eq(org));
+        if let Some(after) = query.after_seq {
+            filter = filter.add(C::Seq.lt(after));
+        }
+        if let Some(before) = query.before_seq {
+            filter = filter.add(C::Seq.gt(before));
+        }
+        if let Some(key) = &query.key_id {
+            filter = filter.add(C::KeyId.eq(key.as_str()));
+        }
+        let ascending = query.before_seq.is_some() && query.after_seq.is_none();
+        let select = key_events::Entity::find().filter(filter);
+        let select = if ascending {
+            select.order_by_asc(C::Seq)
+        } else {
+            select.order_by_desc(C::Seq)
+        };
+        let rows = select.limit(limit as u64 + 1).all(&self.db).await?;
+        let (items, has_more) = page_of(rows, limit, ascending);
+        Ok(Page {
+            items: items.into_iter().map(event_from_row).collect::<Result<_, _>>()?,
+            has_more,
+        })
+    }
+
+    /// The shape of every single-key mutation: lock the organization's chain,
+    /// load the key, let `change` decide the new row and the recorded changes
+    /// (`None`: nothing to do, so nothing is written), write both, commit.
+    async fn mutate<F>(
+        &self,
+        org: &str,
+        id: &KeyId,
+        actor: &Actor,
+        event_type: EventType,
+        change: F,
+    ) -> Result<ApiKey, StoreError>
+    where
+        F: FnOnce(
+            &api_keys::Model,
+            DateTime<Utc>,
+        ) -> Result<Option<(api_keys::Model, Changes)>, StoreError>,
+    {
+        let result: Result<ApiKey, StoreError> = async {
+            let txn = self.db.begin().await?;
+            let mut chain = Chain::lock(&txn, org).await?;
+            let current = load_key(&txn, org, id).await?;
+            let now = time::now();
+            let Some((next, changes)) = change(&current, now)? else {
+                // Nothing changed: roll back the (value-preserving) lock.
+                txn.rollback().await?;
+                return key_from_row(current);
+            };
+            update_row(&txn, &current, &next).await?;
+            chain
+                .append(
+                    &txn,
+                    NewEvent {
+                        key_id: &next.id,
+                        event_type: event_type.as_str(),
+                        actor_type: actor.kind.as_str(),
+                        actor_id: &actor.id,
+                        at: now,
+                        changes,
+                    },
+                )
+                .await?;
+            txn.commit().await?;
+            key_from_row(next)
+        }
+        .await;
+        result.map_err(StoreError::classify)
+    }
+
+    async fn delete_key_inner(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        let mut chain = Chain::lock(&txn, org).await?;
+        let current = load_key(&txn, org, id).await?;
+        api_keys::Entity::delete_many()
+            .filter(api_keys::Column::Id.eq(current.id.as_str()))
+            .filter(api_keys::Column::OrganizationId.eq(org))
+            .exec(&txn)
+            .await?;
+        chain
+            .append(
+                &txn,
+                NewEvent {
+                    key_id: &current.id,
+                    event_type: EventType::Deleted.as_str(),
+                    actor_type: actor.kind.as_str(),
+                    actor_id: &actor.id,
+                    at: time::now(),
+                    changes: Changes::new(),
+                },
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn rotate_key_inner(
+        &self,
+        org: &str,
+        id: &KeyId,
+        replacement: NewKey,
+        grace: Duration,
+    ) -> Result<(ApiKey, ApiKey), StoreError> {
+        if replacement.organization_id.as_str() != org {
+            return Err(StoreError::FailedPrecondition(
+                "the replacement key must belong to the same organization".into(),
+            ));
+        }
+        let txn = self.db.begin().await?;
+        let mut chain = Chain::lock(&txn, org).await?;
+        let old = load_key(&txn, org, id).await?;
+        if old.revoked_at.is_some() {
+            return Err(revoked("cannot be rotated"));
+        }
+        if old.archived_at.is_some() {
+            return Err(StoreError::FailedPrecondition(
+                "key is archived and cannot be rotated; reactivate it first".into(),
+            ));
+        }
+        let now = time::now();
+
+        let new = new_row(&replacement, KeyId::generate(), Some(old.id.clone()), now)?;
+        insert_key(&txn, &new).await?;
+
+        // A grace period too large to represent leaves the expiry as it was.
+        let grace_end = TimeDelta::from_std(grace)
+            .ok()
+            .and_then(|grace| now.checked_add_signed(grace))
+            .map(time::micros);
+        let mut next_old = old.clone();
+        next_old.expires_at = match (old.expires_at, grace_end) {
+            (Some(existing), Some(end)) => Some(existing.min(end)),
+            (existing, end) => existing.or(end),
+        };
+        next_old.updated_at = now;
+        update_row(&txn, &old, &next_old).await?;
+
+        let actor = &replacement.created_by;
+        chain.append(&txn, created_event(&new, &replacement, now)).await?;
+        chain
+            .append(
+                &txn,
+                NewEvent {
+                    key_id: &old.id,
+                    event_type: EventType::Rotated.as_str(),
+                    actor_type: actor.kind.as_str(),
+                    actor_id: &actor.id,
+                    at: now,
+                    changes: Changes::from([
+                        ("expires_at", time_value(next_old.expires_at)),
+                        ("replaced_by", json!(new.id)),
+                    ]),
+                },
+            )
+            .await?;
+        txn.commit().await?;
+        Ok((key_from_row(new)?, key_from_row(next_old)?))
+    }
+
+    async fn record_usage_inner(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        use api_keys::Column as C;
+        // At most one write per key: keep each key's latest observation.
+        let mut latest: BTreeMap<&str, &UsageRecord> = BTreeMap::new();
+        for record in batch {
+            let slot = latest.entry(record.key_id.as_str()).or_insert(record);
+            if record.at > slot.at {
+                *slot = record;
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        // One transaction: one commit (one fsync) per batch, not per key.
+        let txn = self.db.begin().await?;
+        for (key_id, record) in latest {
+            let at = time::micros(record.at);
+            api_keys::Entity::update_many()
+                .col_expr(C::LastUsedAt, Expr::value(at))
+                .col_expr(C::LastUsedIp, Expr::value(cut(&record.ip, MAX_IP_CHARS)))
+                .col_expr(
+                    C::LastUsedUserAgent,
+                    Expr::value(cut(&record.user_agent, MAX_USER_AGENT_CHARS)),
+                )
+                .filter(C::Id.eq(key_id))
+                // Never move last-used data backwards (another replica may have
+                // written a newer observation).
+                .filter(
+                    Condition::any()
+                        .add(C::LastUsedAt.is_null())
+                        .add(C::LastUsedAt.lt(at)),
+                )
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+impl EventType {
+    /// The stored name.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Archived => "archived",
+            Self::Reactivated => "reactivated",
+            Self::Revoked => "revoked",
+            Self::Deleted => "deleted",
+            Self::Rotated => "rotated",
+        }
+    }
+
+    /// Reads the stored name.
+    fn from_stored(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => Self::Created,
+            "updated" => Self::Updated,
+            "archived" => Self::Archived,
+            "reactivated" => Self::Reactivated,
+            "revoked" => Self::Revoked,
+            "deleted" => Self::Deleted,
+            "rotated" => Self::Rotated,
+            _ => return None,
+        })
+    }
+}
+
+fn revoked(what: &str) -> StoreError {
+    StoreError::FailedPrecondition(format!("key is revoked and {what}"))
+}
+
+/// The key `id` of `org`; a key of another organization is `NotFound`.
+async fn load_key<C: ConnectionTrait>(
+    db: &C,
+    org: &str,
+    id: &KeyId,
+) -> Result<api_keys::Model, StoreError> {
+    api_keys::Entity::find_by_id(id.as_str().to_owned())
+        .filter(api_keys::Column::OrganizationId.eq(org))
+        .one(db)
+        .await?
+        .ok_or(StoreError::NotFound)
+}
+
+async fn insert_key<C: ConnectionTrait>(db: &C, row: &api_keys::Model) -> Result<(), StoreError> {
+    // `reset_all` marks every column as set, so each one is inserted.
+    let active = row.clone().into_active_model().reset_all();
+    api_keys::Entity::insert(active)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Writes the columns in which `next` differs from `current`.
+async fn update_row<C: ConnectionTrait>(
+    db: &C,
+    current: &api_keys::Model,
+    next: &api_keys::Model,
+) -> Result<(), StoreError> {
+    let mut active = next.clone().into_active_model();
+    let mut changed = false;
+    for column in api_keys::Column::iter() {
+        if current.get(column) != next.get(column) {
+            active.reset(column);
+            changed = true;
+        }
+    }
+    if changed {
+        api_keys::Entity::update(active)
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The row of a new key.
+fn new_row(
+    key: &NewKey,
+    id: KeyId,
+    rotated_from: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<api_keys::Model, StoreError> {
+    Ok(api_keys::Model {
+        id: id.as_str().to_owned(),
+        organization_id: key.organization_id.as_str().to_owned(),
+        workspace_id: key.workspace_id.clone(),
+        kind: key.kind.as_str().to_owned(),
+        environment: key.environment.as_str().to_owned(),
+        name: key.name.as_str().to_owned(),
+        description: key.description.as_str().to_owned(),
+        scopes: scopes_json(&key.scopes)?,
+        metadata: metadata_json(&key.metadata)?,
+        lookup_hash: key.lookup_hash.to_hex(),
+        prefix: key.prefix.clone(),
+        partial_key_hint: key.partial_key_hint.clone(),
+        disabled: false,
+        created_at: now,
+        updated_at: now,
+        created_by_type: key.created_by.kind.as_str().to_owned(),
+        created_by_id: key.created_by.id.clone(),
+        user_id: key.user_id.clone(),
+        service_account_id: key.service_account_id.clone(),
+        expires_at: key.expires_at.map(time::micros),
+        last_used_at: None,
+        last_used_ip: None,
+        last_used_user_agent: None,
+        archived_at: None,
+        revoked_at: None,
+        rotated_from_id: rotated_from,
+    })
+}
+
+/// The `Created` event of a new key: its initial, non-secret fields. The
+/// lookup hash and the partial hint stay out of the audit log.
+fn created_event<'a>(row: &'a api_keys::Model, key: &'a NewKey, now: DateTime<Utc>) -> NewEvent<'a> {
+    let mut changes = Changes::from([
+        ("name", json!(row.name)),
+        ("description", json!(row.description)),
+        ("kind", json!(row.kind)),
+        ("environment", json!(row.environment)),
+        ("prefix", json!(row.prefix)),
+        ("scopes", scopes_value(&key.scopes)),
+        ("metadata", json!(key.metadata.as_map())),
+    ]);
+    let optional = [
+        ("workspace_id", &row.workspace_id),
+        ("user_id", &row.user_id),
+        ("service_account_id", &row.service_account_id),
+        ("rotated_from_id", &row.rotated_from_id),
+    ];
+    for (field, value) in optional {
+        if let Some(value) = value {
+            changes.insert(field, json!(value));
+        }
+    }
+    if row.expires_at.is_some() {
+        changes.insert("expires_at", time_value(row.expires_at));
+    }
+    NewEvent {
+        key_id: &row.id,
+        event_type: EventType::Created.as_str(),
+        actor_type: key.created_by.kind.as_str(),
+        actor_id: &key.created_by.id,
+        at: now,
+        changes,
+    }
+}
+
+/// Splits `limit + 1` fetched rows into a page and whether more exist, and
+/// puts an ascending read back into newest-first order.
+fn page_of<T>(mut rows: Vec<T>, limit: usize, ascending: bool) -> (Vec<T>, bool) {
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    if ascending {
+        rows.reverse();
+    }
+    (rows, has_more)
+}
+
+/// The SQL condition "status computed at `now` is `status`", following the
+/// precedence REVOKED > ARCHIVED > EXPIRED > INACTIVE > ACTIVE of
+/// `ApiKey::status`.
+fn status_condition(status: KeyStatus, now: DateTime<Utc>) -> Condition {
+    use api_keys::Column as C;
+    let live = || {
+        Condition::all()
+            .add(C::RevokedAt.is_null())
+            .add(C::ArchivedAt.is_null())
+    };
+    let unexpired = || {
+        Condition::any()
+            .add(C::ExpiresAt.is_null())
+            .add(C::ExpiresAt.gt(now))
+    };
+    match status {
+        KeyStatus::Revoked => Condition::all().add(C::RevokedAt.is_not_null()),
+        KeyStatus::Archived => Condition::all()
+            .add(C::RevokedAt.is_null())
+            .add(C::ArchivedAt.is_not_null()),
+        KeyStatus::Expired => live().add(C::ExpiresAt.lte(now)),
+        KeyStatus::Inactive => live().add(unexpired()).add(C::Disabled.eq(true)),
+        KeyStatus::Active => live().add(unexpired()).add(C::Disabled.eq(false)),
+    }
+}
+
+fn scopes_value(scopes: &Scopes) -> serde_json::Value {
+    scopes.as_slice().iter().map(|s| s.as_str()).collect()
+}
+
+fn scopes_json(scopes: &Scopes) -> Result<String, StoreError> {
+    serde_json::to_string(&scopes_value(scopes))
+        .map_err(|e| StoreError::Corrupt(format!("scopes cannot be serialized: {e}")))
+}
+
+fn metadata_json(metadata: &Metadata) -> Result<String, StoreError> {
+    serde_json::to_string(metadata.as_map())
+        .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialized: {e}")))
+}
+
+/// A timestamp as a JSON value in event changes: RFC 3339 text, or null.
+fn time_value(at: Option<DateTime<Utc>>) -> serde_json::Value {
+    at.map_or(serde_json::Value::Null, |at| json!(time::rfc3339(at)))
+}
+
+/// At most `max` characters of an optional string.
+fn cut(value: &Option<String>, max: usize) -> Option<String> {
+    value.as_ref().map(|v| v.chars().take(max).collect())
+}
+
+fn key_from_row(row: api_keys::Model) -> Result<ApiKey, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("api key {}: {what}", row.id));
+    let kind = KeyKind::from_stored(&row.kind).ok_or_else(|| corrupt("unknown kind"))?;
+    let environment =
+        Environment::from_stored(&row.environment).ok_or_else(|| corrupt("unknown environment"))?;
+    let created_by_kind = ActorKind::from_stored(&row.created_by_type)
+        .ok_or_else(|| corrupt("unknown created_by type"))?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&row.scopes).map_err(|e| corrupt(&format!("scopes: {e}")))?;
+    let metadata: BTreeMap<String, String> =
+        serde_json::from_str(&row.metadata).map_err(|e| corrupt(&format!("metadata: {e}")))?;
+    Ok(ApiKey {
+        id: KeyId::from_trusted(row.id),
+        organization_id: row.organization_id,
+        workspace_id: row.workspace_id,
+        kind,
+        environment,
+        name: row.name,
+        description: row.description,
+        scopes: Scopes::from_trusted(scopes),
+        metadata: Metadata::from_trusted(metadata),
+        prefix: row.prefix,
+        partial_key_hint: row.partial_key_hint,
+        disabled: row.disabled,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        created_by: Actor {
+            kind: created_by_kind,
+            id: row.created_by_id,
+        },
+        user_id: row.user_id,
+        service_account_id: row.service_account_id,
+        expires_at: row.expires_at,
+        last_used_at: row.last_used_at,
+        last_used_ip: row.last_used_ip,
+        last_used_user_agent: row.last_used_user_agent,
+        archived_at: row.archived_at,
+        revoked_at: row.revoked_at,
+        rotated_from_id: row.rotated_from_id.map(KeyId::from_trusted),
+    })
+}
+
+fn event_from_row(row: key_events::Model) -> Result<KeyEvent, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("key event {}: {what}", row.seq));
+    let event_type =
+        EventType::from_stored(&row.event_type).ok_or_else(|| corrupt("unknown event type"))?;
+    let actor_kind =
+        ActorKind::from_stored(&row.actor_type).ok_or_else(|| corrupt("unknown actor type"))?;
+    let changes: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&row.changes).map_err(|e| corrupt(&format!("changes: {e}")))?;
+    Ok(KeyEvent {
+        seq: row.seq,
+        organization_id: row.organization_id,
+        key_id: KeyId::from_trusted(row.key_id),
+        event_type,
+        actor: Actor {
+            kind: actor_kind,
+            id: row.actor_id,
+        },
+        at: row.at,
+        changes: changes
+            .into_iter()
+            .map(|(field, value)| (field, value.to_string()))
+            .collect(),
+    })
 }

@@ -1,0 +1,88 @@
+//! What the layer asks, and what it is told.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use keyward_core::Scope;
+
+/// The future a [`Validator`] returns.
+pub type ValidationFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Verdict, ValidatorError>> + Send + 'a>>;
+
+/// Decides whether a presented key may make a request.
+///
+/// keyward itself uses an in-process validator over its own cache and database;
+/// product services use a remote one that calls `ValidateKey`.
+pub trait Validator: Send + Sync + 'static {
+    /// Validates one presented key.
+    fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a>;
+}
+
+/// One question to a [`Validator`].
+#[derive(Debug, Clone, Copy)]
+pub struct ValidationRequest<'a> {
+    /// The raw key exactly as presented (not yet parsed).
+    pub key: &'a str,
+    /// Scopes the request needs; all must be granted.
+    pub required_scopes: &'a [Scope],
+    /// The client's address, if known.
+    pub client_ip: Option<&'a str>,
+    /// The client's user agent, if known.
+    pub user_agent: Option<&'a str>,
+}
+
+/// A validator's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Let the request through as this identity.
+    Allow(Identity),
+    /// Refuse it.
+    Deny(Denial),
+}
+
+/// Why a request is refused. Only the kind is ever told to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No usable key: missing, malformed, unknown, archived, expired, revoked.
+    Unauthenticated,
+    /// A good key that may not do this (a missing scope, a non-admin key).
+    Forbidden,
+}
+
+/// The caller a request was allowed for, inserted into request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The key's id.
+    pub key_id: String,
+    /// The key's organization.
+    pub organization_id: String,
+    /// The key's workspace, if any.
+    pub workspace_id: Option<String>,
+    /// The key's name.
+    pub name: String,
+    /// The key's scopes.
+    pub scopes: Vec<String>,
+    /// The key's metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The user the key acts for, if any.
+    pub user_id: Option<String>,
+    /// The service account the key acts for, if any.
+    pub service_account_id: Option<String>,
+}
+
+/// The validator could not reach a verdict; the layer fails closed.
+#[derive(Debug, thiserror::Error)]
+#[error("key validation unavailable: {reason}")]
+pub struct ValidatorError {
+    reason: String,
+}
+
+impl ValidatorError {
+    /// An error with a reason for the logs (never shown to the client).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}

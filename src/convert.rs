@@ -1,0 +1,142 @@
+//! Conversions between wire types (`pb`) and domain types. Wire types stop here.
+
+use chrono::{DateTime, TimeZone, Utc};
+use keyward_core::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
+use keyward_store::{EventType, KeyEvent};
+
+use crate::pb;
+
+/// A domain time as a protobuf timestamp.
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as a domain time; `None` if out of range.
+pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(ts.nanos).ok()?;
+    Utc.timestamp_opt(ts.seconds, nanos).single()
+}
+
+/// Wire form of a key kind.
+pub fn kind(kind: KeyKind) -> pb::KeyKind {
+    match kind {
+        KeyKind::Standard => pb::KeyKind::Standard,
+        KeyKind::Admin => pb::KeyKind::Admin,
+    }
+}
+
+/// Wire form of an environment.
+pub fn environment(environment: Environment) -> pb::Environment {
+    match environment {
+        Environment::Live => pb::Environment::Live,
+        Environment::Test => pb::Environment::Test,
+    }
+}
+
+/// Wire form of a status.
+pub fn status(status: KeyStatus) -> pb::KeyStatus {
+    match status {
+        KeyStatus::Active => pb::KeyStatus::Active,
+        KeyStatus::Inactive => pb::KeyStatus::Inactive,
+        KeyStatus::Expired => pb::KeyStatus::Expired,
+        KeyStatus::Archived => pb::KeyStatus::Archived,
+        KeyStatus::Revoked => pb::KeyStatus::Revoked,
+    }
+}
+
+/// Domain form of a wire status; `None` for UNSPECIFIED.
+pub fn status_from_wire(status: pb::KeyStatus) -> Option<KeyStatus> {
+    match status {
+        pb::KeyStatus::Unspecified => None,
+        pb::KeyStatus::Active => Some(KeyStatus::Active),
+        pb::KeyStatus::Inactive => Some(KeyStatus::Inactive),
+        pb::KeyStatus::Expired => Some(KeyStatus::Expired),
+        pb::KeyStatus::Archived => Some(KeyStatus::Archived),
+        pb::KeyStatus::Revoked => Some(KeyStatus::Revoked),
+    }
+}
+
+/// Wire form of an actor.
+pub fn actor(actor: &Actor) -> pb::Actor {
+    let kind = match actor.kind {
+        ActorKind::ApiKey => pb::ActorType::ApiKey,
+        ActorKind::User => pb::ActorType::User,
+        ActorKind::ServiceAccount => pb::ActorType::ServiceAccount,
+    };
+    pb::Actor {
+        r#type: kind.into(),
+        id: actor.id.clone(),
+    }
+}
+
+/// Wire form of a validation code.
+pub fn validation_code(code: ValidationCode) -> pb::ValidationCode {
+    match code {
+        ValidationCode::Valid => pb::ValidationCode::Valid,
+        ValidationCode::Malformed => pb::ValidationCode::Malformed,
+        ValidationCode::NotFound => pb::ValidationCode::NotFound,
+        ValidationCode::Inactive => pb::ValidationCode::Inactive,
+        ValidationCode::Archived => pb::ValidationCode::Archived,
+        ValidationCode::Expired => pb::ValidationCode::Expired,
+        ValidationCode::Revoked => pb::ValidationCode::Revoked,
+        ValidationCode::InsufficientScope => pb::ValidationCode::InsufficientScope,
+    }
+}
+
+/// Wire form of a key record, with its status computed at `now`.
+pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
+    pb::ApiKey {
+        status: status(key.status(now)).into(),
+        kind: kind(key.kind).into(),
+        environment: environment(key.environment).into(),
+        created_by: Some(actor(&key.created_by)),
+        id: key.id.to_string(),
+        organization_id: key.organization_id,
+        workspace_id: key.workspace_id.unwrap_or_default(),
+        name: key.name,
+        description: key.description,
+        scopes: key.scopes.as_slice().iter().map(ToString::to_string).collect(),
+        metadata: key.metadata.as_map().clone().into_iter().collect(),
+        prefix: key.prefix,
+        partial_key_hint: key.partial_key_hint,
+        created_at: Some(timestamp(key.created_at)),
+        updated_at: Some(timestamp(key.updated_at)),
+        user_id: key.user_id.unwrap_or_default(),
+        service_account_id: key.service_account_id.unwrap_or_default(),
+        expires_at: key.expires_at.map(timestamp),
+        last_used_at: key.last_used_at.map(timestamp),
+        last_used_ip: key.last_used_ip.unwrap_or_default(),
+        last_used_user_agent: key.last_used_user_agent.unwrap_or_default(),
+        archived_at: key.archived_at.map(timestamp),
+        revoked_at: key.revoked_at.map(timestamp),
+        rotated_from_id: key
+            .rotated_from_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// Wire form of an audit event.
+pub fn key_event(event: KeyEvent) -> pb::KeyEvent {
+    let kind = match event.event_type {
+        EventType::Created => pb::KeyEventType::Created,
+        EventType::Updated => pb::KeyEventType::Updated,
+        EventType::Archived => pb::KeyEventType::Archived,
+        EventType::Reactivated => pb::KeyEventType::Reactivated,
+        EventType::Revoked => pb::KeyEventType::Revoked,
+        EventType::Deleted => pb::KeyEventType::Deleted,
+        EventType::Rotated => pb::KeyEventType::Rotated,
+    };
+    pb::KeyEvent {
+        seq: event.seq,
+        organization_id: event.organization_id,
+        key_id: event.key_id.to_string(),
+        r#type: kind.into(),
+        actor: Some(actor(&event.actor)),
+        at: Some(timestamp(event.at)),
+        changes: event.changes.into_iter().collect(),
+    }
+}

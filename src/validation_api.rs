@@ -1,0 +1,98 @@
+//! `keyward.v1.KeyValidationService`: the wire face of [`KeyValidator`].
+
+use std::sync::Arc;
+
+use keyward_core::Scope;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::Violations;
+use crate::pb::{self, key_validation_service_server::KeyValidationService};
+use crate::validation::{CACHE_HINT, ClientInfo, KeyValidator};
+
+const MAX_CLIENT_IP_CHARS: usize = 64;
+const MAX_USER_AGENT_CHARS: usize = 512;
+const MAX_REQUIRED_SCOPES: usize = 64;
+
+/// The validation API over a shared validator.
+#[derive(Debug, Clone)]
+pub struct ValidationApi {
+    validator: Arc<KeyValidator>,
+}
+
+impl ValidationApi {
+    /// The validation API over `validator`.
+    pub fn new(validator: Arc<KeyValidator>) -> Self {
+        Self { validator }
+    }
+}
+
+#[tonic::async_trait]
+impl KeyValidationService for ValidationApi {
+    async fn validate_key(
+        &self,
+        request: Request<pb::ValidateKeyRequest>,
+    ) -> Result<Response<pb::ValidateKeyResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        if req.required_scopes.len() > MAX_REQUIRED_SCOPES {
+            v.add(
+                "required_scopes",
+                format!("must hold at most {MAX_REQUIRED_SCOPES} scopes"),
+            );
+        }
+        let required: Vec<Scope> = req
+            .required_scopes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| v.check(&format!("required_scopes[{i}]"), Scope::parse(raw)))
+            .collect();
+        if req.client_ip.chars().count() > MAX_CLIENT_IP_CHARS {
+            v.add(
+                "client_ip",
+                format!("must be at most {MAX_CLIENT_IP_CHARS} characters"),
+            );
+        }
+        if req.user_agent.chars().count() > MAX_USER_AGENT_CHARS
+            || req.user_agent.chars().any(char::is_control)
+        {
+            v.add(
+                "user_agent",
+                format!("must be at most {MAX_USER_AGENT_CHARS} characters without control characters"),
+            );
+        }
+        v.finish()?;
+
+        let client = ClientInfo {
+            ip: Some(req.client_ip.as_str()),
+            user_agent: Some(req.user_agent.as_str()),
+        };
+        let validation = self
+            .validator
+            .validate(&req.key, &required, client)
+            .await?;
+        let code = convert::validation_code(validation.code);
+        let mut response = pb::ValidateKeyResponse {
+            valid: validation.code == keyward_core::ValidationCode::Valid,
+            code: code.into(),
+            cache_ttl: Some(prost_types::Duration {
+                seconds: i64::try_from(CACHE_HINT.as_secs()).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        if let Some(key) = validation.key {
+            response.key_id = key.id.to_string();
+            response.organization_id = key.organization_id;
+            response.workspace_id = key.workspace_id.unwrap_or_default();
+            response.name = key.name;
+            response.scopes = key.scopes.as_slice().iter().map(ToString::to_string).collect();
+            response.metadata = key.metadata.as_map().clone().into_iter().collect();
+            response.environment = convert::environment(key.environment).into();
+            response.user_id = key.user_id.unwrap_or_default();
+            response.service_account_id = key.service_account_id.unwrap_or_default();
+            response.expires_at = key.expires_at.map(convert::timestamp);
+        }
+        Ok(Response::new(response))
+    }
+}

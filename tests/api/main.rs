@@ -1,0 +1,12 @@
+//! End-to-end tests: a real keyward on a port-0 listener, real gRPC clients,
+//! and a fresh SQLite, PostgreSQL and MariaDB database per test.
+
+mod helpers;
+
+mod bad_input;
+mod cli;
+mod lifecycle;
+mod list;
+mod secrets;
+mod server;
+mod tenancy;
