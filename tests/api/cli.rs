@@ -143,3 +143,53 @@ async fn serve_starts_on_the_embedded_default() {
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// README's first command: `bash scripts/quickstart.sh` bootstraps an admin key
+/// on the embedded default, prints it, and serves.
+#[tokio::test]
+async fn quickstart_hands_out_an_admin_key_and_serves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("keyward-quickstart-{}", keyward_core::new_ulid()));
+    std::fs::create_dir_all(dir.join("scripts")).expect("a temp dir");
+    std::fs::copy(root.join("scripts/quickstart.sh"), dir.join("scripts/quickstart.sh")).expect("copy the script");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = listener.local_addr().expect("an address");
+    drop(listener);
+
+    let mut child = Command::new("bash")
+        .arg("scripts/quickstart.sh")
+        .current_dir(&dir)
+        .env("KEYWARD_BIN", env!("CARGO_BIN_EXE_keyward"))
+        .env("KEYWARD_LISTEN", addr.to_string())
+        .env_remove("KEYWARD_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the quickstart starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let key = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.trim().starts_with("sk_admin_").then(|| line.trim().to_owned()))
+    })
+    .await
+    .expect("the reader finishes")
+    .expect("the quickstart prints an admin key");
+    record_secret(&key);
+    let answered = eventually(Duration::from_secs(30), || {
+        let key = key.clone();
+        async move {
+            let mut client = pb::key_admin_service_client::KeyAdminServiceClient::connect(format!("http://{addr}")).await.ok()?;
+            client.list_keys(with_key(&key, pb::ListKeysRequest::default())).await.ok()
+        }
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(dir.join("keyward.db").exists(), "the embedded database is created");
+    std::fs::remove_dir_all(&dir).ok();
+    let page = answered.expect("the server answers with the printed key").into_inner();
+    assert_eq!(page.keys[0].organization_id, "demo");
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the store. Every test runs on SQLite, PostgreSQL and
+//! MariaDB, each on a fresh database (see `keyward_store::testing`).
+
+mod audit;
+mod helpers;
+mod keys;
+mod lifecycle;
+mod list;
+mod usage;
