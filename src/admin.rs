@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use keyward_auth::Identity;
 use keyward_core::{
     Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
@@ -18,6 +18,7 @@ use crate::error::{ApiError, PARSED, Violations};
 use crate::pb::{self, key_admin_service_server::KeyAdminService};
 
 const DEFAULT_LIMIT: u32 = 20;
+const MAX_YEAR: i32 = 9999;
 const MAX_LIMIT: u32 = 1000;
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -119,6 +120,12 @@ fn parse_expiry(
     };
     if at <= now {
         violations.add("expires_at", "must be in the future");
+    } else if at.year() > MAX_YEAR {
+        // Every backend stores it: MySQL's DATETIME ends with year 9999.
+        violations.add(
+            "expires_at",
+            format!("must be before the year {}", MAX_YEAR + 1),
+        );
     }
     Some(at)
 }
@@ -183,7 +190,11 @@ impl KeyAdminService for AdminApi {
             service_account_id: service_account_id.expect(PARSED),
             expires_at,
         };
-        let key = self.store.create_key(new_key).await.map_err(ApiError::from)?;
+        let key = self
+            .store
+            .create_key(new_key)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(key_id = %key.id, organization_id = %key.organization_id, "key created");
         Ok(Response::new(pb::CreateKeyResponse {
             api_key: api_key(key),
@@ -229,12 +240,11 @@ impl KeyAdminService for AdminApi {
         let mut statuses = Vec::new();
         for (i, raw) in req.statuses.iter().enumerate() {
             let field = format!("statuses[{i}]");
-            match parse_enum::<pb::KeyStatus>(&mut v, &field, *raw) {
-                Some(status) => match convert::status_from_wire(status) {
+            if let Some(status) = parse_enum::<pb::KeyStatus>(&mut v, &field, *raw) {
+                match convert::status_from_wire(status) {
                     Some(status) => statuses.push(status),
                     None => v.add(field, "must not be KEY_STATUS_UNSPECIFIED"),
-                },
-                None => {}
+                }
             }
         }
         let workspace_id = v.check("workspace_id", OptionalRef::parse(&req.workspace_id));
@@ -317,10 +327,7 @@ impl KeyAdminService for AdminApi {
                 "status" => match parse_enum(&mut v, "status", req.status) {
                     Some(pb::KeyStatus::Active) => patch.disabled = Some(false),
                     Some(pb::KeyStatus::Inactive) => patch.disabled = Some(true),
-                    Some(_) => v.add(
-                        "status",
-                        "must be KEY_STATUS_ACTIVE or KEY_STATUS_INACTIVE",
-                    ),
+                    Some(_) => v.add("status", "must be KEY_STATUS_ACTIVE or KEY_STATUS_INACTIVE"),
                     None => {}
                 },
                 other => v.add(

@@ -65,7 +65,11 @@ pub struct DatabaseArgs {
     #[arg(long, env = "KEYWARD_LOOKUP_SECRET", hide_env_values = true)]
     pub lookup_secret: Option<Secret>,
     /// Read the lookup secret from this file instead (trailing newline ignored).
-    #[arg(long, env = "KEYWARD_LOOKUP_SECRET_FILE", conflicts_with = "lookup_secret")]
+    #[arg(
+        long,
+        env = "KEYWARD_LOOKUP_SECRET_FILE",
+        conflicts_with = "lookup_secret"
+    )]
     pub lookup_secret_file: Option<PathBuf>,
 }
 
@@ -74,7 +78,9 @@ impl DatabaseArgs {
     pub fn hasher(&self) -> std::io::Result<LookupHasher> {
         if let Some(path) = &self.lookup_secret_file {
             let secret = std::fs::read_to_string(path)?;
-            return Ok(LookupHasher::keyed(secret.trim_end_matches(['\r', '\n']).as_bytes()));
+            return Ok(LookupHasher::keyed(
+                secret.trim_end_matches(['\r', '\n']).as_bytes(),
+            ));
         }
         Ok(match &self.lookup_secret {
             Some(secret) => LookupHasher::keyed(secret.0.as_bytes()),

@@ -98,7 +98,12 @@ pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
         workspace_id: key.workspace_id.unwrap_or_default(),
         name: key.name,
         description: key.description,
-        scopes: key.scopes.as_slice().iter().map(ToString::to_string).collect(),
+        scopes: key
+            .scopes
+            .as_slice()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         metadata: key.metadata.as_map().clone().into_iter().collect(),
         prefix: key.prefix,
         partial_key_hint: key.partial_key_hint,

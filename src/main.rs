@@ -68,7 +68,9 @@ async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn open(args: &DatabaseArgs) -> Result<(keyward_store::Store, LookupHasher), Box<dyn std::error::Error>> {
+async fn open(
+    args: &DatabaseArgs,
+) -> Result<(keyward_store::Store, LookupHasher), Box<dyn std::error::Error>> {
     let hasher = args.hasher()?;
     let store = open_store(&args.database_url.0, &hasher).await?;
     Ok((store, hasher))

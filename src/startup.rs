@@ -17,12 +17,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::admin::AdminApi;
+use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
 use crate::validation::{AdminValidator, KeyValidator};
 use crate::validation_api::ValidationApi;
-use crate::pb;
+
+/// How long a shutdown waits for open requests and connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +82,13 @@ impl Application {
     /// Opens the store and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let store = open_store(&settings.database_url, &settings.hasher).await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         Ok(Self {
             listener,
             store,
@@ -105,8 +109,12 @@ impl Application {
         &self.store
     }
 
-    /// Serves until `shutdown` completes, then flushes pending last-used data.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartupError> {
+    /// Serves until `shutdown` completes, lets open requests finish for at
+    /// most [`SHUTDOWN_GRACE`], then flushes pending last-used data.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartupError> {
         let validator = Arc::new(KeyValidator::new(self.store.clone(), self.hasher.clone()));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -136,7 +144,15 @@ impl Application {
             self.usage_flush_interval,
         ));
         tracing::info!(addr = %self.local_addr(), "keyward listening");
-        let served = Server::builder()
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signal = {
+            let stopping = Arc::clone(&stopping);
+            async move {
+                shutdown.await;
+                stopping.notify_one();
+            }
+        };
+        let serve = Server::builder()
             .layer(RequestIdLayer)
             .layer(auth)
             .add_service(KeyAdminServiceServer::new(AdminApi::new(
@@ -149,8 +165,19 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        // Clients that keep idle connections open would hold a graceful
+        // shutdown forever: bound the drain.
+        let served = tokio::select! {
+            served = serve => served,
+            () = async {
+                stopping.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("connections still open after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
         flusher.abort();
         validator.flush_usage().await;
         tracing::info!("keyward stopped");

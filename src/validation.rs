@@ -89,7 +89,10 @@ impl KeyValidator {
         if code == ValidationCode::Valid {
             self.usage.record(&key, client);
         }
-        let described = matches!(code, ValidationCode::Valid | ValidationCode::InsufficientScope);
+        let described = matches!(
+            code,
+            ValidationCode::Valid | ValidationCode::InsufficientScope
+        );
         Ok(Validation {
             code,
             key: described.then_some(key),
@@ -144,7 +147,12 @@ pub fn identity(key: &ApiKey) -> Identity {
         organization_id: key.organization_id.clone(),
         workspace_id: key.workspace_id.clone(),
         name: key.name.clone(),
-        scopes: key.scopes.as_slice().iter().map(ToString::to_string).collect(),
+        scopes: key
+            .scopes
+            .as_slice()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         metadata: key.metadata.as_map().clone(),
         user_id: key.user_id.clone(),
         service_account_id: key.service_account_id.clone(),
@@ -174,7 +182,9 @@ impl UsageRecorder {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UsageRecord>> {
         // A panic while holding the lock cannot leave the map inconsistent:
         // every critical section is a single insert or swap.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn flush(&self, store: &Store) {

@@ -58,7 +58,9 @@ impl KeyValidationService for ValidationApi {
         {
             v.add(
                 "user_agent",
-                format!("must be at most {MAX_USER_AGENT_CHARS} characters without control characters"),
+                format!(
+                    "must be at most {MAX_USER_AGENT_CHARS} characters without control characters"
+                ),
             );
         }
         v.finish()?;
@@ -67,10 +69,7 @@ impl KeyValidationService for ValidationApi {
             ip: Some(req.client_ip.as_str()),
             user_agent: Some(req.user_agent.as_str()),
         };
-        let validation = self
-            .validator
-            .validate(&req.key, &required, client)
-            .await?;
+        let validation = self.validator.validate(&req.key, &required, client).await?;
         let code = convert::validation_code(validation.code);
         let mut response = pb::ValidateKeyResponse {
             valid: validation.code == keyward_core::ValidationCode::Valid,
@@ -86,7 +85,12 @@ impl KeyValidationService for ValidationApi {
             response.organization_id = key.organization_id;
             response.workspace_id = key.workspace_id.unwrap_or_default();
             response.name = key.name;
-            response.scopes = key.scopes.as_slice().iter().map(ToString::to_string).collect();
+            response.scopes = key
+                .scopes
+                .as_slice()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             response.metadata = key.metadata.as_map().clone().into_iter().collect();
             response.environment = convert::environment(key.environment).into();
             response.user_id = key.user_id.unwrap_or_default();

@@ -21,8 +21,20 @@ fn keyward(args: &[&str]) -> std::process::Output {
 }
 
 e2e_test!(bootstrap_prints_only_the_key, |app| {
-    let output = keyward(&["bootstrap", "--database-url", &app.database_url, "--organization", "initech", "--name", "ops"]);
-    assert!(output.status.success(), "bootstrap fails: {}", String::from_utf8_lossy(&output.stderr));
+    let output = keyward(&[
+        "bootstrap",
+        "--database-url",
+        &app.database_url,
+        "--organization",
+        "initech",
+        "--name",
+        "ops",
+    ]);
+    assert!(
+        output.status.success(),
+        "bootstrap fails: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).expect("UTF-8");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "exactly one line on stdout: {stdout:?}");
@@ -30,7 +42,10 @@ e2e_test!(bootstrap_prints_only_the_key, |app| {
     record_secret(key);
     let parsed = ApiKeySecret::parse(key).expect("a well-formed key");
     assert_eq!(parsed.kind(), keyward_core::KeyKind::Admin);
-    assert!(!String::from_utf8_lossy(&output.stderr).contains(key), "the key is not on stderr");
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains(key),
+        "the key is not on stderr"
+    );
 
     // The key manages initech, and only initech.
     let page = app
@@ -43,7 +58,13 @@ e2e_test!(bootstrap_prints_only_the_key, |app| {
     assert_eq!(page.keys[0].organization_id, "initech");
     assert_eq!(page.keys[0].name, "ops");
 
-    let refused = keyward(&["bootstrap", "--database-url", &app.database_url, "--organization", "bad org!"]);
+    let refused = keyward(&[
+        "bootstrap",
+        "--database-url",
+        &app.database_url,
+        "--organization",
+        "bad org!",
+    ]);
     assert!(!refused.status.success());
     assert!(refused.stdout.is_empty());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--organization"));
@@ -51,29 +72,48 @@ e2e_test!(bootstrap_prints_only_the_key, |app| {
 
 async fn tamper(app: &TestApp, sql: &str) {
     let db = app.store.connection();
-    db.execute(Statement::from_string(db.get_database_backend(), sql.to_owned()))
-        .await
-        .expect("the tampering statement runs");
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .expect("the tampering statement runs");
 }
 
 e2e_test!(audit_verify_reports_a_tampered_event, |app| {
     let mut admin = app.admin();
     let created = admin
-        .create_key(app.acme(pb::CreateKeyRequest { name: "audited".into(), ..Default::default() }))
+        .create_key(app.acme(pb::CreateKeyRequest {
+            name: "audited".into(),
+            ..Default::default()
+        }))
         .await
         .expect("CreateKey succeeds")
         .into_inner();
     record_secret(&created.secret);
     let id = created.api_key.expect("key").id;
-    admin.archive_key(app.acme(pb::ArchiveKeyRequest { id: id.clone() })).await.expect("archive");
-    admin.reactivate_key(app.acme(pb::ReactivateKeyRequest { id: id.clone() })).await.expect("reactivate");
+    admin
+        .archive_key(app.acme(pb::ArchiveKeyRequest { id: id.clone() }))
+        .await
+        .expect("archive");
+    admin
+        .reactivate_key(app.acme(pb::ReactivateKeyRequest { id: id.clone() }))
+        .await
+        .expect("reactivate");
 
     let clean = keyward(&["audit", "verify", "--database-url", &app.database_url]);
-    assert!(clean.status.success(), "a clean log verifies: {}", String::from_utf8_lossy(&clean.stdout));
+    assert!(
+        clean.status.success(),
+        "a clean log verifies: {}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
     assert!(String::from_utf8_lossy(&clean.stdout).contains("audit log intact"));
 
     let events = admin
-        .list_key_events(app.acme(pb::ListKeyEventsRequest { key_id: id.clone(), ..Default::default() }))
+        .list_key_events(app.acme(pb::ListKeyEventsRequest {
+            key_id: id.clone(),
+            ..Default::default()
+        }))
         .await
         .expect("ListKeyEvents succeeds")
         .into_inner()
@@ -83,21 +123,37 @@ e2e_test!(audit_verify_reports_a_tampered_event, |app| {
         .find(|e| e.r#type() == pb::KeyEventType::Archived)
         .expect("the archive event");
     // Someone rewrites history: the archive was "done" by another actor.
-    tamper(app, &format!("UPDATE key_events SET actor_id = 'key_01JC3Y4M9ZQ8W6D4T2B1N0XK7P' WHERE seq = {}", archived.seq)).await;
+    tamper(
+        app,
+        &format!(
+            "UPDATE key_events SET actor_id = 'key_01JC3Y4M9ZQ8W6D4T2B1N0XK7P' WHERE seq = {}",
+            archived.seq
+        ),
+    )
+    .await;
 
     let broken = keyward(&["audit", "verify", "--database-url", &app.database_url]);
-    assert!(!broken.status.success(), "a tampered log fails verification");
+    assert!(
+        !broken.status.success(),
+        "a tampered log fails verification"
+    );
     let report = String::from_utf8_lossy(&broken.stdout);
     assert!(
-        report.contains(&format!("organization acme: chain broken at event seq {}", archived.seq)),
+        report.contains(&format!(
+            "organization acme: chain broken at event seq {}",
+            archived.seq
+        )),
         "the report names the first broken link: {report}"
     );
-    assert!(!report.contains("organization globex"), "other organizations are intact: {report}");
+    assert!(
+        !report.contains("organization globex"),
+        "other organizations are intact: {report}"
+    );
 });
 
 /// `keyward serve` with no flags starts on the embedded SQLite default in its
 /// working directory, and `bootstrap` with no --database-url uses the same file.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_starts_on_the_embedded_default() {
     let dir = std::env::temp_dir().join(format!("keyward-serve-{}", keyward_core::new_ulid()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
@@ -111,10 +167,20 @@ async fn serve_starts_on_the_embedded_default() {
         .env_remove("KEYWARD_DATABASE_URL")
         .output()
         .expect("bootstrap runs");
-    assert!(bootstrap.status.success(), "{}", String::from_utf8_lossy(&bootstrap.stderr));
-    let key = String::from_utf8(bootstrap.stdout).expect("UTF-8").trim().to_owned();
+    assert!(
+        bootstrap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bootstrap.stderr)
+    );
+    let key = String::from_utf8(bootstrap.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
     record_secret(&key);
-    assert!(dir.join("keyward.db").exists(), "the default database file is created");
+    assert!(
+        dir.join("keyward.db").exists(),
+        "the default database file is created"
+    );
 
     let mut server = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["serve", "--listen", &addr.to_string()])
@@ -127,8 +193,15 @@ async fn serve_starts_on_the_embedded_default() {
     let page = eventually(Duration::from_secs(30), || {
         let key = key.clone();
         async move {
-            let mut client = pb::key_admin_service_client::KeyAdminServiceClient::connect(format!("http://{addr}")).await.ok()?;
-            client.list_keys(with_key(&key, pb::ListKeysRequest::default())).await.ok()
+            let mut client = pb::key_admin_service_client::KeyAdminServiceClient::connect(format!(
+                "http://{addr}"
+            ))
+            .await
+            .ok()?;
+            client
+                .list_keys(with_key(&key, pb::ListKeysRequest::default()))
+                .await
+                .ok()
         }
     })
     .await
@@ -137,7 +210,10 @@ async fn serve_starts_on_the_embedded_default() {
 
     // SIGTERM stops it gracefully.
     let pid = server.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
     assert!(killed.success());
     let status = server.wait().expect("serve exits");
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
@@ -146,12 +222,16 @@ async fn serve_starts_on_the_embedded_default() {
 
 /// README's first command: `bash scripts/quickstart.sh` bootstraps an admin key
 /// on the embedded default, prints it, and serves.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_hands_out_an_admin_key_and_serves() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("keyward-quickstart-{}", keyward_core::new_ulid()));
     std::fs::create_dir_all(dir.join("scripts")).expect("a temp dir");
-    std::fs::copy(root.join("scripts/quickstart.sh"), dir.join("scripts/quickstart.sh")).expect("copy the script");
+    std::fs::copy(
+        root.join("scripts/quickstart.sh"),
+        dir.join("scripts/quickstart.sh"),
+    )
+    .expect("copy the script");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let addr = listener.local_addr().expect("an address");
     drop(listener);
@@ -172,7 +252,11 @@ async fn quickstart_hands_out_an_admin_key_and_serves() {
         std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find_map(|line| line.trim().starts_with("sk_admin_").then(|| line.trim().to_owned()))
+            .find_map(|line| {
+                line.trim()
+                    .starts_with("sk_admin_")
+                    .then(|| line.trim().to_owned())
+            })
     })
     .await
     .expect("the reader finishes")
@@ -181,15 +265,29 @@ async fn quickstart_hands_out_an_admin_key_and_serves() {
     let answered = eventually(Duration::from_secs(30), || {
         let key = key.clone();
         async move {
-            let mut client = pb::key_admin_service_client::KeyAdminServiceClient::connect(format!("http://{addr}")).await.ok()?;
-            client.list_keys(with_key(&key, pb::ListKeysRequest::default())).await.ok()
+            let mut client = pb::key_admin_service_client::KeyAdminServiceClient::connect(format!(
+                "http://{addr}"
+            ))
+            .await
+            .ok()?;
+            client
+                .list_keys(with_key(&key, pb::ListKeysRequest::default()))
+                .await
+                .ok()
         }
     })
     .await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
-    assert!(dir.join("keyward.db").exists(), "the embedded database is created");
+    assert!(
+        dir.join("keyward.db").exists(),
+        "the embedded database is created"
+    );
     std::fs::remove_dir_all(&dir).ok();
-    let page = answered.expect("the server answers with the printed key").into_inner();
+    let page = answered
+        .expect("the server answers with the printed key")
+        .into_inner();
     assert_eq!(page.keys[0].organization_id, "demo");
 }

@@ -180,7 +180,9 @@ pub async fn with_app(backend: Backend, body: fn(&TestApp) -> TestBody<'_>) {
     let Some((mut app, db)) = spawn_app(backend).await else {
         return;
     };
-    let outcome = std::panic::AssertUnwindSafe(body(&app)).catch_unwind().await;
+    let outcome = std::panic::AssertUnwindSafe(body(&app))
+        .catch_unwind()
+        .await;
     app.stop().await;
     db.drop_database().await;
     if let Err(panic) = outcome {

@@ -55,7 +55,10 @@ e2e_test!(full_lifecycle, |app| {
     let secret = created.secret;
     assert!(secret.starts_with("sk_live_"));
     assert_eq!(key.prefix, secret[..12]);
-    assert_eq!(key.partial_key_hint, format!("{}...{}", &secret[..12], &secret[secret.len() - 4..]));
+    assert_eq!(
+        key.partial_key_hint,
+        format!("{}...{}", &secret[..12], &secret[secret.len() - 4..])
+    );
     assert_eq!(key.status(), pb::KeyStatus::Active);
     assert_eq!(key.scopes, vec!["billing:read", "orders:*"]);
     assert_eq!(key.organization_id, "acme");
@@ -68,7 +71,10 @@ e2e_test!(full_lifecycle, |app| {
     assert_eq!(verdict.key_id, key.id);
     assert_eq!(verdict.organization_id, "acme");
     assert_eq!(verdict.workspace_id, "wrk_1");
-    assert_eq!(verdict.metadata.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        verdict.metadata.get("team").map(String::as_str),
+        Some("payments")
+    );
     assert!(verdict.cache_ttl.is_some());
     let verdict = validate(app, &secret, &["admin:write"]).await;
     assert!(!verdict.valid);
@@ -97,7 +103,9 @@ e2e_test!(full_lifecycle, |app| {
     let updated = admin
         .update_key(app.acme(pb::UpdateKeyRequest {
             id: key.id.clone(),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["scopes".into(), "name".into()] }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["scopes".into(), "name".into()],
+            }),
             scopes: vec!["reports:read".into()],
             name: "reports service".into(),
             ..Default::default()
@@ -109,17 +117,34 @@ e2e_test!(full_lifecycle, |app| {
         .expect("the key is returned");
     assert_eq!(updated.scopes, vec!["reports:read"]);
     assert_eq!(updated.name, "reports service");
-    assert_eq!(updated.description, "talks to orders", "fields outside the mask stay");
-    assert_eq!(code(&validate(app, &secret, &["orders:read"]).await), pb::ValidationCode::InsufficientScope);
+    assert_eq!(
+        updated.description, "talks to orders",
+        "fields outside the mask stay"
+    );
+    assert_eq!(
+        code(&validate(app, &secret, &["orders:read"]).await),
+        pb::ValidationCode::InsufficientScope
+    );
     let disable = |status: pb::KeyStatus| pb::UpdateKeyRequest {
         id: key.id.clone(),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["status".into()] }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["status".into()],
+        }),
         status: status.into(),
         ..Default::default()
     };
-    admin.update_key(app.acme(disable(pb::KeyStatus::Inactive))).await.expect("disable");
-    assert_eq!(code(&validate(app, &secret, &[]).await), pb::ValidationCode::Inactive);
-    admin.update_key(app.acme(disable(pb::KeyStatus::Active))).await.expect("enable");
+    admin
+        .update_key(app.acme(disable(pb::KeyStatus::Inactive)))
+        .await
+        .expect("disable");
+    assert_eq!(
+        code(&validate(app, &secret, &[]).await),
+        pb::ValidationCode::Inactive
+    );
+    admin
+        .update_key(app.acme(disable(pb::KeyStatus::Active)))
+        .await
+        .expect("enable");
     assert!(validate(app, &secret, &[]).await.valid);
 
     // Archive: validation fails with ARCHIVED at once; archiving again is a no-op.
@@ -132,7 +157,10 @@ e2e_test!(full_lifecycle, |app| {
         .expect("the key is returned");
     assert_eq!(archived.status(), pb::KeyStatus::Archived);
     assert!(archived.archived_at.is_some());
-    assert_eq!(code(&validate(app, &secret, &[]).await), pb::ValidationCode::Archived);
+    assert_eq!(
+        code(&validate(app, &secret, &[]).await),
+        pb::ValidationCode::Archived
+    );
     admin
         .archive_key(app.acme(pb::ArchiveKeyRequest { id: key.id.clone() }))
         .await
@@ -153,7 +181,10 @@ e2e_test!(full_lifecycle, |app| {
     let rotated = admin
         .rotate_key(app.acme(pb::RotateKeyRequest {
             id: key.id.clone(),
-            grace_period: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+            grace_period: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
         }))
         .await
         .expect("RotateKey succeeds")
@@ -168,20 +199,32 @@ e2e_test!(full_lifecycle, |app| {
     assert_eq!(new_key.user_id, "user_42");
     assert_ne!(rotated.secret, secret);
     assert!(previous.expires_at.is_some(), "the old key now expires");
-    assert!(validate(app, &secret, &[]).await.valid, "old key works during its grace");
-    assert!(validate(app, &rotated.secret, &[]).await.valid, "new key works");
+    assert!(
+        validate(app, &secret, &[]).await.valid,
+        "old key works during its grace"
+    );
+    assert!(
+        validate(app, &rotated.secret, &[]).await.valid,
+        "new key works"
+    );
 
     // Rotating with no grace ends the old key now.
     let again = admin
         .rotate_key(app.acme(pb::RotateKeyRequest {
             id: new_key.id.clone(),
-            grace_period: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+            grace_period: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
         }))
         .await
         .expect("RotateKey with zero grace succeeds")
         .into_inner();
     record_secret(&again.secret);
-    assert_eq!(code(&validate(app, &rotated.secret, &[]).await), pb::ValidationCode::Expired);
+    assert_eq!(
+        code(&validate(app, &rotated.secret, &[]).await),
+        pb::ValidationCode::Expired
+    );
     assert!(validate(app, &again.secret, &[]).await.valid);
 
     // Revoke: never valid again; reactivate and update are refused.
@@ -190,7 +233,10 @@ e2e_test!(full_lifecycle, |app| {
         .revoke_key(app.acme(pb::RevokeKeyRequest { id: newest.clone() }))
         .await
         .expect("RevokeKey succeeds");
-    assert_eq!(code(&validate(app, &again.secret, &[]).await), pb::ValidationCode::Revoked);
+    assert_eq!(
+        code(&validate(app, &again.secret, &[]).await),
+        pb::ValidationCode::Revoked
+    );
     let refused = admin
         .reactivate_key(app.acme(pb::ReactivateKeyRequest { id: newest.clone() }))
         .await
@@ -199,7 +245,9 @@ e2e_test!(full_lifecycle, |app| {
     let refused = admin
         .update_key(app.acme(pb::UpdateKeyRequest {
             id: newest.clone(),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["name".into()] }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
             name: "renamed".into(),
             ..Default::default()
         }))
@@ -220,7 +268,10 @@ e2e_test!(full_lifecycle, |app| {
         .await
         .expect_err("a deleted key is gone");
     assert_eq!(gone.code(), Code::NotFound);
-    assert_eq!(code(&validate(app, &again.secret, &[]).await), pb::ValidationCode::NotFound);
+    assert_eq!(
+        code(&validate(app, &again.secret, &[]).await),
+        pb::ValidationCode::NotFound
+    );
     let events = admin
         .list_key_events(app.acme(pb::ListKeyEventsRequest {
             key_id: newest.clone(),
@@ -233,7 +284,11 @@ e2e_test!(full_lifecycle, |app| {
     let types: Vec<pb::KeyEventType> = events.iter().map(pb::KeyEvent::r#type).collect();
     assert_eq!(
         types,
-        vec![pb::KeyEventType::Deleted, pb::KeyEventType::Revoked, pb::KeyEventType::Created],
+        vec![
+            pb::KeyEventType::Deleted,
+            pb::KeyEventType::Revoked,
+            pb::KeyEventType::Created
+        ],
         "newest first, the deleted key's history kept"
     );
 
@@ -271,7 +326,10 @@ e2e_test!(expiry_and_kinds, |app| {
         pb::CreateKeyRequest {
             name: "short lived".into(),
             environment: pb::Environment::Test.into(),
-            expires_at: Some(prost_types::Timestamp { seconds: soon.timestamp(), nanos: soon.timestamp_subsec_nanos() as i32 }),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: soon.timestamp(),
+                nanos: soon.timestamp_subsec_nanos() as i32,
+            }),
             ..Default::default()
         },
     )
@@ -279,29 +337,61 @@ e2e_test!(expiry_and_kinds, |app| {
     assert!(created.secret.starts_with("sk_test_"));
     assert!(validate(app, &created.secret, &[]).await.valid);
     let expired = eventually(Duration::from_secs(5), || async {
-        (code(&validate(app, &created.secret, &[]).await) == pb::ValidationCode::Expired).then_some(())
+        (code(&validate(app, &created.secret, &[]).await) == pb::ValidationCode::Expired)
+            .then_some(())
     })
     .await;
     assert!(expired.is_some(), "the key expires");
 
     // Admin keys never validate as product keys.
-    let admin_key = create(app, pb::CreateKeyRequest { name: "second admin".into(), kind: pb::KeyKind::Admin.into(), ..Default::default() }).await;
+    let admin_key = create(
+        app,
+        pb::CreateKeyRequest {
+            name: "second admin".into(),
+            kind: pb::KeyKind::Admin.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     assert!(admin_key.secret.starts_with("sk_admin_"));
-    assert_eq!(code(&validate(app, &admin_key.secret, &[]).await), pb::ValidationCode::NotFound);
-    assert_eq!(code(&validate(app, &app.acme_key, &[]).await), pb::ValidationCode::NotFound);
+    assert_eq!(
+        code(&validate(app, &admin_key.secret, &[]).await),
+        pb::ValidationCode::NotFound
+    );
+    assert_eq!(
+        code(&validate(app, &app.acme_key, &[]).await),
+        pb::ValidationCode::NotFound
+    );
     // ...but they work on the admin API.
     admin
-        .get_key(with_key(&admin_key.secret, pb::GetKeyRequest { id: created.api_key.expect("key").id }))
+        .get_key(with_key(
+            &admin_key.secret,
+            pb::GetKeyRequest {
+                id: created.api_key.expect("key").id,
+            },
+        ))
         .await
         .expect("a created admin key can call the admin API");
 
     // Malformed and unknown keys.
-    assert_eq!(code(&validate(app, "not a key", &[]).await), pb::ValidationCode::Malformed);
+    assert_eq!(
+        code(&validate(app, "not a key", &[]).await),
+        pb::ValidationCode::Malformed
+    );
     let mut typo = created.secret.clone().into_bytes();
     let last = typo.len() - 10;
     typo[last] = if typo[last] == b'a' { b'b' } else { b'a' };
     let typo = String::from_utf8(typo).expect("ASCII");
-    assert_eq!(code(&validate(app, &typo, &[]).await), pb::ValidationCode::Malformed);
-    let unknown = keyward_core::ApiKeySecret::generate(keyward_core::KeyKind::Standard, keyward_core::Environment::Live);
-    assert_eq!(code(&validate(app, unknown.expose(), &[]).await), pb::ValidationCode::NotFound);
+    assert_eq!(
+        code(&validate(app, &typo, &[]).await),
+        pb::ValidationCode::Malformed
+    );
+    let unknown = keyward_core::ApiKeySecret::generate(
+        keyward_core::KeyKind::Standard,
+        keyward_core::Environment::Live,
+    );
+    assert_eq!(
+        code(&validate(app, unknown.expose(), &[]).await),
+        pb::ValidationCode::NotFound
+    );
 });

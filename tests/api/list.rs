@@ -41,19 +41,35 @@ async fn list(app: &TestApp, request: pb::ListKeysRequest) -> pb::ListKeysRespon
 
 /// Walks all pages forwards (after_id) and then backwards (before_id from the
 /// oldest key), checking both against `expected` (newest first).
-async fn walk(app: &TestApp, filter: pb::ListKeysRequest, limit: i32, expected: &[String], label: &str) {
+async fn walk(
+    app: &TestApp,
+    filter: pb::ListKeysRequest,
+    limit: i32,
+    expected: &[String],
+    label: &str,
+) {
     let mut forwards = Vec::new();
     let mut request = page_request(&filter, limit);
     loop {
         let page = list(app, request.clone()).await;
         assert!(page.keys.len() <= limit as usize, "{label}: page too long");
-        assert_eq!(page.first_id, page.keys.first().map(|k| k.id.clone()).unwrap_or_default());
-        assert_eq!(page.last_id, page.keys.last().map(|k| k.id.clone()).unwrap_or_default());
+        assert_eq!(
+            page.first_id,
+            page.keys.first().map(|k| k.id.clone()).unwrap_or_default()
+        );
+        assert_eq!(
+            page.last_id,
+            page.keys.last().map(|k| k.id.clone()).unwrap_or_default()
+        );
         forwards.extend(page.keys.iter().map(|k| k.id.clone()));
         if !page.has_more {
             break;
         }
-        assert_eq!(page.keys.len(), limit as usize, "{label}: a short page claims more");
+        assert_eq!(
+            page.keys.len(),
+            limit as usize,
+            "{label}: a short page claims more"
+        );
         request.after_id = page.last_id;
     }
     assert_eq!(forwards.len(), expected.len(), "{label}: forward count");
@@ -76,7 +92,11 @@ async fn walk(app: &TestApp, filter: pb::ListKeysRequest, limit: i32, expected: 
         }
         request.before_id = page.first_id;
     }
-    assert_eq!(backwards, expected[..expected.len() - 1], "{label}: backward walk");
+    assert_eq!(
+        backwards,
+        expected[..expected.len() - 1],
+        "{label}: backward walk"
+    );
 }
 
 e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
@@ -110,10 +130,18 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
                 workspace: [Some("wrk_a"), Some("wrk_b"), None][i % 3],
                 user: (i % 5 == 0).then_some("user_5"),
                 service_account: (i % 7 == 0).then_some("sa_7"),
-                creator: if i % 2 == 0 { first_admin_id.clone() } else { second_admin_id.clone() },
+                creator: if i % 2 == 0 {
+                    first_admin_id.clone()
+                } else {
+                    second_admin_id.clone()
+                },
                 ..Model::default()
             };
-            let admin_key = if i % 2 == 0 { app.acme_key.clone() } else { second_admin.secret.clone() };
+            let admin_key = if i % 2 == 0 {
+                app.acme_key.clone()
+            } else {
+                second_admin.secret.clone()
+            };
             async move {
                 let response = admin
                     .create_key(with_key(
@@ -144,7 +172,13 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
     }
     // The admin keys themselves are listed too.
     for id in [&first_admin_id, &second_admin_id] {
-        models.insert(id.clone(), Model { creator: String::new(), ..Model::default() });
+        models.insert(
+            id.clone(),
+            Model {
+                creator: String::new(),
+                ..Model::default()
+            },
+        );
     }
 
     // Lifecycle changes on a spread of keys.
@@ -152,16 +186,24 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
     for (i, id) in ids.iter().enumerate() {
         let mut admin = app.admin();
         let status = if i % 17 == 0 {
-            admin.revoke_key(app.acme(pb::RevokeKeyRequest { id: id.clone() })).await.expect("revoke");
+            admin
+                .revoke_key(app.acme(pb::RevokeKeyRequest { id: id.clone() }))
+                .await
+                .expect("revoke");
             pb::KeyStatus::Revoked
         } else if i % 11 == 0 {
-            admin.archive_key(app.acme(pb::ArchiveKeyRequest { id: id.clone() })).await.expect("archive");
+            admin
+                .archive_key(app.acme(pb::ArchiveKeyRequest { id: id.clone() }))
+                .await
+                .expect("archive");
             pb::KeyStatus::Archived
         } else if i % 13 == 0 {
             admin
                 .update_key(app.acme(pb::UpdateKeyRequest {
                     id: id.clone(),
-                    update_mask: Some(prost_types::FieldMask { paths: vec!["status".into()] }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["status".into()],
+                    }),
                     status: pb::KeyStatus::Inactive.into(),
                     ..Default::default()
                 }))
@@ -172,7 +214,10 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
             admin
                 .rotate_key(app.acme(pb::RotateKeyRequest {
                     id: id.clone(),
-                    grace_period: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+                    grace_period: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
                 }))
                 .await
                 .map(|r| {
@@ -211,7 +256,10 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
         async move {
             for (_, id) in ids.iter().enumerate().filter(|(i, _)| filter(*i)) {
                 app.validation()
-                    .validate_key(pb::ValidateKeyRequest { key: secrets[id].clone(), ..Default::default() })
+                    .validate_key(pb::ValidateKeyRequest {
+                        key: secrets[id].clone(),
+                        ..Default::default()
+                    })
                     .await
                     .expect("ValidateKey answers");
             }
@@ -225,7 +273,13 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
             let ids = ids.clone();
             async move {
                 for id in ids {
-                    let key = app.admin().get_key(app.acme(pb::GetKeyRequest { id })).await.ok()?.into_inner().api_key?;
+                    let key = app
+                        .admin()
+                        .get_key(app.acme(pb::GetKeyRequest { id }))
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .api_key?;
                     key.last_used_at?;
                 }
                 Some(())
@@ -235,13 +289,23 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
         .expect("usage is flushed")
     };
     let active = |id: &String| models[id].status == Some(pb::KeyStatus::Active);
-    let early_used: Vec<String> = ids.iter().enumerate().filter(|(i, id)| early(*i) && active(id)).map(|(_, id)| id.clone()).collect();
+    let early_used: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, id)| early(*i) && active(id))
+        .map(|(_, id)| id.clone())
+        .collect();
     flushed(early_used.clone()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cutoff = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
     use_keys(late).await;
-    let late_used: Vec<String> = ids.iter().enumerate().filter(|(i, id)| late(*i) && active(id)).map(|(_, id)| id.clone()).collect();
+    let late_used: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, id)| late(*i) && active(id))
+        .map(|(_, id)| id.clone())
+        .collect();
     flushed(late_used.clone()).await;
     for id in &early_used {
         models.get_mut(id).expect("model").used_early = true;
@@ -253,46 +317,95 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
     // used after the cut-off; the second admin key was last used before it.
 
     let expect = |pred: &dyn Fn(&String, &Model) -> bool| -> Vec<String> {
-        models.iter().rev().filter(|(id, m)| pred(id, m)).map(|(id, _)| id.clone()).collect()
+        models
+            .iter()
+            .rev()
+            .filter(|(id, m)| pred(id, m))
+            .map(|(id, _)| id.clone())
+            .collect()
     };
     let not_archived = |m: &Model| m.status != Some(pb::KeyStatus::Archived);
     let base = pb::ListKeysRequest::default();
     let cases: Vec<(&str, pb::ListKeysRequest, Vec<String>)> = vec![
-        ("default (archived hidden)", base.clone(), expect(&|_, m| not_archived(m))),
-        ("include_archived", pb::ListKeysRequest { include_archived: true, ..base.clone() }, expect(&|_, _| true)),
+        (
+            "default (archived hidden)",
+            base.clone(),
+            expect(&|_, m| not_archived(m)),
+        ),
+        (
+            "include_archived",
+            pb::ListKeysRequest {
+                include_archived: true,
+                ..base.clone()
+            },
+            expect(&|_, _| true),
+        ),
         (
             "statuses active+inactive",
-            pb::ListKeysRequest { statuses: vec![pb::KeyStatus::Active.into(), pb::KeyStatus::Inactive.into()], ..base.clone() },
-            expect(&|_, m| matches!(m.status, Some(pb::KeyStatus::Active | pb::KeyStatus::Inactive))),
+            pb::ListKeysRequest {
+                statuses: vec![pb::KeyStatus::Active.into(), pb::KeyStatus::Inactive.into()],
+                ..base.clone()
+            },
+            expect(&|_, m| {
+                matches!(
+                    m.status,
+                    Some(pb::KeyStatus::Active | pb::KeyStatus::Inactive)
+                )
+            }),
         ),
         (
             "statuses archived",
-            pb::ListKeysRequest { statuses: vec![pb::KeyStatus::Archived.into()], ..base.clone() },
+            pb::ListKeysRequest {
+                statuses: vec![pb::KeyStatus::Archived.into()],
+                ..base.clone()
+            },
             expect(&|_, m| m.status == Some(pb::KeyStatus::Archived)),
         ),
         (
             "statuses revoked+expired",
-            pb::ListKeysRequest { statuses: vec![pb::KeyStatus::Revoked.into(), pb::KeyStatus::Expired.into()], ..base.clone() },
-            expect(&|_, m| matches!(m.status, Some(pb::KeyStatus::Revoked | pb::KeyStatus::Expired))),
+            pb::ListKeysRequest {
+                statuses: vec![pb::KeyStatus::Revoked.into(), pb::KeyStatus::Expired.into()],
+                ..base.clone()
+            },
+            expect(&|_, m| {
+                matches!(
+                    m.status,
+                    Some(pb::KeyStatus::Revoked | pb::KeyStatus::Expired)
+                )
+            }),
         ),
         (
             "workspace_id",
-            pb::ListKeysRequest { workspace_id: "wrk_b".into(), include_archived: true, ..base.clone() },
+            pb::ListKeysRequest {
+                workspace_id: "wrk_b".into(),
+                include_archived: true,
+                ..base.clone()
+            },
             expect(&|_, m| m.workspace == Some("wrk_b")),
         ),
         (
             "created_by_id",
-            pb::ListKeysRequest { created_by_id: second_admin_id.clone(), ..base.clone() },
+            pb::ListKeysRequest {
+                created_by_id: second_admin_id.clone(),
+                ..base.clone()
+            },
             expect(&|_, m| m.creator == second_admin_id && not_archived(m)),
         ),
         (
             "user_id",
-            pb::ListKeysRequest { user_id: "user_5".into(), ..base.clone() },
+            pb::ListKeysRequest {
+                user_id: "user_5".into(),
+                ..base.clone()
+            },
             expect(&|_, m| m.user == Some("user_5") && not_archived(m)),
         ),
         (
             "service_account_id",
-            pb::ListKeysRequest { service_account_id: "sa_7".into(), include_archived: true, ..base.clone() },
+            pb::ListKeysRequest {
+                service_account_id: "sa_7".into(),
+                include_archived: true,
+                ..base.clone()
+            },
             expect(&|_, m| m.service_account == Some("sa_7")),
         ),
         (
@@ -312,18 +425,43 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
                 statuses: vec![pb::KeyStatus::Active.into()],
                 ..base.clone()
             },
-            expect(&|_, m| m.workspace == Some("wrk_a") && m.user == Some("user_5") && m.status == Some(pb::KeyStatus::Active)),
+            expect(&|_, m| {
+                m.workspace == Some("wrk_a")
+                    && m.user == Some("user_5")
+                    && m.status == Some(pb::KeyStatus::Active)
+            }),
         ),
     ];
     for (label, filter, expected) in cases {
-        assert!(!expected.is_empty(), "{label}: the data set covers this filter");
+        assert!(
+            !expected.is_empty(),
+            "{label}: the data set covers this filter"
+        );
         walk(app, filter, 97, &expected, label).await;
     }
     // Over 1,000 keys with the largest page, and the smallest.
     let everything = expect(&|_, _| true);
     assert!(everything.len() > 1_000);
-    walk(app, pb::ListKeysRequest { include_archived: true, ..base.clone() }, 1000, &everything, "limit 1000").await;
-    let first = list(app, pb::ListKeysRequest { limit: Some(1), include_archived: true, ..base.clone() }).await;
+    walk(
+        app,
+        pb::ListKeysRequest {
+            include_archived: true,
+            ..base.clone()
+        },
+        1000,
+        &everything,
+        "limit 1000",
+    )
+    .await;
+    let first = list(
+        app,
+        pb::ListKeysRequest {
+            limit: Some(1),
+            include_archived: true,
+            ..base.clone()
+        },
+    )
+    .await;
     assert_eq!(first.keys.len(), 1);
     assert!(first.has_more);
     assert_eq!(first.first_id, everything[0]);

@@ -14,15 +14,24 @@ async fn dump_database(app: &TestApp) -> Vec<String> {
     let tables_sql = match backend {
         DatabaseBackend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table'".to_owned(),
         DatabaseBackend::Postgres => {
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'".to_owned()
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                .to_owned()
         }
-        _ => "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()".to_owned(),
+        _ => "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+            .to_owned(),
     };
     let mut tables = Vec::new();
-    for row in db.query_all_raw(query(tables_sql)).await.expect("tables are listed") {
+    for row in db
+        .query_all_raw(query(tables_sql))
+        .await
+        .expect("tables are listed")
+    {
         tables.push(row.try_get_by_index::<String>(0).expect("a table name"));
     }
-    assert!(tables.iter().any(|t| t == "api_keys"), "found the tables: {tables:?}");
+    assert!(
+        tables.iter().any(|t| t == "api_keys"),
+        "found the tables: {tables:?}"
+    );
     let mut values = Vec::new();
     for table in tables {
         let columns_sql = match backend {
@@ -34,13 +43,21 @@ async fn dump_database(app: &TestApp) -> Vec<String> {
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = '{table}'"
             ),
         };
-        for row in db.query_all_raw(query(columns_sql)).await.expect("columns are listed") {
+        for row in db
+            .query_all_raw(query(columns_sql))
+            .await
+            .expect("columns are listed")
+        {
             let column: String = row.try_get_by_index(0).expect("a column name");
             let cast = match backend {
                 DatabaseBackend::MySql => format!("SELECT CAST(`{column}` AS CHAR) FROM `{table}`"),
                 _ => format!("SELECT CAST(\"{column}\" AS TEXT) FROM \"{table}\""),
             };
-            for value in db.query_all_raw(query(cast)).await.expect("values are read") {
+            for value in db
+                .query_all_raw(query(cast))
+                .await
+                .expect("values are read")
+            {
                 if let Ok(Some(text)) = value.try_get_by_index::<Option<String>>(0) {
                     values.push(text);
                 }
@@ -64,7 +81,10 @@ e2e_test!(raw_keys_are_never_stored_or_logged, |app| {
     record_secret(&created.secret);
     let id = created.api_key.expect("key").id;
     let rotated = admin
-        .rotate_key(app.acme(pb::RotateKeyRequest { id: id.clone(), grace_period: None }))
+        .rotate_key(app.acme(pb::RotateKeyRequest {
+            id: id.clone(),
+            grace_period: None,
+        }))
         .await
         .expect("RotateKey succeeds")
         .into_inner();
@@ -94,13 +114,22 @@ e2e_test!(raw_keys_are_never_stored_or_logged, |app| {
     assert!(secrets.len() >= 4);
     // A 20-character run from the middle of the body: the hint shows only the
     // first 12 and last 4 characters, so this never appears legitimately.
-    let fragments: Vec<&str> = secrets.iter().map(|s| &s[s.len() - 26..s.len() - 6]).collect();
+    let fragments: Vec<&str> = secrets
+        .iter()
+        .map(|s| &s[s.len() - 26..s.len() - 6])
+        .collect();
     let values = dump_database(app).await;
     assert!(!values.is_empty());
     for value in &values {
         for (secret, fragment) in secrets.iter().zip(&fragments) {
-            assert!(!value.contains(secret.as_str()), "a raw key is stored: {value}");
-            assert!(!value.contains(fragment), "part of a raw key is stored: {value}");
+            assert!(
+                !value.contains(secret.as_str()),
+                "a raw key is stored: {value}"
+            );
+            assert!(
+                !value.contains(fragment),
+                "part of a raw key is stored: {value}"
+            );
         }
     }
     let logs = captured_logs();

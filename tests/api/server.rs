@@ -21,10 +21,10 @@ async fn channel(app: &TestApp) -> Channel {
 
 macro_rules! list_services {
     ($module:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$module::ServerReflectionRequest;
         use tonic_reflection::pb::$module::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::$module::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::$module::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::$module::ServerReflectionRequest;
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -40,9 +40,11 @@ macro_rules! list_services {
             .expect("one response")
             .expect("a successful response");
         match response.message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => {
-                list.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
-            }
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
             other => panic!("unexpected reflection response {other:?}"),
         }
     }};
@@ -52,9 +54,15 @@ e2e_test!(health_reflection_and_request_ids, |app| {
     let channel = channel(app).await;
 
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "keyward.v1.KeyAdminService", "keyward.v1.KeyValidationService"] {
+    for service in [
+        "",
+        "keyward.v1.KeyAdminService",
+        "keyward.v1.KeyValidationService",
+    ] {
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .expect("health answers")
             .into_inner()
@@ -62,28 +70,52 @@ e2e_test!(health_reflection_and_request_ids, |app| {
         assert_eq!(status, ServingStatus::Serving, "{service:?}");
     }
 
-    for services in [list_services!(v1, channel.clone()), list_services!(v1alpha, channel.clone())] {
+    for services in [
+        list_services!(v1, channel.clone()),
+        list_services!(v1alpha, channel.clone()),
+    ] {
         for expected in [
             "keyward.v1.KeyAdminService",
             "keyward.v1.KeyValidationService",
             "grpc.health.v1.Health",
         ] {
-            assert!(services.iter().any(|s| s == expected), "{expected} in {services:?}");
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{expected} in {services:?}"
+            );
         }
     }
 
     // x-request-id: echoed when sent, generated otherwise, on success and on errors.
     let mut request = app.acme(pb::ListKeysRequest::default());
-    request.metadata_mut().insert("x-request-id", "trace-123".parse().expect("ASCII"));
-    let response = app.admin().list_keys(request).await.expect("ListKeys succeeds");
-    assert_eq!(response.metadata().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-123"));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-123".parse().expect("ASCII"));
+    let response = app
+        .admin()
+        .list_keys(request)
+        .await
+        .expect("ListKeys succeeds");
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-123")
+    );
 
     let response = app
         .validation()
-        .validate_key(pb::ValidateKeyRequest { key: "nope".into(), ..Default::default() })
+        .validate_key(pb::ValidateKeyRequest {
+            key: "nope".into(),
+            ..Default::default()
+        })
         .await
         .expect("ValidateKey answers");
-    let generated = response.metadata().get("x-request-id").expect("an id is generated");
+    let generated = response
+        .metadata()
+        .get("x-request-id")
+        .expect("an id is generated");
     assert_eq!(generated.len(), 26);
 
     let denied = app
@@ -92,11 +124,26 @@ e2e_test!(health_reflection_and_request_ids, |app| {
         .await
         .expect_err("no key is refused");
     assert_eq!(denied.code(), Code::Unauthenticated);
-    assert!(denied.metadata().get("x-request-id").is_some(), "denials carry an id too");
+    assert!(
+        denied.metadata().get("x-request-id").is_some(),
+        "denials carry an id too"
+    );
 
     let mut request = app.acme(pb::GetKeyRequest { id: "bad".into() });
-    request.metadata_mut().insert("x-request-id", "trace-456".parse().expect("ASCII"));
-    let invalid = app.admin().get_key(request).await.expect_err("a bad id is refused");
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-456".parse().expect("ASCII"));
+    let invalid = app
+        .admin()
+        .get_key(request)
+        .await
+        .expect_err("a bad id is refused");
     assert_eq!(invalid.code(), Code::InvalidArgument);
-    assert_eq!(invalid.metadata().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-456"));
+    assert_eq!(
+        invalid
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-456")
+    );
 });

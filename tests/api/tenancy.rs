@@ -110,7 +110,11 @@ async fn call(app: &TestApp, key: &str, rpc: Rpc, id: &str) -> Result<Vec<pb::Ke
     }
 }
 
-async fn create(app: &TestApp, admin_key: &str, request: pb::CreateKeyRequest) -> (pb::ApiKey, String) {
+async fn create(
+    app: &TestApp,
+    admin_key: &str,
+    request: pb::CreateKeyRequest,
+) -> (pb::ApiKey, String) {
     let response = app
         .admin()
         .create_key(with_key(admin_key, request))
@@ -118,7 +122,10 @@ async fn create(app: &TestApp, admin_key: &str, request: pb::CreateKeyRequest) -
         .expect("CreateKey succeeds")
         .into_inner();
     record_secret(&response.secret);
-    (response.api_key.expect("the key is returned"), response.secret)
+    (
+        response.api_key.expect("the key is returned"),
+        response.secret,
+    )
 }
 
 fn named(name: &str) -> pb::CreateKeyRequest {
@@ -187,87 +194,139 @@ async fn verdict(app: &TestApp, secret: &str) -> pb::ValidationCode {
         .code()
 }
 
-e2e_test!(other_organizations_keys_are_not_found_and_unchanged, |app| {
-    let expiry = chrono::Utc::now() + chrono::Duration::days(30);
-    let full = pb::CreateKeyRequest {
-        name: "orders service".into(),
-        description: "belongs to acme".into(),
-        scopes: vec!["orders:*".into()],
-        metadata: [("team".to_owned(), "payments".to_owned())].into(),
-        workspace_id: "wrk_acme".into(),
-        expires_at: Some(prost_types::Timestamp {
-            seconds: expiry.timestamp(),
-            nanos: 0,
-        }),
-        ..Default::default()
-    };
-    // An active key, and an archived one (so ReactivateKey would show too).
-    let (active, active_secret) = create(app, &app.acme_key, full.clone()).await;
-    let (archived, archived_secret) = create(app, &app.acme_key, full).await;
-    app.admin()
-        .archive_key(app.acme(pb::ArchiveKeyRequest { id: archived.id.clone() }))
-        .await
-        .expect("acme archives its key");
+e2e_test!(
+    other_organizations_keys_are_not_found_and_unchanged,
+    |app| {
+        let expiry = chrono::Utc::now() + chrono::Duration::days(30);
+        let full = pb::CreateKeyRequest {
+            name: "orders service".into(),
+            description: "belongs to acme".into(),
+            scopes: vec!["orders:*".into()],
+            metadata: [("team".to_owned(), "payments".to_owned())].into(),
+            workspace_id: "wrk_acme".into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: expiry.timestamp(),
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        // An active key, and an archived one (so ReactivateKey would show too).
+        let (active, active_secret) = create(app, &app.acme_key, full.clone()).await;
+        let (archived, archived_secret) = create(app, &app.acme_key, full).await;
+        app.admin()
+            .archive_key(app.acme(pb::ArchiveKeyRequest {
+                id: archived.id.clone(),
+            }))
+            .await
+            .expect("acme archives its key");
 
-    // What an id that exists nowhere looks like to globex.
-    let unknown = keyward_core::KeyId::generate().to_string();
+        // What an id that exists nowhere looks like to globex.
+        let unknown = keyward_core::KeyId::generate().to_string();
 
-    for (key, secret, code) in [
-        (&active, &active_secret, pb::ValidationCode::Valid),
-        (&archived, &archived_secret, pb::ValidationCode::Archived),
-    ] {
-        let before = acme_view(app, &key.id).await;
-        let acme_events = events(app, &app.acme_key).await;
-        assert_eq!(verdict(app, secret).await, code);
-        for rpc in PER_KEY_RPCS {
-            let outcome = call(app, &app.globex_key, rpc, &key.id).await;
-            let reference = call(app, &app.globex_key, rpc, &unknown).await;
-            match (outcome, rpc) {
-                (Err(status), _) => {
-                    assert_eq!(status.code(), Code::NotFound, "{rpc:?} by globex on {}: {status:?}", before.status().as_str_name());
-                    let reference = reference.expect_err("an unknown id is an error as well");
-                    assert_eq!(
-                        (status.code(), status.message()),
-                        (reference.code(), reference.message()),
-                        "{rpc:?}: another organization's key looks exactly like an unknown one"
-                    );
-                    assert!(!status.message().contains(&key.id), "{rpc:?}: the message does not echo the id");
+        for (key, secret, code) in [
+            (&active, &active_secret, pb::ValidationCode::Valid),
+            (&archived, &archived_secret, pb::ValidationCode::Archived),
+        ] {
+            let before = acme_view(app, &key.id).await;
+            let acme_events = events(app, &app.acme_key).await;
+            assert_eq!(verdict(app, secret).await, code);
+            for rpc in PER_KEY_RPCS {
+                let outcome = call(app, &app.globex_key, rpc, &key.id).await;
+                let reference = call(app, &app.globex_key, rpc, &unknown).await;
+                match (outcome, rpc) {
+                    (Err(status), _) => {
+                        assert_eq!(
+                            status.code(),
+                            Code::NotFound,
+                            "{rpc:?} by globex on {}: {status:?}",
+                            before.status().as_str_name()
+                        );
+                        let reference = reference.expect_err("an unknown id is an error as well");
+                        assert_eq!(
+                            (status.code(), status.message()),
+                            (reference.code(), reference.message()),
+                            "{rpc:?}: another organization's key looks exactly like an unknown one"
+                        );
+                        assert!(
+                            !status.message().contains(&key.id),
+                            "{rpc:?}: the message does not echo the id"
+                        );
+                    }
+                    // A list filtered by a key id may answer with an empty page
+                    // instead, as long as it cannot be told from an unknown id.
+                    (Ok(listed), Rpc::ListEvents) => {
+                        assert!(listed.is_empty(), "globex sees acme's events: {listed:?}");
+                        assert!(reference.expect("an unknown key id also lists").is_empty());
+                    }
+                    (Ok(_), _) => panic!(
+                        "{rpc:?} by globex on acme's {} key succeeded",
+                        before.status().as_str_name()
+                    ),
                 }
-                // A list filtered by a key id may answer with an empty page
-                // instead, as long as it cannot be told from an unknown id.
-                (Ok(listed), Rpc::ListEvents) => {
-                    assert!(listed.is_empty(), "globex sees acme's events: {listed:?}");
-                    assert!(reference.expect("an unknown key id also lists").is_empty());
-                }
-                (Ok(_), _) => panic!("{rpc:?} by globex on acme's {} key succeeded", before.status().as_str_name()),
+                assert_eq!(
+                    acme_view(app, &key.id).await,
+                    before,
+                    "{rpc:?} by globex changed acme's key"
+                );
+                assert_eq!(
+                    events(app, &app.acme_key).await,
+                    acme_events,
+                    "{rpc:?} by globex wrote an event for acme"
+                );
+                assert_eq!(
+                    verdict(app, secret).await,
+                    code,
+                    "{rpc:?} by globex changed the verdict"
+                );
             }
-            assert_eq!(acme_view(app, &key.id).await, before, "{rpc:?} by globex changed acme's key");
-            assert_eq!(events(app, &app.acme_key).await, acme_events, "{rpc:?} by globex wrote an event for acme");
-            assert_eq!(verdict(app, secret).await, code, "{rpc:?} by globex changed the verdict");
+            // The fields that matter most, once more by name (the whole record was compared above).
+            let after = acme_view(app, &key.id).await;
+            assert_eq!(after.status(), before.status());
+            assert_eq!(after.name, before.name);
+            assert_eq!(after.scopes, before.scopes);
+            assert_eq!(after.updated_at, before.updated_at);
+            assert_eq!(after.archived_at, before.archived_at);
+            assert_eq!(after.revoked_at, before.revoked_at);
+            assert_eq!(after.expires_at, before.expires_at);
         }
-        // The fields the brief names, explicitly (the full record is compared above).
-        let after = acme_view(app, &key.id).await;
-        assert_eq!(after.status(), before.status());
-        assert_eq!(after.name, before.name);
-        assert_eq!(after.scopes, before.scopes);
-        assert_eq!(after.updated_at, before.updated_at);
-        assert_eq!(after.archived_at, before.archived_at);
-        assert_eq!(after.revoked_at, before.revoked_at);
-        assert_eq!(after.expires_at, before.expires_at);
-    }
-    // Globex created nothing and wrote nothing by trying.
-    assert!(keys(app, &app.globex_key).await.iter().all(|k| k.organization_id == "globex"));
-    assert!(events(app, &app.globex_key).await.iter().all(|e| e.organization_id == "globex"));
-    assert_eq!(keys(app, &app.globex_key).await.len(), 1, "only globex's own admin key");
+        // Globex created nothing and wrote nothing by trying.
+        assert!(
+            keys(app, &app.globex_key)
+                .await
+                .iter()
+                .all(|k| k.organization_id == "globex")
+        );
+        assert!(
+            events(app, &app.globex_key)
+                .await
+                .iter()
+                .all(|e| e.organization_id == "globex")
+        );
+        assert_eq!(
+            keys(app, &app.globex_key).await.len(),
+            1,
+            "only globex's own admin key"
+        );
+        assert_eq!(
+            events(app, &app.globex_key).await.len(),
+            1,
+            "only the CREATED event of globex's admin key"
+        );
 
-    // The check runs both ways: acme cannot touch globex's key either.
-    let (theirs, theirs_secret) = create(app, &app.globex_key, named("globex key")).await;
-    for rpc in [Rpc::Get, Rpc::Revoke, Rpc::Delete] {
-        let status = call(app, &app.acme_key, rpc, &theirs.id).await.expect_err("acme cannot act on globex's key");
-        assert_eq!(status.code(), Code::NotFound, "{rpc:?} by acme");
+        // The check runs both ways: acme cannot touch globex's key either.
+        let (theirs, theirs_secret) = create(app, &app.globex_key, named("globex key")).await;
+        for rpc in [Rpc::Get, Rpc::Revoke, Rpc::Delete] {
+            let status = call(app, &app.acme_key, rpc, &theirs.id)
+                .await
+                .expect_err("acme cannot act on globex's key");
+            assert_eq!(status.code(), Code::NotFound, "{rpc:?} by acme");
+        }
+        assert_eq!(
+            verdict(app, &theirs_secret).await,
+            pb::ValidationCode::Valid
+        );
     }
-    assert_eq!(verdict(app, &theirs_secret).await, pb::ValidationCode::Valid);
-});
+);
 
 e2e_test!(lists_show_only_the_callers_organization, |app| {
     let mut acme_ids = HashSet::new();
@@ -288,14 +347,22 @@ e2e_test!(lists_show_only_the_callers_organization, |app| {
         .expect("archive works");
     let globex_archived = globex_ids.iter().next().cloned().expect("a key");
     app.admin()
-        .archive_key(app.globex(pb::ArchiveKeyRequest { id: globex_archived }))
+        .archive_key(app.globex(pb::ArchiveKeyRequest {
+            id: globex_archived,
+        }))
         .await
         .expect("archive works");
 
     let acme_keys = keys(app, &app.acme_key).await;
     let globex_keys = keys(app, &app.globex_key).await;
-    assert!(acme_keys.iter().all(|k| k.organization_id == "acme"), "{acme_keys:?}");
-    assert!(globex_keys.iter().all(|k| k.organization_id == "globex"), "{globex_keys:?}");
+    assert!(
+        acme_keys.iter().all(|k| k.organization_id == "acme"),
+        "{acme_keys:?}"
+    );
+    assert!(
+        globex_keys.iter().all(|k| k.organization_id == "globex"),
+        "{globex_keys:?}"
+    );
     let acme_listed: HashSet<String> = acme_keys.iter().map(|k| k.id.clone()).collect();
     let globex_listed: HashSet<String> = globex_keys.iter().map(|k| k.id.clone()).collect();
     assert!(acme_listed.is_disjoint(&globex_listed));
@@ -322,23 +389,49 @@ e2e_test!(lists_show_only_the_callers_organization, |app| {
         .await
         .expect("ListKeys succeeds")
         .into_inner();
-    assert!(filtered.keys.is_empty(), "globex sees keys made by acme's admin key: {:?}", filtered.keys);
+    assert!(
+        filtered.keys.is_empty(),
+        "globex sees keys made by acme's admin key: {:?}",
+        filtered.keys
+    );
 
     let acme_events = events(app, &app.acme_key).await;
     let globex_events = events(app, &app.globex_key).await;
     assert!(!acme_events.is_empty() && !globex_events.is_empty());
-    assert!(acme_events.iter().all(|e| e.organization_id == "acme"), "{acme_events:?}");
-    assert!(globex_events.iter().all(|e| e.organization_id == "globex"), "{globex_events:?}");
-    assert!(globex_events.iter().all(|e| !acme_listed.contains(&e.key_id)));
-    assert!(acme_events.iter().all(|e| !globex_listed.contains(&e.key_id)));
+    assert!(
+        acme_events.iter().all(|e| e.organization_id == "acme"),
+        "{acme_events:?}"
+    );
+    assert!(
+        globex_events.iter().all(|e| e.organization_id == "globex"),
+        "{globex_events:?}"
+    );
+    assert!(
+        globex_events
+            .iter()
+            .all(|e| !acme_listed.contains(&e.key_id))
+    );
+    assert!(
+        acme_events
+            .iter()
+            .all(|e| !globex_listed.contains(&e.key_id))
+    );
     let acme_seqs: HashSet<i64> = acme_events.iter().map(|e| e.seq).collect();
     assert!(globex_events.iter().all(|e| !acme_seqs.contains(&e.seq)));
     // Every key of each organization has its CREATED event in its own log.
     for id in &acme_listed {
-        assert!(acme_events.iter().any(|e| &e.key_id == id && e.r#type() == pb::KeyEventType::Created));
+        assert!(
+            acme_events
+                .iter()
+                .any(|e| &e.key_id == id && e.r#type() == pb::KeyEventType::Created)
+        );
     }
     for id in &globex_listed {
-        assert!(globex_events.iter().any(|e| &e.key_id == id && e.r#type() == pb::KeyEventType::Created));
+        assert!(
+            globex_events
+                .iter()
+                .any(|e| &e.key_id == id && e.r#type() == pb::KeyEventType::Created)
+        );
     }
 });
 
@@ -375,12 +468,13 @@ fn bearer(key: &str) -> impl Fn() -> Request<()> + '_ {
     move || with_key(key, ())
 }
 
-fn header(name: &'static str, value: &str) -> impl Fn() -> Request<()> + '_ {
+fn header<'a>(name: &'static str, value: &'a str) -> impl Fn() -> Request<()> + 'a {
     move || {
         let mut request = Request::new(());
-        request
-            .metadata_mut()
-            .insert(name, MetadataValue::try_from(value).expect("an ASCII header value"));
+        request.metadata_mut().insert(
+            name,
+            MetadataValue::try_from(value).expect("an ASCII header value"),
+        );
         request
     }
 }
@@ -390,10 +484,21 @@ async fn assert_refused(app: &TestApp, what: &str, code: Code, request: impl Fn(
     let events_before = events(app, &app.acme_key).await.len();
     for status in refused(app, request).await {
         assert_eq!(status.code(), code, "{what}: {status:?}");
-        assert!(!status.message().contains("sk_"), "{what}: no key in the message");
+        assert!(
+            !status.message().contains("sk_"),
+            "{what}: no key in the message"
+        );
     }
-    assert_eq!(keys(app, &app.acme_key).await.len(), keys_before, "{what}: nothing was created");
-    assert_eq!(events(app, &app.acme_key).await.len(), events_before, "{what}: nothing was written");
+    assert_eq!(
+        keys(app, &app.acme_key).await.len(),
+        keys_before,
+        "{what}: nothing was created"
+    );
+    assert_eq!(
+        events(app, &app.acme_key).await.len(),
+        events_before,
+        "{what}: nothing was written"
+    );
 }
 
 e2e_test!(standard_keys_are_forbidden_on_the_admin_api, |app| {
@@ -410,50 +515,142 @@ e2e_test!(standard_keys_are_forbidden_on_the_admin_api, |app| {
     )
     .await;
     assert_eq!(verdict(app, &live).await, pb::ValidationCode::Valid);
-    assert_refused(app, "a live standard key", Code::PermissionDenied, bearer(&live)).await;
-    assert_refused(app, "a test standard key with scope *", Code::PermissionDenied, bearer(&test)).await;
-    assert_refused(app, "a standard key in x-api-key", Code::PermissionDenied, header("x-api-key", &live)).await;
+    assert_refused(
+        app,
+        "a live standard key",
+        Code::PermissionDenied,
+        bearer(&live),
+    )
+    .await;
+    assert_refused(
+        app,
+        "a test standard key with scope *",
+        Code::PermissionDenied,
+        bearer(&test),
+    )
+    .await;
+    assert_refused(
+        app,
+        "a standard key in x-api-key",
+        Code::PermissionDenied,
+        header("x-api-key", &live),
+    )
+    .await;
     // Per-key RPCs too, on the standard key's own record.
     for rpc in [Rpc::Get, Rpc::Archive, Rpc::Revoke] {
-        let status = call(app, &live, rpc, &standard.id).await.expect_err("a standard key is not an admin key");
+        let status = call(app, &live, rpc, &standard.id)
+            .await
+            .expect_err("a standard key is not an admin key");
         assert_eq!(status.code(), Code::PermissionDenied, "{rpc:?}");
     }
 
     // A standard key that does not validate is simply not a credential.
     app.admin()
-        .archive_key(app.acme(pb::ArchiveKeyRequest { id: standard.id.clone() }))
+        .archive_key(app.acme(pb::ArchiveKeyRequest {
+            id: standard.id.clone(),
+        }))
         .await
         .expect("archive works");
     assert_eq!(verdict(app, &live).await, pb::ValidationCode::Archived);
-    assert_refused(app, "an archived standard key", Code::Unauthenticated, bearer(&live)).await;
-    let status = call(app, &live, Rpc::Get, &standard.id).await.expect_err("refused");
+    assert_refused(
+        app,
+        "an archived standard key",
+        Code::Unauthenticated,
+        bearer(&live),
+    )
+    .await;
+    let status = call(app, &live, Rpc::Get, &standard.id)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated);
     // ...but it is the same key: reactivated, it is forbidden again.
     app.admin()
-        .reactivate_key(app.acme(pb::ReactivateKeyRequest { id: standard.id.clone() }))
+        .reactivate_key(app.acme(pb::ReactivateKeyRequest {
+            id: standard.id.clone(),
+        }))
         .await
         .expect("reactivate works");
-    assert_refused(app, "a reactivated standard key", Code::PermissionDenied, bearer(&live)).await;
+    assert_refused(
+        app,
+        "a reactivated standard key",
+        Code::PermissionDenied,
+        bearer(&live),
+    )
+    .await;
 });
 
 e2e_test!(admin_credentials_are_checked, |app| {
     assert_refused(app, "no key", Code::Unauthenticated, || Request::new(())).await;
-    assert_refused(app, "malformed bearer", Code::Unauthenticated, bearer("not-a-key")).await;
+    assert_refused(
+        app,
+        "malformed bearer",
+        Code::Unauthenticated,
+        bearer("not-a-key"),
+    )
+    .await;
     let mut typo = app.acme_key.clone().into_bytes();
     let at = typo.len() - 10;
     typo[at] = if typo[at] == b'a' { b'b' } else { b'a' };
     let typo = String::from_utf8(typo).expect("ASCII");
-    assert_refused(app, "acme's key with a typo", Code::Unauthenticated, bearer(&typo)).await;
-    let unknown_admin = keyward_core::ApiKeySecret::generate(keyward_core::KeyKind::Admin, keyward_core::Environment::Live);
-    assert_refused(app, "unknown admin key", Code::Unauthenticated, bearer(unknown_admin.expose())).await;
-    let unknown_live = keyward_core::ApiKeySecret::generate(keyward_core::KeyKind::Standard, keyward_core::Environment::Live);
-    assert_refused(app, "unknown standard key", Code::Unauthenticated, bearer(unknown_live.expose())).await;
-    assert_refused(app, "empty bearer", Code::Unauthenticated, header("authorization", "Bearer ")).await;
-    assert_refused(app, "basic scheme", Code::Unauthenticated, header("authorization", "Basic xxx")).await;
+    assert_refused(
+        app,
+        "acme's key with a typo",
+        Code::Unauthenticated,
+        bearer(&typo),
+    )
+    .await;
+    let unknown_admin = keyward_core::ApiKeySecret::generate(
+        keyward_core::KeyKind::Admin,
+        keyward_core::Environment::Live,
+    );
+    assert_refused(
+        app,
+        "unknown admin key",
+        Code::Unauthenticated,
+        bearer(unknown_admin.expose()),
+    )
+    .await;
+    let unknown_live = keyward_core::ApiKeySecret::generate(
+        keyward_core::KeyKind::Standard,
+        keyward_core::Environment::Live,
+    );
+    assert_refused(
+        app,
+        "unknown standard key",
+        Code::Unauthenticated,
+        bearer(unknown_live.expose()),
+    )
+    .await;
+    assert_refused(
+        app,
+        "empty bearer",
+        Code::Unauthenticated,
+        header("authorization", "Bearer "),
+    )
+    .await;
+    assert_refused(
+        app,
+        "basic scheme",
+        Code::Unauthenticated,
+        header("authorization", "Basic xxx"),
+    )
+    .await;
     let basic = format!("Basic {}", app.acme_key);
-    assert_refused(app, "basic scheme with a real key", Code::Unauthenticated, header("authorization", &basic)).await;
+    assert_refused(
+        app,
+        "basic scheme with a real key",
+        Code::Unauthenticated,
+        header("authorization", &basic),
+    )
+    .await;
     let bare = app.acme_key.clone();
-    assert_refused(app, "a key without a scheme", Code::Unauthenticated, header("authorization", &bare)).await;
+    assert_refused(
+        app,
+        "a key without a scheme",
+        Code::Unauthenticated,
+        header("authorization", &bare),
+    )
+    .await;
 
     // x-api-key works, and acts as acme.
     let (key, _) = create(app, &app.acme_key, named("listed")).await;
@@ -462,22 +659,39 @@ e2e_test!(admin_credentials_are_checked, |app| {
         "x-api-key",
         MetadataValue::try_from(app.acme_key.as_str()).expect("ASCII"),
     );
-    let got = app.admin().get_key(request).await.expect("x-api-key authenticates").into_inner();
+    let got = app
+        .admin()
+        .get_key(request)
+        .await
+        .expect("x-api-key authenticates")
+        .into_inner();
     assert_eq!(got.api_key.expect("the key").organization_id, "acme");
     let mut request = Request::new(pb::GetKeyRequest { id: key.id.clone() });
     request.metadata_mut().insert(
         "x-api-key",
         MetadataValue::try_from(app.globex_key.as_str()).expect("ASCII"),
     );
-    let status = app.admin().get_key(request).await.expect_err("x-api-key is globex");
-    assert_eq!(status.code(), Code::NotFound, "globex via x-api-key does not see acme's key");
+    let status = app
+        .admin()
+        .get_key(request)
+        .await
+        .expect_err("x-api-key is globex");
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "globex via x-api-key does not see acme's key"
+    );
     // The auth scheme is case-insensitive (RFC 9110 §11.1).
     let lower = format!("bearer {}", app.acme_key);
     let mut request = Request::new(pb::GetKeyRequest { id: key.id.clone() });
-    request
-        .metadata_mut()
-        .insert("authorization", MetadataValue::try_from(lower.as_str()).expect("ASCII"));
-    app.admin().get_key(request).await.expect("a lowercase bearer scheme works");
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(lower.as_str()).expect("ASCII"),
+    );
+    app.admin()
+        .get_key(request)
+        .await
+        .expect("a lowercase bearer scheme works");
 
     // A second admin key works until it is revoked; then it is unknown.
     let (second, second_secret) = create(
@@ -491,14 +705,25 @@ e2e_test!(admin_credentials_are_checked, |app| {
     )
     .await;
     app.admin()
-        .get_key(with_key(&second_secret, pb::GetKeyRequest { id: key.id.clone() }))
+        .get_key(with_key(
+            &second_secret,
+            pb::GetKeyRequest { id: key.id.clone() },
+        ))
         .await
         .expect("a new admin key works");
     app.admin()
-        .revoke_key(app.acme(pb::RevokeKeyRequest { id: second.id.clone() }))
+        .revoke_key(app.acme(pb::RevokeKeyRequest {
+            id: second.id.clone(),
+        }))
         .await
         .expect("revoke works");
-    assert_refused(app, "a revoked admin key", Code::Unauthenticated, bearer(&second_secret)).await;
+    assert_refused(
+        app,
+        "a revoked admin key",
+        Code::Unauthenticated,
+        bearer(&second_secret),
+    )
+    .await;
 
     // An archived admin key is refused too, and works again once reactivated.
     let (third, third_secret) = create(
@@ -512,12 +737,22 @@ e2e_test!(admin_credentials_are_checked, |app| {
     )
     .await;
     app.admin()
-        .archive_key(app.acme(pb::ArchiveKeyRequest { id: third.id.clone() }))
+        .archive_key(app.acme(pb::ArchiveKeyRequest {
+            id: third.id.clone(),
+        }))
         .await
         .expect("archive works");
-    assert_refused(app, "an archived admin key", Code::Unauthenticated, bearer(&third_secret)).await;
+    assert_refused(
+        app,
+        "an archived admin key",
+        Code::Unauthenticated,
+        bearer(&third_secret),
+    )
+    .await;
     app.admin()
-        .reactivate_key(app.acme(pb::ReactivateKeyRequest { id: third.id.clone() }))
+        .reactivate_key(app.acme(pb::ReactivateKeyRequest {
+            id: third.id.clone(),
+        }))
         .await
         .expect("reactivate works");
     app.admin()

@@ -76,7 +76,9 @@ impl<V: Validator> KeywardAuthLayer<V> {
         self
     }
 
-    /// Whether to strip the credential header before the inner service sees it.
+    /// Whether to strip the key before the inner service sees it: the header
+    /// it came from and, when both headers are accepted, `x-api-key` too (an
+    /// ignored second key is still a credential).
     pub fn hide_credentials(mut self, hide: bool) -> Self {
         self.config_mut().hide_credentials = hide;
         self
@@ -186,7 +188,11 @@ where
             match verdict {
                 Ok(Verdict::Allow(identity)) => {
                     if config.hide_credentials {
-                        request.headers_mut().remove(header);
+                        let headers = request.headers_mut();
+                        headers.remove(header);
+                        if config.source == CredentialSource::BearerOrApiKey {
+                            headers.remove(X_API_KEY);
+                        }
                     }
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
@@ -265,4 +271,226 @@ fn http_error<ResBody: Default>(status: StatusCode) -> Response<ResBody> {
     let mut response = Response::new(ResBody::default());
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::validator::{Identity, ValidationFuture, ValidatorError};
+
+    /// Allows `good` (scope `orders:read`), fails on `down`, denies the rest;
+    /// remembers what it was asked.
+    /// One question the stub was asked: key, required scopes, user agent.
+    type Asked = (String, Vec<String>, Option<String>);
+
+    #[derive(Default)]
+    struct Stub {
+        asked: Mutex<Vec<Asked>>,
+    }
+
+    impl Validator for Stub {
+        fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
+            self.asked.lock().expect("no panic").push((
+                request.key.to_owned(),
+                request
+                    .required_scopes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                request.client_ip.map(str::to_owned),
+            ));
+            Box::pin(async move {
+                match request.key {
+                    "down" => Err(ValidatorError::unavailable("stub is down")),
+                    "good"
+                        if request
+                            .required_scopes
+                            .iter()
+                            .all(|s| s.as_str() == "orders:read") =>
+                    {
+                        Ok(Verdict::Allow(Identity {
+                            key_id: "key_good".to_owned(),
+                            organization_id: "acme".to_owned(),
+                            workspace_id: None,
+                            name: "good".to_owned(),
+                            scopes: vec!["orders:read".to_owned()],
+                            metadata: Default::default(),
+                            user_id: None,
+                            service_account_id: None,
+                        }))
+                    }
+                    "good" => Ok(Verdict::Deny(Denial::Forbidden)),
+                    _ => Ok(Verdict::Deny(Denial::Unauthenticated)),
+                }
+            })
+        }
+    }
+
+    /// The inner service: echoes the identity's key id and the credential
+    /// headers it was shown.
+    async fn echo(request: Request<()>) -> Result<Response<String>, Infallible> {
+        let key_id = request
+            .extensions()
+            .get::<Identity>()
+            .map_or("-", |identity| identity.key_id.as_str());
+        Ok(Response::new(format!(
+            "{key_id} authorization={} x-api-key={}",
+            request.headers().contains_key(AUTHORIZATION),
+            request.headers().contains_key(X_API_KEY)
+        )))
+    }
+
+    async fn send(
+        layer: &KeywardAuthLayer<Stub>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<String> {
+        let mut request = Request::builder().uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(()).expect("a valid request");
+        layer
+            .layer(tower::service_fn(echo))
+            .oneshot(request)
+            .await
+            .expect("infallible")
+    }
+
+    fn layer() -> KeywardAuthLayer<Stub> {
+        KeywardAuthLayer::new(Stub::default())
+            .require_scopes("/write", [Scope::parse("orders:write").expect("valid")])
+            .public_prefix("/health/")
+    }
+
+    fn grpc_status(response: &Response<String>) -> Option<&str> {
+        response.headers().get("grpc-status")?.to_str().ok()
+    }
+
+    #[tokio::test]
+    async fn the_key_is_read_from_bearer_or_x_api_key() {
+        let layer = layer();
+        for headers in [
+            &[("authorization", "Bearer good")][..],
+            &[("authorization", "bearer  good ")][..],
+            &[("x-api-key", "good")][..],
+            &[("authorization", "Bearer good"), ("x-api-key", "other")][..],
+        ] {
+            let response = send(&layer, "/read", headers).await;
+            assert_eq!(response.status(), StatusCode::OK, "{headers:?}");
+            assert!(response.body().starts_with("key_good "), "{headers:?}");
+        }
+        for headers in [
+            &[][..],
+            &[("authorization", "Basic good")][..],
+            &[("authorization", "Bearer ")][..],
+            &[("x-api-key", "")][..],
+        ] {
+            let response = send(&layer, "/read", headers).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{headers:?}");
+            assert!(
+                response
+                    .headers()
+                    .contains_key(http::header::WWW_AUTHENTICATE)
+            );
+        }
+        let only_bearer = layer.clone().credential_source(CredentialSource::Bearer);
+        let response = send(&only_bearer, "/read", &[("x-api-key", "good")]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let only_api_key = layer.credential_source(CredentialSource::ApiKey);
+        let response = send(&only_api_key, "/read", &[("authorization", "Bearer good")]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn each_path_asks_for_its_scopes_and_public_paths_ask_nothing() {
+        let layer = layer();
+        let headers = [
+            ("authorization", "Bearer good"),
+            ("x-forwarded-for", "203.0.113.7, 10.0.0.1"),
+        ];
+        assert_eq!(
+            send(&layer, "/read", &headers).await.status(),
+            StatusCode::OK
+        );
+        let response = send(&layer, "/write", &headers).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(response.body().is_empty());
+        let response = send(&layer, "/health/check", &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.body(), "- authorization=false x-api-key=false");
+
+        let asked = layer.validator.asked.lock().expect("no panic").clone();
+        let first_hop = Some("203.0.113.7".to_owned());
+        assert_eq!(
+            asked,
+            vec![
+                ("good".to_owned(), vec![], first_hop.clone()),
+                (
+                    "good".to_owned(),
+                    vec!["orders:write".to_owned()],
+                    first_hop
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_requests_get_grpc_statuses_and_failures_are_unavailable() {
+        let layer = layer();
+        let grpc = ("content-type", "application/grpc");
+        for (headers, status) in [
+            (&[grpc][..], "16"),
+            (&[grpc, ("authorization", "Bearer good")][..], "7"),
+            (&[grpc, ("authorization", "Bearer down")][..], "14"),
+        ] {
+            let response = send(&layer, "/write", headers).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "trailers-only gRPC error"
+            );
+            assert_eq!(grpc_status(&response), Some(status), "{headers:?}");
+        }
+        let response = send(&layer, "/read", &[("x-api-key", "down")]).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.body().is_empty(), "never passed to the handler");
+    }
+
+    #[tokio::test]
+    async fn hide_credentials_strips_every_accepted_credential_header() {
+        let both = [("authorization", "Bearer good"), ("x-api-key", "other")];
+        let hiding = layer().hide_credentials(true);
+        let response = send(&hiding, "/read", &both).await;
+        assert_eq!(
+            response.body(),
+            "key_good authorization=false x-api-key=false"
+        );
+        let response = send(&hiding, "/read", &[("x-api-key", "good")]).await;
+        assert_eq!(
+            response.body(),
+            "key_good authorization=false x-api-key=false"
+        );
+        // Only bearer accepted: a stray x-api-key is not this layer's to strip.
+        let bearer_only = layer()
+            .hide_credentials(true)
+            .credential_source(CredentialSource::Bearer);
+        let response = send(&bearer_only, "/read", &both).await;
+        assert_eq!(
+            response.body(),
+            "key_good authorization=false x-api-key=true"
+        );
+
+        let showing = layer();
+        let response = send(&showing, "/read", &both).await;
+        assert_eq!(
+            response.body(),
+            "key_good authorization=true x-api-key=true"
+        );
+    }
 }

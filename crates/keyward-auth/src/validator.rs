@@ -72,7 +72,7 @@ pub struct Identity {
 }
 
 /// The validator could not reach a verdict; the layer fails closed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("key validation unavailable: {reason}")]
 pub struct ValidatorError {
     reason: String,

@@ -292,10 +292,27 @@ mod tests {
 
     #[test]
     fn scope_syntax() {
-        for good in ["*", "orders", "orders:read", "orders:*", "a.b-c_d:e:*", "v2:x"] {
+        for good in [
+            "*",
+            "orders",
+            "orders:read",
+            "orders:*",
+            "a.b-c_d:e:*",
+            "v2:x",
+        ] {
             assert!(Scope::parse(good).is_ok(), "{good:?} should parse");
         }
-        for bad in ["", "Orders", "orders:", ":read", "orders::read", "or*ders", "*:read", "a b", "orders:re*"] {
+        for bad in [
+            "",
+            "Orders",
+            "orders:",
+            ":read",
+            "orders::read",
+            "or*ders",
+            "*:read",
+            "a b",
+            "orders:re*",
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Scope::parse(&"a".repeat(129)).is_err());
@@ -314,7 +331,11 @@ mod tests {
             ("orders", "orders:read", false),
         ];
         for (held, required, expected) in cases {
-            assert_eq!(scope(held).grants(&scope(required)), expected, "{held} -> {required}");
+            assert_eq!(
+                scope(held).grants(&scope(required)),
+                expected,
+                "{held} -> {required}"
+            );
         }
     }
 
@@ -346,7 +367,10 @@ mod tests {
     #[test]
     fn references_and_organizations() {
         assert_eq!(OptionalRef::parse("").unwrap(), None);
-        assert_eq!(OptionalRef::parse("user_1@x").unwrap().as_deref(), Some("user_1@x"));
+        assert_eq!(
+            OptionalRef::parse("user_1@x").unwrap().as_deref(),
+            Some("user_1@x")
+        );
         assert!(OptionalRef::parse("has space").is_err());
         assert!(OrganizationId::parse("acme-corp").is_ok());
         assert!(OrganizationId::parse("").is_err());
@@ -358,10 +382,14 @@ mod tests {
         let good: BTreeMap<String, String> = [("team".into(), "payments".into())].into();
         assert!(Metadata::parse(&good).is_ok());
         let bad_key: BTreeMap<String, String> = [("a b".into(), "x".into())].into();
-        assert_eq!(Metadata::parse(&bad_key).unwrap_err().0.as_deref(), Some("a b"));
+        assert_eq!(
+            Metadata::parse(&bad_key).unwrap_err().0.as_deref(),
+            Some("a b")
+        );
         let bad_value: BTreeMap<String, String> = [("k".into(), "\u{1b}[31m".into())].into();
         assert!(Metadata::parse(&bad_value).is_err());
-        let many: BTreeMap<String, String> = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        let many: BTreeMap<String, String> =
+            (0..33).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(Metadata::parse(&many).is_err());
     }
 }

@@ -39,9 +39,9 @@ impl KeyId {
 
     /// Parses an id sent by a client.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        let ulid = raw
-            .strip_prefix(Self::PREFIX)
-            .ok_or(FieldError::new("must be a key id such as key_01JC3Y4M9ZQ8W6D4T2B1N0XK7P"))?;
+        let ulid = raw.strip_prefix(Self::PREFIX).ok_or(FieldError::new(
+            "must be a key id such as key_01JC3Y4M9ZQ8W6D4T2B1N0XK7P",
+        ))?;
         // The first character carries only 3 bits of a 128-bit ULID.
         if ulid.len() != ULID_LEN
             || !ulid.bytes().all(|b| CROCKFORD.contains(&b))

@@ -253,7 +253,10 @@ mod tests {
             disabled: false,
             created_at: now,
             updated_at: now,
-            created_by: Actor { kind: ActorKind::User, id: "u".into() },
+            created_by: Actor {
+                kind: ActorKind::User,
+                id: "u".into(),
+            },
             user_id: None,
             service_account_id: None,
             expires_at: None,
@@ -287,8 +290,14 @@ mod tests {
         let read = Scope::parse("orders:read").unwrap();
         let other = Scope::parse("billing:read").unwrap();
         let mut k = key();
-        assert_eq!(k.verdict(std::slice::from_ref(&read), now), ValidationCode::Valid);
-        assert_eq!(k.verdict(&[read.clone(), other], now), ValidationCode::InsufficientScope);
+        assert_eq!(
+            k.verdict(std::slice::from_ref(&read), now),
+            ValidationCode::Valid
+        );
+        assert_eq!(
+            k.verdict(&[read.clone(), other], now),
+            ValidationCode::InsufficientScope
+        );
         k.expires_at = Some(now + Duration::hours(1));
         assert_eq!(k.verdict(&[], now), ValidationCode::Valid);
         k.kind = KeyKind::Admin;

@@ -75,7 +75,8 @@ impl ApiKeySecret {
         } else {
             return Err(KeyFormatError::Shape);
         };
-        if rest.len() != RANDOM_LEN + CHECKSUM_LEN || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        if rest.len() != RANDOM_LEN + CHECKSUM_LEN
+            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return Err(KeyFormatError::Shape);
         }
@@ -179,7 +180,10 @@ mod tests {
             "sk_live_0123456789012345678901234567890-234567",
             "Bearer sk_live_0123456789",
         ] {
-            assert!(ApiKeySecret::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                ApiKeySecret::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -161,9 +161,8 @@ impl Chain {
         txn: &C,
         event: NewEvent<'_>,
     ) -> Result<(), StoreError> {
-        let changes = serde_json::to_string(&event.changes).map_err(|e| {
-            StoreError::Corrupt(format!("event changes cannot be serialized: {e}"))
-        })?;
+        let changes = serde_json::to_string(&event.changes)
+            .map_err(|e| StoreError::Corrupt(format!("event changes cannot be serialized: {e}")))?;
         let at = time::micros(event.at);
         let hash = event_hash(
             &self.head,
@@ -184,7 +183,7 @@ impl Chain {
             event_type: Set(event.event_type.to_owned()),
             actor_type: Set(event.actor_type.to_owned()),
             actor_id: Set(event.actor_id.to_owned()),
-            at: Set(at),
+            at: Set(time::db(at)),
             changes: Set(changes),
             prev_hash: Set(self.head.clone()),
             hash: Set(hash.clone()),
@@ -229,7 +228,7 @@ pub(crate) async fn insert_organization<C: ConnectionTrait>(
         id: Set(org.to_owned()),
         head_hash: Set(GENESIS_HASH.to_owned()),
         event_count: Set(0),
-        created_at: Set(time::now()),
+        created_at: Set(time::db(time::now())),
     })
     .on_conflict_do_nothing()
     .exec_without_returning(db)
@@ -331,7 +330,7 @@ async fn verify_organization(
                     event_type: &event.event_type,
                     actor_type: &event.actor_type,
                     actor_id: &event.actor_id,
-                    at: event.at,
+                    at: time::utc(event.at),
                     changes: &event.changes,
                 },
             );
@@ -423,9 +422,6 @@ mod tests {
         let mut b = content("{}");
         b.organization_id = "a";
         b.key_id = "bc";
-        assert_ne!(
-            event_hash(GENESIS_HASH, &a),
-            event_hash(GENESIS_HASH, &b)
-        );
+        assert_ne!(event_hash(GENESIS_HASH, &a), event_hash(GENESIS_HASH, &b));
     }
 }

@@ -1,8 +1,14 @@
 //! sea-orm entities: one module per table.
 //!
 //! The schema itself is created by `migration`, not from these definitions; the
-//! `column_type` attributes only document the intent. Timestamps are always
-//! written truncated to microseconds, the precision all three backends keep.
+//! `column_type` attributes only document the intent.
+//!
+//! Timestamps are `DateTime<FixedOffset>` and always at offset zero (the
+//! repository converts at its edges). That type is bound as a UTC string on
+//! MySQL, which a `datetime(6)` column takes for any year, whereas sea-orm binds
+//! `DateTime<Utc>` as a MySQL `TIMESTAMP` parameter, which MariaDB silently
+//! turns into NULL past 2038. They are always written truncated to
+//! microseconds, the precision all three backends keep.
 
 pub mod api_keys {
     //! One row per API key. The raw key is never stored: only its lookup hash.
@@ -46,9 +52,9 @@ pub mod api_keys {
         /// Set by an update to status INACTIVE.
         pub disabled: bool,
         /// Creation time.
-        pub created_at: DateTimeUtc,
+        pub created_at: DateTimeWithTimeZone,
         /// Last change of the record (not of its last-used data).
-        pub updated_at: DateTimeUtc,
+        pub updated_at: DateTimeWithTimeZone,
         /// `api_key`, `user` or `service_account`.
         pub created_by_type: String,
         /// The creating actor's id.
@@ -58,17 +64,17 @@ pub mod api_keys {
         /// The service account the key acts for.
         pub service_account_id: Option<String>,
         /// When the key stops validating.
-        pub expires_at: Option<DateTimeUtc>,
+        pub expires_at: Option<DateTimeWithTimeZone>,
         /// Last successful validation (coalesced, written in batches).
-        pub last_used_at: Option<DateTimeUtc>,
+        pub last_used_at: Option<DateTimeWithTimeZone>,
         /// Client IP of the last successful validation.
         pub last_used_ip: Option<String>,
         /// User agent of the last successful validation.
         pub last_used_user_agent: Option<String>,
         /// When archived.
-        pub archived_at: Option<DateTimeUtc>,
+        pub archived_at: Option<DateTimeWithTimeZone>,
         /// When revoked.
-        pub revoked_at: Option<DateTimeUtc>,
+        pub revoked_at: Option<DateTimeWithTimeZone>,
         /// The key this one replaced by rotation.
         pub rotated_from_id: Option<String>,
     }
@@ -105,7 +111,7 @@ pub mod key_events {
         /// The actor's id.
         pub actor_id: String,
         /// When it happened.
-        pub at: DateTimeUtc,
+        pub at: DateTimeWithTimeZone,
         /// JSON object: changed field name → new value. Never holds a secret.
         #[sea_orm(column_type = "Text")]
         pub changes: String,
@@ -141,7 +147,7 @@ pub mod organizations {
         /// Number of events in the chain.
         pub event_count: i64,
         /// When the organization was first seen.
-        pub created_at: DateTimeUtc,
+        pub created_at: DateTimeWithTimeZone,
     }
 
     /// No relations.

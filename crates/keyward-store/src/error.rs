@@ -42,7 +42,7 @@ impl StoreError {
 /// Whether a database error is about reaching the database rather than about
 /// the statement: connection refused or lost, pool exhausted, server shutting
 /// down, too many connections, or (SQLite) the database locked for too long.
-pub(crate) fn is_unavailable(err: &DbErr) -> bool {
+fn is_unavailable(err: &DbErr) -> bool {
     match err {
         DbErr::ConnectionAcquire(_) => true,
         DbErr::Conn(RuntimeErr::SqlxError(sqlx_err)) => {
@@ -67,7 +67,10 @@ fn sqlx_unavailable(err: &SqlxError) -> bool {
             if let Some(mysql) = db_err.try_downcast_ref::<SqlxMySqlError>() {
                 // Too many connections, server shutdown, cannot connect, server
                 // gone away, connection lost, connection killed.
-                matches!(mysql.number(), 1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013)
+                matches!(
+                    mysql.number(),
+                    1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013
+                )
             } else if db_err.try_downcast_ref::<SqlxSqliteError>().is_some() {
                 // Primary result codes: BUSY, LOCKED, IOERR, CANTOPEN.
                 db_err
@@ -78,7 +81,8 @@ fn sqlx_unavailable(err: &SqlxError) -> bool {
                 // PostgreSQL SQLSTATE: class 08 (connection exception), 53300
                 // (too many connections), 57P01..57P03 (shutdown, cannot connect now).
                 db_err.code().is_some_and(|code| {
-                    code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+                    code.starts_with("08")
+                        || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
                 })
             }
         }

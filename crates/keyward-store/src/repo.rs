@@ -12,15 +12,15 @@ use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait,
-    Database, DatabaseConnection, EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    Database, DatabaseConnection, DatabaseTransaction, EntityTrait, IntoActiveModel, Iterable,
+    ModelTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::json;
 
 use crate::audit::{self, AuditReport, Chain, Changes, NewEvent};
 use crate::entity::{api_keys, key_events, keyward_settings};
-use crate::error::{StoreError, is_unavailable};
+use crate::error::StoreError;
 use crate::migration::Migrator;
 use crate::time;
 
@@ -215,12 +215,10 @@ impl Store {
             } else {
                 // WAL lets readers (the validation path) proceed while a writer
                 // commits; writers queue on the busy timeout.
-                options
-                    .max_connections(8)
-                    .map_sqlx_sqlite_opts(|opts| {
-                        opts.journal_mode(SqliteJournalMode::Wal)
-                            .busy_timeout(Duration::from_secs(5))
-                    });
+                options.max_connections(8).map_sqlx_sqlite_opts(|opts| {
+                    opts.journal_mode(SqliteJournalMode::Wal)
+                        .busy_timeout(Duration::from_secs(5))
+                });
             }
         } else {
             options
@@ -228,13 +226,9 @@ impl Store {
                 .min_connections(1)
                 .idle_timeout(Duration::from_secs(300));
         }
-        let db = Database::connect(options).await.map_err(|err| {
-            if is_unavailable(&err) {
-                StoreError::Unavailable(err)
-            } else {
-                StoreError::Database(err)
-            }
-        })?;
+        let db = Database::connect(options)
+            .await
+            .map_err(|err| StoreError::from(err).classify())?;
         Ok(Self { db })
     }
 
@@ -267,7 +261,9 @@ impl Store {
 
     /// Inserts a key and its `Created` event.
     pub async fn create_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
-        self.create_key_inner(key).await.map_err(StoreError::classify)
+        self.create_key_inner(key)
+            .await
+            .map_err(StoreError::classify)
     }
 
     /// A key of `org` by id.
@@ -279,7 +275,10 @@ impl Store {
     }
 
     /// The key with this lookup hash, in any organization (the validation path).
-    pub async fn find_by_lookup_hash(&self, hash: &LookupHash) -> Result<Option<ApiKey>, StoreError> {
+    pub async fn find_by_lookup_hash(
+        &self,
+        hash: &LookupHash,
+    ) -> Result<Option<ApiKey>, StoreError> {
         let found = api_keys::Entity::find()
             .filter(api_keys::Column::LookupHash.eq(hash.to_hex()))
             .one(&self.db)
@@ -336,7 +335,7 @@ impl Store {
                 .filter(|at| *at != before.expires_at)
             {
                 changes.insert("expires_at", time_value(expires_at));
-                next.expires_at = expires_at;
+                next.expires_at = expires_at.map(time::db);
             }
             if let Some(disabled) = patch.disabled.filter(|d| *d != before.disabled) {
                 changes.insert("disabled", json!(disabled));
@@ -345,7 +344,7 @@ impl Store {
             if changes.is_empty() {
                 return Ok(None);
             }
-            next.updated_at = now;
+            next.updated_at = time::db(now);
             Ok(Some((next, changes)))
         })
         .await
@@ -353,7 +352,12 @@ impl Store {
 
     /// Archives (idempotent: archiving an archived key changes nothing and
     /// records nothing). Revoked keys: `FailedPrecondition`.
-    pub async fn archive_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<ApiKey, StoreError> {
+    pub async fn archive_key(
+        &self,
+        org: &str,
+        id: &KeyId,
+        actor: &Actor,
+    ) -> Result<ApiKey, StoreError> {
         self.mutate(org, id, actor, EventType::Archived, |current, now| {
             if current.revoked_at.is_some() {
                 return Err(revoked("cannot be archived"));
@@ -362,8 +366,8 @@ impl Store {
                 return Ok(None);
             }
             let mut next = current.clone();
-            next.archived_at = Some(now);
-            next.updated_at = now;
+            next.archived_at = Some(time::db(now));
+            next.updated_at = time::db(now);
             let changes = Changes::from([("archived_at", time_value(Some(now)))]);
             Ok(Some((next, changes)))
         })
@@ -371,7 +375,12 @@ impl Store {
     }
 
     /// Clears `archived_at` and `disabled` (idempotent). Revoked: `FailedPrecondition`.
-    pub async fn reactivate_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<ApiKey, StoreError> {
+    pub async fn reactivate_key(
+        &self,
+        org: &str,
+        id: &KeyId,
+        actor: &Actor,
+    ) -> Result<ApiKey, StoreError> {
         self.mutate(org, id, actor, EventType::Reactivated, |current, now| {
             if current.revoked_at.is_some() {
                 return Err(revoked("cannot be reactivated"));
@@ -389,21 +398,26 @@ impl Store {
             if changes.is_empty() {
                 return Ok(None);
             }
-            next.updated_at = now;
+            next.updated_at = time::db(now);
             Ok(Some((next, changes)))
         })
         .await
     }
 
     /// Sets `revoked_at` (idempotent).
-    pub async fn revoke_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<ApiKey, StoreError> {
+    pub async fn revoke_key(
+        &self,
+        org: &str,
+        id: &KeyId,
+        actor: &Actor,
+    ) -> Result<ApiKey, StoreError> {
         self.mutate(org, id, actor, EventType::Revoked, |current, now| {
             if current.revoked_at.is_some() {
                 return Ok(None);
             }
             let mut next = current.clone();
-            next.revoked_at = Some(now);
-            next.updated_at = now;
+            next.revoked_at = Some(time::db(now));
+            next.updated_at = time::db(now);
             let changes = Changes::from([("revoked_at", time_value(Some(now)))]);
             Ok(Some((next, changes)))
         })
@@ -435,7 +449,11 @@ impl Store {
     }
 
     /// A page of `org`'s events.
-    pub async fn list_events(&self, org: &str, query: &EventQuery) -> Result<EventPage, StoreError> {
+    pub async fn list_events(
+        &self,
+        org: &str,
+        query: &EventQuery,
+    ) -> Result<EventPage, StoreError> {
         self.list_events_inner(org, query)
             .await
             .map_err(StoreError::classify)
@@ -448,7 +466,11 @@ impl Store {
     /// transaction that took a smaller `seq` may commit after a larger one was
     /// already read. A follower that must not miss events should re-read a
     /// window behind its cursor (events are immutable, so re-reading is safe).
-    pub async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<KeyEvent>, StoreError> {
+    pub async fn events_after(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<KeyEvent>, StoreError> {
         let rows = key_events::Entity::find()
             .filter(key_events::Column::Seq.gt(after_seq))
             .order_by_asc(key_events::Column::Seq)
@@ -487,7 +509,9 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or_else(|| {
-                StoreError::Corrupt("the lookup-hasher fingerprint vanished after being stored".into())
+                StoreError::Corrupt(
+                    "the lookup-hasher fingerprint vanished after being stored".into(),
+                )
             })?;
         if stored.value == fingerprint {
             Ok(())
@@ -498,13 +522,16 @@ impl Store {
 
     async fn create_key_inner(&self, key: NewKey) -> Result<ApiKey, StoreError> {
         let txn = self.db.begin().await?;
-        let mut chain = Chain::lock(&txn, key.organization_id.as_str()).await?;
-        let now = time::now();
-        let row = new_row(&key, KeyId::generate(), None, now)?;
-        insert_key(&txn, &row).await?;
-        chain.append(&txn, created_event(&row, &key, now)).await?;
-        txn.commit().await?;
-        key_from_row(row)
+        let result: Result<Outcome<ApiKey>, StoreError> = async {
+            let mut chain = Chain::lock(&txn, key.organization_id.as_str()).await?;
+            let now = time::now();
+            let row = new_row(&key, KeyId::generate(), None, now)?;
+            insert_key(&txn, &row).await?;
+            chain.append(&txn, created_event(&row, &key, now)).await?;
+            Ok(Outcome::Commit(key_from_row(row)?))
+        }
+        .await;
+        finish(txn, result).await
     }
 
     async fn list_keys_inner(&self, org: &str, query: &ListQuery) -> Result<KeyPage, StoreError> {
@@ -548,7 +575,7 @@ impl Store {
             filter = filter.add(
                 Condition::any()
                     .add(C::LastUsedAt.is_null())
-                    .add(C::LastUsedAt.lt(time::ceil_micros(before))),
+                    .add(C::LastUsedAt.lt(time::db(time::ceil_micros(before)))),
             );
         }
 
@@ -564,12 +591,19 @@ impl Store {
         let rows = select.limit(limit as u64 + 1).all(&self.db).await?;
         let (items, has_more) = page_of(rows, limit, ascending);
         Ok(Page {
-            items: items.into_iter().map(key_from_row).collect::<Result<_, _>>()?,
+            items: items
+                .into_iter()
+                .map(key_from_row)
+                .collect::<Result<_, _>>()?,
             has_more,
         })
     }
 
-    async fn list_events_inner(&self, org: &str, query: &EventQuery) -> Result<EventPage, StoreError> {
+    async fn list_events_inner(
+        &self,
+        org: &str,
+        query: &EventQuery,
+    ) -> Result<EventPage, StoreError> {
         use key_events::Column as C;
         let limit = query.limit.clamp(1, MAX_PAGE) as usize;
         let mut filter = Condition::all().add(C::OrganizationId.eq(org));
@@ -592,7 +626,10 @@ impl Store {
         let rows = select.limit(limit as u64 + 1).all(&self.db).await?;
         let (items, has_more) = page_of(rows, limit, ascending);
         Ok(Page {
-            items: items.into_iter().map(event_from_row).collect::<Result<_, _>>()?,
+            items: items
+                .into_iter()
+                .map(event_from_row)
+                .collect::<Result<_, _>>()?,
             has_more,
         })
     }
@@ -614,15 +651,19 @@ impl Store {
             DateTime<Utc>,
         ) -> Result<Option<(api_keys::Model, Changes)>, StoreError>,
     {
-        let result: Result<ApiKey, StoreError> = async {
-            let txn = self.db.begin().await?;
+        let txn = self
+            .db
+            .begin()
+            .await
+            .map_err(|err| StoreError::from(err).classify())?;
+        let result: Result<Outcome<ApiKey>, StoreError> = async {
             let mut chain = Chain::lock(&txn, org).await?;
             let current = load_key(&txn, org, id).await?;
             let now = time::now();
             let Some((next, changes)) = change(&current, now)? else {
-                // Nothing changed: roll back the (value-preserving) lock.
-                txn.rollback().await?;
-                return key_from_row(current);
+                // Nothing changes, so nothing is written (the lock itself
+                // changed no value either).
+                return Ok(Outcome::Rollback(key_from_row(current)?));
             };
             update_row(&txn, &current, &next).await?;
             chain
@@ -638,37 +679,44 @@ impl Store {
                     },
                 )
                 .await?;
-            txn.commit().await?;
-            key_from_row(next)
+            Ok(Outcome::Commit(key_from_row(next)?))
         }
         .await;
-        result.map_err(StoreError::classify)
+        finish(txn, result).await.map_err(StoreError::classify)
     }
 
-    async fn delete_key_inner(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<(), StoreError> {
+    async fn delete_key_inner(
+        &self,
+        org: &str,
+        id: &KeyId,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
-        let mut chain = Chain::lock(&txn, org).await?;
-        let current = load_key(&txn, org, id).await?;
-        api_keys::Entity::delete_many()
-            .filter(api_keys::Column::Id.eq(current.id.as_str()))
-            .filter(api_keys::Column::OrganizationId.eq(org))
-            .exec(&txn)
-            .await?;
-        chain
-            .append(
-                &txn,
-                NewEvent {
-                    key_id: &current.id,
-                    event_type: EventType::Deleted.as_str(),
-                    actor_type: actor.kind.as_str(),
-                    actor_id: &actor.id,
-                    at: time::now(),
-                    changes: Changes::new(),
-                },
-            )
-            .await?;
-        txn.commit().await?;
-        Ok(())
+        let result: Result<Outcome<()>, StoreError> = async {
+            let mut chain = Chain::lock(&txn, org).await?;
+            let current = load_key(&txn, org, id).await?;
+            api_keys::Entity::delete_many()
+                .filter(api_keys::Column::Id.eq(current.id.as_str()))
+                .filter(api_keys::Column::OrganizationId.eq(org))
+                .exec(&txn)
+                .await?;
+            chain
+                .append(
+                    &txn,
+                    NewEvent {
+                        key_id: &current.id,
+                        event_type: EventType::Deleted.as_str(),
+                        actor_type: actor.kind.as_str(),
+                        actor_id: &actor.id,
+                        at: time::now(),
+                        changes: Changes::new(),
+                    },
+                )
+                .await?;
+            Ok(Outcome::Commit(()))
+        }
+        .await;
+        finish(txn, result).await
     }
 
     async fn rotate_key_inner(
@@ -684,54 +732,63 @@ impl Store {
             ));
         }
         let txn = self.db.begin().await?;
-        let mut chain = Chain::lock(&txn, org).await?;
-        let old = load_key(&txn, org, id).await?;
-        if old.revoked_at.is_some() {
-            return Err(revoked("cannot be rotated"));
+        let result: Result<Outcome<(ApiKey, ApiKey)>, StoreError> = async {
+            let mut chain = Chain::lock(&txn, org).await?;
+            let old = load_key(&txn, org, id).await?;
+            if old.revoked_at.is_some() {
+                return Err(revoked("cannot be rotated"));
+            }
+            if old.archived_at.is_some() {
+                return Err(StoreError::FailedPrecondition(
+                    "key is archived and cannot be rotated; reactivate it first".into(),
+                ));
+            }
+            let now = time::now();
+
+            let new = new_row(&replacement, KeyId::generate(), Some(old.id.clone()), now)?;
+            insert_key(&txn, &new).await?;
+
+            // A grace period too large to represent leaves the expiry as it was.
+            let grace_end = TimeDelta::from_std(grace)
+                .ok()
+                .and_then(|grace| now.checked_add_signed(grace))
+                .map(time::micros);
+            let expires_at = match (old.expires_at.map(time::utc), grace_end) {
+                (Some(existing), Some(end)) => Some(existing.min(end)),
+                (existing, end) => existing.or(end),
+            };
+            let mut next_old = old.clone();
+            next_old.expires_at = expires_at.map(time::db);
+            next_old.updated_at = time::db(now);
+            update_row(&txn, &old, &next_old).await?;
+
+            let actor = &replacement.created_by;
+            chain
+                .append(&txn, created_event(&new, &replacement, now))
+                .await?;
+            chain
+                .append(
+                    &txn,
+                    NewEvent {
+                        key_id: &old.id,
+                        event_type: EventType::Rotated.as_str(),
+                        actor_type: actor.kind.as_str(),
+                        actor_id: &actor.id,
+                        at: now,
+                        changes: Changes::from([
+                            ("expires_at", time_value(expires_at)),
+                            ("replaced_by", json!(new.id)),
+                        ]),
+                    },
+                )
+                .await?;
+            Ok(Outcome::Commit((
+                key_from_row(new)?,
+                key_from_row(next_old)?,
+            )))
         }
-        if old.archived_at.is_some() {
-            return Err(StoreError::FailedPrecondition(
-                "key is archived and cannot be rotated; reactivate it first".into(),
-            ));
-        }
-        let now = time::now();
-
-        let new = new_row(&replacement, KeyId::generate(), Some(old.id.clone()), now)?;
-        insert_key(&txn, &new).await?;
-
-        // A grace period too large to represent leaves the expiry as it was.
-        let grace_end = TimeDelta::from_std(grace)
-            .ok()
-            .and_then(|grace| now.checked_add_signed(grace))
-            .map(time::micros);
-        let mut next_old = old.clone();
-        next_old.expires_at = match (old.expires_at, grace_end) {
-            (Some(existing), Some(end)) => Some(existing.min(end)),
-            (existing, end) => existing.or(end),
-        };
-        next_old.updated_at = now;
-        update_row(&txn, &old, &next_old).await?;
-
-        let actor = &replacement.created_by;
-        chain.append(&txn, created_event(&new, &replacement, now)).await?;
-        chain
-            .append(
-                &txn,
-                NewEvent {
-                    key_id: &old.id,
-                    event_type: EventType::Rotated.as_str(),
-                    actor_type: actor.kind.as_str(),
-                    actor_id: &actor.id,
-                    at: now,
-                    changes: Changes::from([
-                        ("expires_at", time_value(next_old.expires_at)),
-                        ("replaced_by", json!(new.id)),
-                    ]),
-                },
-            )
-            .await?;
-        txn.commit().await?;
-        Ok((key_from_row(new)?, key_from_row(next_old)?))
+        .await;
+        finish(txn, result).await
     }
 
     async fn record_usage_inner(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
@@ -749,28 +806,64 @@ impl Store {
         }
         // One transaction: one commit (one fsync) per batch, not per key.
         let txn = self.db.begin().await?;
-        for (key_id, record) in latest {
-            let at = time::micros(record.at);
-            api_keys::Entity::update_many()
-                .col_expr(C::LastUsedAt, Expr::value(at))
-                .col_expr(C::LastUsedIp, Expr::value(cut(&record.ip, MAX_IP_CHARS)))
-                .col_expr(
-                    C::LastUsedUserAgent,
-                    Expr::value(cut(&record.user_agent, MAX_USER_AGENT_CHARS)),
-                )
-                .filter(C::Id.eq(key_id))
-                // Never move last-used data backwards (another replica may have
-                // written a newer observation).
-                .filter(
-                    Condition::any()
-                        .add(C::LastUsedAt.is_null())
-                        .add(C::LastUsedAt.lt(at)),
-                )
-                .exec(&txn)
-                .await?;
+        let result: Result<Outcome<()>, StoreError> = async {
+            for (key_id, record) in latest {
+                let at = time::db(record.at);
+                api_keys::Entity::update_many()
+                    .col_expr(C::LastUsedAt, Expr::value(at))
+                    .col_expr(C::LastUsedIp, Expr::value(cut(&record.ip, MAX_IP_CHARS)))
+                    .col_expr(
+                        C::LastUsedUserAgent,
+                        Expr::value(cut(&record.user_agent, MAX_USER_AGENT_CHARS)),
+                    )
+                    .filter(C::Id.eq(key_id))
+                    // Never move last-used data backwards (another replica may have
+                    // written a newer observation).
+                    .filter(
+                        Condition::any()
+                            .add(C::LastUsedAt.is_null())
+                            .add(C::LastUsedAt.lt(at)),
+                    )
+                    .exec(&txn)
+                    .await?;
+            }
+            Ok(Outcome::Commit(()))
         }
-        txn.commit().await?;
-        Ok(())
+        .await;
+        finish(txn, result).await
+    }
+}
+
+/// How a transaction body wants its transaction to end.
+enum Outcome<T> {
+    /// Commit, then return the value.
+    Commit(T),
+    /// Nothing to write: roll back, then return the value.
+    Rollback(T),
+}
+
+/// Ends `txn` as its body asked. On an error the transaction is rolled back
+/// right away, so an SQLite write lock or a row lock is not held until the
+/// pooled connection happens to be used again.
+async fn finish<T>(
+    txn: DatabaseTransaction,
+    result: Result<Outcome<T>, StoreError>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(Outcome::Commit(value)) => {
+            txn.commit().await?;
+            Ok(value)
+        }
+        Ok(Outcome::Rollback(value)) => {
+            txn.rollback().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The body's error is the one worth reporting; a failed rollback
+            // ends with the connection anyway.
+            let _ = txn.rollback().await;
+            Err(err)
+        }
     }
 }
 
@@ -872,13 +965,13 @@ fn new_row(
         prefix: key.prefix.clone(),
         partial_key_hint: key.partial_key_hint.clone(),
         disabled: false,
-        created_at: now,
-        updated_at: now,
+        created_at: time::db(now),
+        updated_at: time::db(now),
         created_by_type: key.created_by.kind.as_str().to_owned(),
         created_by_id: key.created_by.id.clone(),
         user_id: key.user_id.clone(),
         service_account_id: key.service_account_id.clone(),
-        expires_at: key.expires_at.map(time::micros),
+        expires_at: key.expires_at.map(time::db),
         last_used_at: None,
         last_used_ip: None,
         last_used_user_agent: None,
@@ -890,7 +983,11 @@ fn new_row(
 
 /// The `Created` event of a new key: its initial, non-secret fields. The
 /// lookup hash and the partial hint stay out of the audit log.
-fn created_event<'a>(row: &'a api_keys::Model, key: &'a NewKey, now: DateTime<Utc>) -> NewEvent<'a> {
+fn created_event<'a>(
+    row: &'a api_keys::Model,
+    key: &'a NewKey,
+    now: DateTime<Utc>,
+) -> NewEvent<'a> {
     let mut changes = Changes::from([
         ("name", json!(row.name)),
         ("description", json!(row.description)),
@@ -912,7 +1009,7 @@ fn created_event<'a>(row: &'a api_keys::Model, key: &'a NewKey, now: DateTime<Ut
         }
     }
     if row.expires_at.is_some() {
-        changes.insert("expires_at", time_value(row.expires_at));
+        changes.insert("expires_at", time_value(row.expires_at.map(time::utc)));
     }
     NewEvent {
         key_id: &row.id,
@@ -948,14 +1045,14 @@ fn status_condition(status: KeyStatus, now: DateTime<Utc>) -> Condition {
     let unexpired = || {
         Condition::any()
             .add(C::ExpiresAt.is_null())
-            .add(C::ExpiresAt.gt(now))
+            .add(C::ExpiresAt.gt(time::db(now)))
     };
     match status {
         KeyStatus::Revoked => Condition::all().add(C::RevokedAt.is_not_null()),
         KeyStatus::Archived => Condition::all()
             .add(C::RevokedAt.is_null())
             .add(C::ArchivedAt.is_not_null()),
-        KeyStatus::Expired => live().add(C::ExpiresAt.lte(now)),
+        KeyStatus::Expired => live().add(C::ExpiresAt.lte(time::db(now))),
         KeyStatus::Inactive => live().add(unexpired()).add(C::Disabled.eq(true)),
         KeyStatus::Active => live().add(unexpired()).add(C::Disabled.eq(false)),
     }
@@ -1009,20 +1106,20 @@ fn key_from_row(row: api_keys::Model) -> Result<ApiKey, StoreError> {
         prefix: row.prefix,
         partial_key_hint: row.partial_key_hint,
         disabled: row.disabled,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
+        created_at: time::utc(row.created_at),
+        updated_at: time::utc(row.updated_at),
         created_by: Actor {
             kind: created_by_kind,
             id: row.created_by_id,
         },
         user_id: row.user_id,
         service_account_id: row.service_account_id,
-        expires_at: row.expires_at,
-        last_used_at: row.last_used_at,
+        expires_at: row.expires_at.map(time::utc),
+        last_used_at: row.last_used_at.map(time::utc),
         last_used_ip: row.last_used_ip,
         last_used_user_agent: row.last_used_user_agent,
-        archived_at: row.archived_at,
-        revoked_at: row.revoked_at,
+        archived_at: row.archived_at.map(time::utc),
+        revoked_at: row.revoked_at.map(time::utc),
         rotated_from_id: row.rotated_from_id.map(KeyId::from_trusted),
     })
 }
@@ -1044,7 +1141,7 @@ fn event_from_row(row: key_events::Model) -> Result<KeyEvent, StoreError> {
             kind: actor_kind,
             id: row.actor_id,
         },
-        at: row.at,
+        at: time::utc(row.at),
         changes: changes
             .into_iter()
             .map(|(field, value)| (field, value.to_string()))

@@ -12,7 +12,9 @@
 //! a missing database fails the test.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
@@ -87,19 +89,25 @@ impl TestDatabase {
                 };
                 let admin_url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
                 let name = format!("keyward_t_{unique}");
+                if let Some(reason) = known_unavailable(backend) {
+                    // Found down by an earlier test of this process: skip at
+                    // once instead of waiting for another connect timeout.
+                    unavailable(backend, &admin_url, &reason);
+                    return None;
+                }
                 let admin = match admin_connect(&admin_url).await {
                     Ok(admin) => admin,
                     Err(err) => {
-                        unavailable(backend, &admin_url, &err);
+                        let reason = err.to_string();
+                        remember_unavailable(backend, &reason);
+                        unavailable(backend, &admin_url, &reason);
                         return None;
                     }
                 };
                 let create = if backend == Backend::Postgres {
                     format!("CREATE DATABASE \"{name}\"")
                 } else {
-                    format!(
-                        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                    )
+                    format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
                 };
                 let created = admin.execute_unprepared(&create).await;
                 let _ = admin.close().await;
@@ -167,13 +175,19 @@ where
         Ok(store) => store,
         Err(err) => {
             database.drop_database().await;
-            panic!("cannot connect to the fresh {} test database: {err}", backend.name());
+            panic!(
+                "cannot connect to the fresh {} test database: {err}",
+                backend.name()
+            );
         }
     };
     if let Err(err) = store.migrate().await {
         let _ = store.connection().close_by_ref().await;
         database.drop_database().await;
-        panic!("cannot migrate the fresh {} test database: {err}", backend.name());
+        panic!(
+            "cannot migrate the fresh {} test database: {err}",
+            backend.name()
+        );
     }
     // A task of its own, so a failing assertion comes back as a `JoinError`
     // and the database is still dropped.
@@ -230,14 +244,30 @@ async fn admin_connect(url: &str) -> Result<DatabaseConnection, sea_orm::DbErr> 
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(1)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(3))
         .sqlx_logging(false);
     Database::connect(options).await
 }
 
+/// Backends found unreachable by this process, with the reason.
+static UNAVAILABLE: Mutex<Vec<(Backend, String)>> = Mutex::new(Vec::new());
+
+fn known_unavailable(backend: Backend) -> Option<String> {
+    let known = UNAVAILABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    known
+        .iter()
+        .find(|(b, _)| *b == backend)
+        .map(|(_, reason)| reason.clone())
+}
+
+fn remember_unavailable(backend: Backend, reason: &str) {
+    let mut known = UNAVAILABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    known.push((backend, reason.to_owned()));
+}
+
 /// Reports an unreachable server: a failure in CI, a loud skip elsewhere.
-fn unavailable(backend: Backend, url: &str, err: &sea_orm::DbErr) {
+fn unavailable(backend: Backend, url: &str, err: &str) {
     let message = format!(
         "{} test database unavailable at {}: {err}",
         backend.name(),
@@ -246,7 +276,9 @@ fn unavailable(backend: Backend, url: &str, err: &sea_orm::DbErr) {
     if std::env::var("CI").is_ok_and(|ci| ci == "true") {
         panic!("{message} (CI=true: a missing database is a failure)");
     }
-    eprintln!("SKIPPED: {message}");
+    // Straight to the process's stderr: libtest captures `eprintln!` of
+    // passing tests, and a skip must not go unnoticed.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {message}");
 }
 
 /// `url` with its password, if any, replaced by `***`.

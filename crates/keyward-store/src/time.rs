@@ -2,7 +2,7 @@
 //! the precision PostgreSQL and MySQL `datetime(6)` keep, so a value returned
 //! by a write equals the value read back later on every backend.
 
-use chrono::{DateTime, SecondsFormat, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, SubsecRound, TimeDelta, Utc};
 
 /// The current time, truncated to microseconds.
 pub(crate) fn now() -> DateTime<Utc> {
@@ -25,6 +25,17 @@ pub(crate) fn ceil_micros(at: DateTime<Utc>) -> DateTime<Utc> {
             .checked_add_signed(TimeDelta::microseconds(1))
             .unwrap_or(truncated)
     }
+}
+
+/// `at` as the entities store it: truncated to microseconds, at offset zero
+/// (see `entity` for why not `DateTime<Utc>`).
+pub(crate) fn db(at: DateTime<Utc>) -> DateTime<FixedOffset> {
+    micros(at).fixed_offset()
+}
+
+/// A stored timestamp back in UTC.
+pub(crate) fn utc(at: DateTime<FixedOffset>) -> DateTime<Utc> {
+    at.with_timezone(&Utc)
 }
 
 /// RFC 3339 with exactly six fractional digits and `Z`, e.g.

@@ -46,7 +46,10 @@ pub async fn events(store: &Store, org: &str) -> Vec<KeyEvent> {
         ..EventQuery::default()
     };
     let page = store.list_events(org, &query).await.expect("list events");
-    assert!(!page.has_more, "tests keep fewer than 1000 events per organization");
+    assert!(
+        !page.has_more,
+        "tests keep fewer than 1000 events per organization"
+    );
     page.items
 }
 

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use keyward_core::{
-    ActorKind, Description, Environment, KeyId, KeyKind, KeyStatus, LookupHash,
-    Metadata, OrganizationId, Scopes,
+    ActorKind, Description, Environment, KeyId, KeyKind, KeyStatus, LookupHash, Metadata,
+    OrganizationId, Scopes,
 };
+use keyward_store::migration::Migrator;
 use keyward_store::{EventType, StoreError};
+use sea_orm_migration::MigratorTrait;
 
 use crate::helpers::{events, micros, new_key};
 
@@ -22,7 +24,10 @@ keyward_store::store_test!(create_get_and_cross_org_not_found, |store| async mov
     assert_eq!(created.created_at, created.updated_at);
 
     let fetched = store.get_key("acme", &created.id).await.expect("get");
-    assert_eq!(fetched, created, "what create returns is what get reads back");
+    assert_eq!(
+        fetched, created,
+        "what create returns is what get reads back"
+    );
 
     // Another organization cannot see it, and cannot tell it exists.
     assert!(matches!(
@@ -83,7 +88,10 @@ keyward_store::store_test!(every_field_round_trips, |store| async move {
     let fetched = store.get_key("acme", &created.id).await.expect("get");
     assert_eq!(fetched, created);
     let log = events(&store, "acme").await;
-    assert_eq!(log[0].changes["expires_at"], "\"2100-01-01T00:00:00.123456Z\"");
+    assert_eq!(
+        log[0].changes["expires_at"],
+        "\"2100-01-01T00:00:00.123456Z\""
+    );
     assert_eq!(log[0].changes["workspace_id"], "\"ws_1\"");
     assert_eq!(log[0].at, created.created_at);
 });
@@ -112,17 +120,33 @@ keyward_store::store_test!(duplicate_lookup_hash_is_rejected, |store| async move
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     // The failed insert wrote no event.
     assert_eq!(events(&store, "acme").await.len(), 1);
-    assert!(store.verify_audit(None).await.expect("verify").broken.is_empty());
+    assert!(
+        store
+            .verify_audit(None)
+            .await
+            .expect("verify")
+            .broken
+            .is_empty()
+    );
 });
 
 keyward_store::store_test!(check_hasher_detects_a_changed_secret, |store| async move {
-    store.check_hasher("fingerprint-a").await.expect("first use records it");
-    store.check_hasher("fingerprint-a").await.expect("same hasher");
+    store
+        .check_hasher("fingerprint-a")
+        .await
+        .expect("first use records it");
+    store
+        .check_hasher("fingerprint-a")
+        .await
+        .expect("same hasher");
     assert!(matches!(
         store.check_hasher("fingerprint-b").await,
         Err(StoreError::HasherMismatch)
     ));
-    store.check_hasher("fingerprint-a").await.expect("still the first");
+    store
+        .check_hasher("fingerprint-a")
+        .await
+        .expect("still the first");
 });
 
 keyward_store::store_test!(ensure_organization_is_idempotent, |store| async move {
@@ -134,15 +158,31 @@ keyward_store::store_test!(ensure_organization_is_idempotent, |store| async move
     assert_eq!(report.events_checked, 0);
     assert!(report.broken.is_empty());
     // A key created afterwards starts the chain.
-    store.create_key(new_key("acme", "k")).await.expect("create");
+    store
+        .create_key(new_key("acme", "k"))
+        .await
+        .expect("create");
     let report = store.verify_audit(Some("acme")).await.expect("verify");
     assert_eq!(report.events_checked, 1);
     assert!(report.broken.is_empty());
 });
 
-keyward_store::store_test!(migrate_twice_is_harmless, |store| async move {
-    store.migrate().await.expect("second migrate");
-    store.create_key(new_key("acme", "k")).await.expect("create");
+keyward_store::store_test!(migrations_go_down_and_up_again, |store| async move {
+    store.migrate().await.expect("a second migrate is a no-op");
+    store
+        .create_key(new_key("acme", "k"))
+        .await
+        .expect("create");
+    Migrator::down(store.connection(), None)
+        .await
+        .expect("down drops everything");
+    store.migrate().await.expect("up again");
+    let key = store
+        .create_key(new_key("acme", "k"))
+        .await
+        .expect("create");
+    assert_eq!(events(&store, "acme").await.len(), 1, "a fresh schema");
+    assert_eq!(store.get_key("acme", &key.id).await.expect("get"), key);
 });
 
 keyward_store::store_test!(expired_status_is_computed, |store| async move {

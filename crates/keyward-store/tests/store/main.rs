@@ -2,6 +2,7 @@
 //! MariaDB, each on a fresh database (see `keyward_store::testing`).
 
 mod audit;
+mod errors;
 mod helpers;
 mod keys;
 mod lifecycle;

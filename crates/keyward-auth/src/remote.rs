@@ -1,0 +1,350 @@
+//! `RemoteValidator`: a [`Validator`] that asks keyward's `ValidateKey` over
+//! gRPC, with a local verdict cache that honours keyward's cache hint,
+//! coalesces concurrent lookups of the same key, and fails closed.
+
+mod cache;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keyward_core::ApiKeySecret;
+use tonic::transport::Channel;
+
+use self::cache::{VerdictCache, cache_key};
+use self::pb::key_validation_service_client::KeyValidationServiceClient;
+use crate::validator::{
+    Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
+};
+
+/// The generated `keyward.v1` client and messages (wire types stay here).
+#[allow(
+    dead_code,
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic
+)]
+mod pb {
+    tonic::include_proto!("keyward.v1");
+}
+
+/// How long one `ValidateKey` call may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default cap on how long a verdict is reused, whatever keyward hints.
+pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(5);
+/// The default number of cached verdicts.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+/// keyward's limits on the usage data sent along (longer values would make
+/// keyward reject the whole call as INVALID_ARGUMENT).
+const MAX_CLIENT_IP_CHARS: usize = 64;
+const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// A [`Validator`] that asks a keyward server, for product services.
+///
+/// - Verdicts are cached locally for the `cache_ttl` keyward sends with each
+///   answer, capped by [`RemoteValidatorBuilder::max_cache_ttl`]; a zero or
+///   missing hint means the verdict is not cached. The cache is bounded
+///   ([`RemoteValidatorBuilder::cache_capacity`]) and keyed by a BLAKE3 hash
+///   of the key and the required scopes, never by the raw key.
+/// - Concurrent lookups of the same key with the same scopes share one
+///   `ValidateKey` call (the first request's client IP and user agent are
+///   the ones keyward records).
+/// - Strings that are not keyward keys at all (wrong shape or checksum) are
+///   denied locally, without a call.
+/// - It fails closed: a transport error, a timeout or any non-OK status is a
+///   [`ValidatorError`], which makes the layer answer UNAVAILABLE (503),
+///   never "allowed". Errors are not cached; the next request asks again.
+pub struct RemoteValidator {
+    client: KeyValidationServiceClient<Channel>,
+    cache: VerdictCache,
+    timeout: Duration,
+    calls: AtomicU64,
+}
+
+impl RemoteValidator {
+    /// A validator calling keyward over `channel` with the default options.
+    ///
+    /// The channel may connect lazily
+    /// (`tonic::transport::Endpoint::connect_lazy`): until keyward can be
+    /// reached, every request is refused as UNAVAILABLE.
+    pub fn new(channel: Channel) -> Self {
+        Self::builder(channel).build()
+    }
+
+    /// A builder for a validator calling keyward over `channel`.
+    pub fn builder(channel: Channel) -> RemoteValidatorBuilder {
+        RemoteValidatorBuilder {
+            channel,
+            timeout: DEFAULT_TIMEOUT,
+            max_cache_ttl: DEFAULT_MAX_CACHE_TTL,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+        }
+    }
+
+    /// How many `ValidateKey` calls this validator has made (answered or
+    /// not); cache hits and coalesced lookups do not count.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Makes one `ValidateKey` call: the verdict and how long it may be reused.
+    async fn ask(
+        &self,
+        request: ValidationRequest<'_>,
+    ) -> Result<(Verdict, Duration), ValidatorError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut call = tonic::Request::new(pb::ValidateKeyRequest {
+            key: request.key.to_owned(),
+            required_scopes: request
+                .required_scopes
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            client_ip: request
+                .client_ip
+                .filter(|ip| ip.chars().count() <= MAX_CLIENT_IP_CHARS)
+                .unwrap_or_default()
+                .to_owned(),
+            user_agent: request
+                .user_agent
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_USER_AGENT_CHARS)
+                .collect(),
+        });
+        call.set_timeout(self.timeout);
+        let mut client = self.client.clone();
+        let response = tokio::time::timeout(self.timeout, client.validate_key(call))
+            .await
+            .map_err(|_| ValidatorError::unavailable("validate key timed out"))?
+            .map_err(|status| {
+                ValidatorError::unavailable(format!(
+                    "validate key failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ))
+            })?
+            .into_inner();
+        let hint = cache_hint(response.cache_ttl);
+        Ok((verdict(response), hint))
+    }
+}
+
+impl Validator for RemoteValidator {
+    fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
+        Box::pin(async move {
+            if ApiKeySecret::parse(request.key).is_err() {
+                // Not a keyward key at all: keyward would say MALFORMED.
+                return Ok(Verdict::Deny(Denial::Unauthenticated));
+            }
+            let key = cache_key(request.key, request.required_scopes);
+            self.cache.get_or_fetch(key, || self.ask(request)).await
+        })
+    }
+}
+
+impl fmt::Debug for RemoteValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteValidator")
+            .field("timeout", &self.timeout)
+            .field("calls", &self.calls())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`RemoteValidator`], from [`RemoteValidator::builder`].
+#[derive(Debug, Clone)]
+pub struct RemoteValidatorBuilder {
+    channel: Channel,
+    timeout: Duration,
+    max_cache_ttl: Duration,
+    cache_capacity: usize,
+}
+
+impl RemoteValidatorBuilder {
+    /// How long one `ValidateKey` call may take before the request is refused
+    /// as UNAVAILABLE (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest a verdict is reused, whatever keyward hints (default 5 s).
+    /// Zero turns the cache off.
+    pub fn max_cache_ttl(mut self, max: Duration) -> Self {
+        self.max_cache_ttl = max;
+        self
+    }
+
+    /// The most verdicts kept (default 10,000); when full, expired verdicts
+    /// and then arbitrary ones are evicted. Zero turns the cache off.
+    pub fn cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache_capacity = capacity;
+        self
+    }
+
+    /// The validator.
+    pub fn build(self) -> RemoteValidator {
+        RemoteValidator {
+            client: KeyValidationServiceClient::new(self.channel),
+            cache: VerdictCache::new(self.cache_capacity, self.max_cache_ttl),
+            timeout: self.timeout,
+            calls: AtomicU64::new(0),
+        }
+    }
+}
+
+/// keyward's answer as a verdict: only VALID allows; a valid key lacking a
+/// scope is forbidden; anything else is unauthenticated.
+fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
+    match response.code() {
+        pb::ValidationCode::Valid if response.valid => Verdict::Allow(Identity {
+            key_id: response.key_id,
+            organization_id: response.organization_id,
+            workspace_id: non_empty(response.workspace_id),
+            name: response.name,
+            scopes: response.scopes,
+            metadata: response.metadata.into_iter().collect(),
+            user_id: non_empty(response.user_id),
+            service_account_id: non_empty(response.service_account_id),
+        }),
+        pb::ValidationCode::InsufficientScope => Verdict::Deny(Denial::Forbidden),
+        _ => Verdict::Deny(Denial::Unauthenticated),
+    }
+}
+
+/// How long keyward lets the verdict be reused: zero when unset or negative.
+fn cache_hint(ttl: Option<prost_types::Duration>) -> Duration {
+    ttl.and_then(|ttl| Duration::try_from(ttl).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(valid: bool, code: pb::ValidationCode) -> pb::ValidateKeyResponse {
+        pb::ValidateKeyResponse {
+            valid,
+            code: code.into(),
+            key_id: "key_1".to_owned(),
+            organization_id: "acme".to_owned(),
+            name: "orders".to_owned(),
+            scopes: vec!["orders:read".to_owned()],
+            metadata: [("team".to_owned(), "core".to_owned())].into(),
+            user_id: "u1".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_valid_answer_allows() {
+        let Verdict::Allow(identity) = verdict(response(true, pb::ValidationCode::Valid)) else {
+            panic!("a valid key is allowed");
+        };
+        assert_eq!(identity.key_id, "key_1");
+        assert_eq!(identity.organization_id, "acme");
+        assert_eq!(identity.workspace_id, None);
+        assert_eq!(identity.user_id.as_deref(), Some("u1"));
+        assert_eq!(identity.service_account_id, None);
+        assert_eq!(identity.metadata["team"], "core");
+
+        assert_eq!(
+            verdict(response(false, pb::ValidationCode::InsufficientScope)),
+            Verdict::Deny(Denial::Forbidden)
+        );
+        for code in [
+            pb::ValidationCode::Unspecified,
+            pb::ValidationCode::Malformed,
+            pb::ValidationCode::NotFound,
+            pb::ValidationCode::Inactive,
+            pb::ValidationCode::Archived,
+            pb::ValidationCode::Expired,
+            pb::ValidationCode::Revoked,
+        ] {
+            assert_eq!(
+                verdict(response(false, code)),
+                Verdict::Deny(Denial::Unauthenticated),
+                "{code:?}"
+            );
+        }
+        // Contradictory answers fail closed.
+        assert_eq!(
+            verdict(response(true, pb::ValidationCode::Revoked)),
+            Verdict::Deny(Denial::Unauthenticated)
+        );
+        assert_eq!(
+            verdict(response(false, pb::ValidationCode::Valid)),
+            Verdict::Deny(Denial::Unauthenticated)
+        );
+        let mut unknown = response(true, pb::ValidationCode::Valid);
+        unknown.code = 99;
+        assert_eq!(verdict(unknown), Verdict::Deny(Denial::Unauthenticated));
+    }
+
+    #[test]
+    fn a_missing_or_negative_hint_means_do_not_cache() {
+        assert_eq!(cache_hint(None), Duration::ZERO);
+        let negative = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert_eq!(cache_hint(Some(negative)), Duration::ZERO);
+        let second = prost_types::Duration {
+            seconds: 1,
+            nanos: 500_000_000,
+        };
+        assert_eq!(cache_hint(Some(second)), Duration::from_millis(1500));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_keyward_fails_closed_and_errors_are_not_cached() {
+        // Bind, then drop, a listener: nothing listens on that port now.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_lazy();
+        let validator = RemoteValidator::new(channel);
+        let key = ApiKeySecret::generate(
+            keyward_core::KeyKind::Standard,
+            keyward_core::Environment::Live,
+        );
+        let request = ValidationRequest {
+            key: key.expose(),
+            required_scopes: &[],
+            client_ip: None,
+            user_agent: None,
+        };
+        assert!(validator.validate(request).await.is_err());
+        assert!(validator.validate(request).await.is_err());
+        assert_eq!(validator.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn strings_that_are_not_keys_are_denied_without_a_call() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let validator = RemoteValidator::new(channel);
+        for key in ["", "wrong", "sk_live_short", "Bearer sk_live_x"] {
+            let verdict = validator
+                .validate(ValidationRequest {
+                    key,
+                    required_scopes: &[],
+                    client_ip: None,
+                    user_agent: None,
+                })
+                .await
+                .expect("no call, no error");
+            assert_eq!(verdict, Verdict::Deny(Denial::Unauthenticated));
+        }
+        assert_eq!(validator.calls(), 0);
+    }
+}

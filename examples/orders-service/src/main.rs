@@ -1,0 +1,104 @@
+//! Runs the example order service:
+//!
+//! ```text
+//! orders-service --keyward-url http://127.0.0.1:50051 --listen 127.0.0.1:50052
+//! ```
+//!
+//! Each flag has an environment equivalent: `KEYWARD_URL`, `ORDERS_LISTEN`.
+
+use std::net::SocketAddr;
+
+use orders_service::OrdersServer;
+use tokio::net::TcpListener;
+
+const USAGE: &str = "usage: orders-service [--keyward-url URL] [--listen ADDR]
+  --keyward-url URL  keyward's gRPC address [env KEYWARD_URL] [default http://127.0.0.1:50051]
+  --listen ADDR      address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]";
+
+struct Args {
+    keyward_url: String,
+    listen: SocketAddr,
+}
+
+impl Args {
+    /// Flags first, then the environment, then the defaults; `None` when
+    /// help was asked for.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
+        let mut keyward_url = std::env::var("KEYWARD_URL").ok();
+        let mut listen = std::env::var("ORDERS_LISTEN").ok();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+                None => (arg, None),
+            };
+            let slot = match flag.as_str() {
+                "--keyward-url" => &mut keyward_url,
+                "--listen" => &mut listen,
+                "-h" | "--help" => return Ok(None),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            };
+            let value = inline.or_else(|| args.next());
+            *slot = Some(value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?);
+        }
+        let listen = listen.unwrap_or_else(|| "127.0.0.1:50052".to_owned());
+        Ok(Some(Self {
+            keyward_url: keyward_url.unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+            listen: listen
+                .parse()
+                .map_err(|error| format!("invalid listen address {listen:?}: {error}"))?,
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let listener = TcpListener::bind(args.listen).await?;
+    let server = OrdersServer::build(listener, &args.keyward_url)?;
+    eprintln!(
+        "orders-service listening on {}, validating keys with keyward at {}",
+        server.local_addr(),
+        args.keyward_url
+    );
+    server
+        .run_until(async {
+            // Without a working signal handler, run until killed.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        Args::parse(args.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn flags_take_a_separate_or_inline_value() {
+        let args = parse(&["--keyward-url", "http://kw:1", "--listen=127.0.0.1:0"])
+            .expect("valid flags")
+            .expect("not help");
+        assert_eq!(args.keyward_url, "http://kw:1");
+        assert_eq!(args.listen, "127.0.0.1:0".parse().expect("an address"));
+        assert!(parse(&["--help"]).expect("help is not an error").is_none());
+        assert!(parse(&["--listen"]).is_err());
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+        assert!(parse(&["--port", "1"]).is_err());
+    }
+}

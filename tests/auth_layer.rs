@@ -1,0 +1,611 @@
+//! `keyward-auth` end to end: product services behind `KeywardAuthLayer` with
+//! a `RemoteValidator` asking a real keyward (port 0, fresh SQLite database).
+//!
+//! The gRPC side is the example `orders-service`; the HTTP side is a small
+//! axum router built here, called in process through `tower::ServiceExt`.
+//! Nothing here measures time: waits poll with a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Extension;
+use axum::routing::{get, post};
+use futures_util::FutureExt;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, Request as HttpRequest, StatusCode};
+use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
+use keyward::{Application, Settings, bootstrap, pb};
+use keyward_auth::{
+    Identity, KeywardAuthLayer, RemoteValidator, Scope, ValidationFuture, ValidationRequest,
+    Validator,
+};
+use keyward_core::{ApiKeySecret, Environment, KeyKind, KeyName, LookupHasher, OrganizationId};
+use keyward_store::testing::{Backend, TestDatabase};
+use orders_service::OrdersServer;
+use orders_service::pb::order_service_client::OrderServiceClient;
+use orders_service::pb::{CreateOrderRequest, GetOrderRequest};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+use tower::ServiceExt;
+
+/// Generous bound for things that take about a cache hint (1 s) to happen.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------
+// Harness: a keyward on port 0 over a fresh SQLite database.
+// ---------------------------------------------------------------------------
+
+/// A running keyward with an admin key of organization `acme`.
+struct Keyward {
+    addr: SocketAddr,
+    database_url: String,
+    hasher: LookupHasher,
+    admin: KeyAdminServiceClient<Channel>,
+    admin_key: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Starts keyward over a fresh SQLite database, runs `body`, then stops
+/// keyward and deletes the database (also when `body` panics).
+async fn with_keyward(body: impl AsyncFnOnce(&mut Keyward)) {
+    init_logs();
+    let db = TestDatabase::create(Backend::Sqlite)
+        .await
+        .expect("SQLite needs no server");
+    let mut keyward = Keyward::start(&db.url).await;
+    let outcome = std::panic::AssertUnwindSafe(body(&mut keyward))
+        .catch_unwind()
+        .await;
+    keyward.stop().await;
+    db.drop_database().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+impl Keyward {
+    async fn start(database_url: &str) -> Self {
+        let hasher = LookupHasher::derived();
+        let app = build_app(database_url, &hasher).await;
+        let addr = app.local_addr();
+        let admin_key = bootstrap(
+            app.store(),
+            &hasher,
+            OrganizationId::parse("acme").expect("a valid organization"),
+            KeyName::parse("test admin").expect("a valid name"),
+        )
+        .await
+        .expect("bootstrap works")
+        .expose()
+        .to_owned();
+        let (shutdown, server) = run(app);
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("keyward accepts connections");
+        Self {
+            addr,
+            database_url: database_url.to_owned(),
+            hasher,
+            admin: KeyAdminServiceClient::new(channel),
+            admin_key,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// A channel to this keyward that connects on first use.
+    fn lazy_channel(&self) -> Channel {
+        lazy_channel(self.addr)
+    }
+
+    /// A second keyward over the same database: bound, not yet serving.
+    async fn replica(&self) -> Application {
+        build_app(&self.database_url, &self.hasher).await
+    }
+
+    /// Creates a standard key of `acme`: its id and its secret.
+    async fn create_key(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        let created = self
+            .admin
+            .clone()
+            .create_key(with_key(
+                &self.admin_key,
+                pb::CreateKeyRequest {
+                    name: name.to_owned(),
+                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("CreateKey succeeds")
+            .into_inner();
+        let key = created.api_key.expect("the key is returned");
+        (key.id, created.secret)
+    }
+
+    async fn archive(&self, id: &str) {
+        self.admin
+            .clone()
+            .archive_key(with_key(
+                &self.admin_key,
+                pb::ArchiveKeyRequest { id: id.to_owned() },
+            ))
+            .await
+            .expect("ArchiveKey succeeds");
+    }
+
+    /// Stops keyward gracefully and waits for it; its port is closed after.
+    async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("keyward does not panic");
+        }
+    }
+}
+
+async fn build_app(database_url: &str, hasher: &LookupHasher) -> Application {
+    Application::build(Settings {
+        database_url: database_url.to_owned(),
+        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
+        hasher: hasher.clone(),
+        usage_flush_interval: Duration::from_millis(100),
+    })
+    .await
+    .expect("keyward starts")
+}
+
+/// Serves `app` until the returned sender fires (or is dropped).
+fn run(app: Application) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("keyward runs");
+    });
+    (shutdown, server)
+}
+
+fn lazy_channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect_lazy()
+}
+
+/// Logs go to stderr only when `TEST_LOG` is set.
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,h2=info,hyper=info,tower=info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Polls `check` until it returns `Some` or `deadline` passes.
+async fn eventually<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `message` carrying `authorization: Bearer <key>`.
+fn with_key<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {key}")).expect("keys are ASCII");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// A well-formed key keyward never issued.
+fn unknown_key() -> String {
+    ApiKeySecret::generate(KeyKind::Standard, Environment::Live)
+        .expose()
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// The gRPC side: the example order service.
+// ---------------------------------------------------------------------------
+
+/// The example order service on port 0, validating with `validator`.
+struct Orders {
+    client: OrderServiceClient<Channel>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_orders<V: Validator>(validator: Arc<V>) -> Orders {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let server = OrdersServer::with_validator(listener, validator);
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("the order service accepts connections");
+    Orders {
+        client: OrderServiceClient::new(channel),
+        _stop: stop,
+    }
+}
+
+impl Orders {
+    async fn create(
+        &self,
+        key: Option<&str>,
+    ) -> Result<orders_service::pb::CreateOrderResponse, tonic::Status> {
+        let message = CreateOrderRequest {
+            item: "tea".to_owned(),
+            quantity: 3,
+        };
+        let request = match key {
+            Some(key) => with_key(key, message),
+            None => Request::new(message),
+        };
+        self.client
+            .clone()
+            .create_order(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        id: &str,
+    ) -> Result<orders_service::pb::GetOrderResponse, tonic::Status> {
+        self.client
+            .clone()
+            .get_order(with_key(key, GetOrderRequest { id: id.to_owned() }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+fn code<T>(result: Result<T, tonic::Status>) -> Code {
+    result.map_or_else(|status| status.code(), |_| Code::Ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_need_a_valid_key_holding_the_method_scope() {
+    with_keyward(async |keyward| {
+        let (writer_id, writer) = keyward
+            .create_key("writer", &["orders:read", "orders:write"])
+            .await;
+        let (reader_id, reader) = keyward.create_key("reader", &["orders:read"]).await;
+        let orders = start_orders(Arc::new(RemoteValidator::new(keyward.lazy_channel()))).await;
+
+        assert_eq!(code(orders.create(None).await), Code::Unauthenticated);
+        assert_eq!(
+            code(orders.create(Some("wrong")).await),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(orders.create(Some(&unknown_key())).await),
+            Code::Unauthenticated
+        );
+        // An admin key is not a product key.
+        assert_eq!(
+            code(orders.create(Some(&keyward.admin_key)).await),
+            Code::Unauthenticated
+        );
+
+        let created = orders
+            .create(Some(&writer))
+            .await
+            .expect("a key with orders:write creates orders");
+        let caller = created.caller.expect("the handler echoes its caller");
+        assert_eq!(caller.key_id, writer_id);
+        assert_eq!(caller.organization_id, "acme");
+        assert_eq!(caller.key_name, "writer");
+        let order = created.order.expect("the order");
+        assert_eq!(order.created_by_key_id, writer_id);
+
+        let status = orders
+            .create(Some(&reader))
+            .await
+            .expect_err("orders:read does not grant orders:write");
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "permission denied",
+            "the message tells nothing"
+        );
+
+        let fetched = orders
+            .get(&reader, &order.id)
+            .await
+            .expect("a key with orders:read reads orders");
+        assert_eq!(fetched.caller.expect("the caller").key_id, reader_id);
+        assert_eq!(fetched.order, Some(order));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_key_is_refused_once_its_cached_verdict_expires() {
+    with_keyward(async |keyward| {
+        let (id, key) = keyward.create_key("soon archived", &["orders:read"]).await;
+        let orders = start_orders(Arc::new(RemoteValidator::new(keyward.lazy_channel()))).await;
+        assert_eq!(code(orders.get(&key, "ord_missing").await), Code::NotFound);
+
+        keyward.archive(&id).await;
+        let refused = eventually(DEADLINE, || async {
+            (code(orders.get(&key, "ord_missing").await) == Code::Unauthenticated).then_some(())
+        })
+        .await;
+        assert!(refused.is_some(), "the archived key was still accepted");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_refused_while_keyward_is_down() {
+    with_keyward(async |keyward| {
+        let (_, used) = keyward.create_key("used", &["orders:read"]).await;
+        let (_, fresh) = keyward.create_key("fresh", &["orders:read"]).await;
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let orders = start_orders(Arc::clone(&validator)).await;
+        assert_eq!(code(orders.get(&used, "ord_missing").await), Code::NotFound);
+
+        keyward.stop().await;
+
+        // A key with no cached verdict is refused at once.
+        assert_eq!(
+            code(orders.get(&fresh, "ord_missing").await),
+            Code::Unavailable
+        );
+        // A cached verdict may be reused for keyward's hint; then refused.
+        let refused = eventually(DEADLINE, || async {
+            (code(orders.get(&used, "ord_missing").await) == Code::Unavailable).then_some(())
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "the key was still accepted with keyward down"
+        );
+        for key in [&used, &fresh] {
+            for _ in 0..3 {
+                assert_eq!(
+                    code(orders.get(key, "ord_missing").await),
+                    Code::Unavailable
+                );
+                assert_eq!(code(orders.create(Some(key)).await), Code::Unavailable);
+            }
+        }
+        // Every refusal was keyward's absence, not a cached denial.
+        assert!(validator.calls() >= 2);
+    })
+    .await;
+}
+
+/// Counts the lookups that have started (been polled once), so a test can
+/// tell when every request has joined the validator's single flight.
+struct Started {
+    inner: Arc<RemoteValidator>,
+    started: AtomicUsize,
+}
+
+impl Validator for Started {
+    fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
+        let mut lookup = self.inner.validate(request);
+        let mut counted = false;
+        Box::pin(std::future::poll_fn(move |cx| {
+            let poll = lookup.as_mut().poll(cx);
+            if !counted {
+                counted = true;
+                self.started.fetch_add(1, Ordering::SeqCst);
+            }
+            poll
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_uncached_key_make_one_validate_key_call() {
+    with_keyward(async |keyward| {
+        let (id, key) = keyward
+            .create_key("busy", &["orders:read", "orders:write"])
+            .await;
+        // The validator asks a second keyward over the same database that is
+        // bound but not serving yet: its one call waits in the listen backlog
+        // until every request has joined it, whatever the machine's speed.
+        let replica = keyward.replica().await;
+        let remote = Arc::new(
+            RemoteValidator::builder(lazy_channel(replica.local_addr()))
+                .timeout(Duration::from_secs(60))
+                .build(),
+        );
+        let validator = Arc::new(Started {
+            inner: Arc::clone(&remote),
+            started: AtomicUsize::new(0),
+        });
+        let orders = Arc::new(start_orders(Arc::clone(&validator)).await);
+
+        let requests: Vec<_> = (0..100)
+            .map(|_| {
+                let (orders, key) = (Arc::clone(&orders), key.clone());
+                tokio::spawn(async move { orders.create(Some(&key)).await })
+            })
+            .collect();
+        let all_started = eventually(Duration::from_secs(60), || async {
+            (validator.started.load(Ordering::SeqCst) == 100).then_some(())
+        })
+        .await;
+        assert!(all_started.is_some(), "every request reaches the validator");
+        assert_eq!(remote.calls(), 1);
+
+        let (stop_replica, replica) = run(replica);
+        for request in requests {
+            let created = request
+                .await
+                .expect("no panic")
+                .expect("every request is let through");
+            assert_eq!(created.caller.expect("the caller").key_id, id);
+        }
+        assert_eq!(remote.calls(), 1, "one ValidateKey call for 100 requests");
+
+        let _ = stop_replica.send(());
+        replica.await.expect("the replica does not panic");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// The HTTP side: an axum router behind the same layer.
+// ---------------------------------------------------------------------------
+
+/// `GET /whoami` (any valid key), `POST /orders` (needs `orders:write`),
+/// `GET /headers` (tells which credential headers the handler saw).
+fn http_app(validator: Arc<RemoteValidator>, hide_credentials: bool) -> Router {
+    let auth = KeywardAuthLayer::from_shared(validator)
+        .require_scopes(
+            "/orders",
+            [Scope::parse("orders:write").expect("a valid scope")],
+        )
+        .hide_credentials(hide_credentials);
+    Router::new()
+        .route("/whoami", get(whoami))
+        .route("/orders", post(whoami))
+        .route("/headers", get(credential_headers))
+        .layer(auth)
+}
+
+async fn whoami(Extension(identity): Extension<Identity>) -> String {
+    format!("{} {}", identity.key_id, identity.organization_id)
+}
+
+async fn credential_headers(headers: HeaderMap) -> String {
+    format!(
+        "authorization={} x-api-key={}",
+        headers.contains_key(AUTHORIZATION),
+        headers.contains_key("x-api-key")
+    )
+}
+
+/// Sends one request through `app`: the status, the headers and the body.
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    let mut request = HttpRequest::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Body::empty()).expect("a valid request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .expect("a small body");
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_get_401_403_200_and_503_when_keyward_is_down() {
+    with_keyward(async |keyward| {
+        let (reader_id, reader) = keyward.create_key("reader", &["orders:read"]).await;
+        let (_, fresh) = keyward.create_key("fresh", &["orders:read"]).await;
+        let app = http_app(
+            Arc::new(RemoteValidator::new(keyward.lazy_channel())),
+            false,
+        );
+
+        let (status, headers, _) = send(&app, "GET", "/whoami", &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.contains_key(WWW_AUTHENTICATE));
+        let (status, headers, _) =
+            send(&app, "GET", "/whoami", &[("authorization", "Bearer wrong")]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.contains_key(WWW_AUTHENTICATE));
+
+        let bearer = format!("Bearer {reader}");
+        let (status, _, body) = send(&app, "GET", "/whoami", &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("{reader_id} acme"));
+        let (status, _, body) = send(&app, "GET", "/whoami", &[("x-api-key", &reader)]).await;
+        assert_eq!(status, StatusCode::OK, "x-api-key works too");
+        assert_eq!(body, format!("{reader_id} acme"));
+
+        let (status, _, body) = send(&app, "POST", "/orders", &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.is_empty(), "a denial tells nothing");
+
+        keyward.stop().await;
+        let (status, _, _) = send(&app, "GET", "/whoami", &[("x-api-key", &fresh)]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let refused = eventually(DEADLINE, || async {
+            let (status, _, _) = send(&app, "GET", "/whoami", &[("authorization", &bearer)]).await;
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "the key was still accepted with keyward down"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hide_credentials_strips_the_key_before_the_handler() {
+    with_keyward(async |keyward| {
+        let (_, key) = keyward.create_key("hidden", &[]).await;
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let bearer = format!("Bearer {key}");
+        let hiding = http_app(Arc::clone(&validator), true);
+        let showing = http_app(validator, false);
+
+        for headers in [
+            &[("authorization", bearer.as_str())][..],
+            &[("x-api-key", key.as_str())][..],
+            // Both: the bearer key is the one validated; neither header is passed on.
+            &[("authorization", bearer.as_str()), ("x-api-key", "other")][..],
+        ] {
+            let (status, _, body) = send(&hiding, "GET", "/headers", headers).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, "authorization=false x-api-key=false", "{headers:?}");
+        }
+        let (status, _, body) =
+            send(&showing, "GET", "/headers", &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "authorization=true x-api-key=false");
+    })
+    .await;
+}
