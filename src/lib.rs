@@ -1,7 +1,8 @@
 //! keyward: the gRPC server and CLI.
 //!
 //! `startup` builds the application (store, listener, services); `admin` and
-//! `validation_api` are the two keyward.v1 services; `validation` is the
+//! `validation_api` are the two keyward.v1 services; `ext_authz` is Envoy's
+//! `Authorization/Check`; `validation` is the
 //! validation path they share with the auth layer; `error` is the one place
 //! where errors become `tonic::Status`; `convert` holds every wire/domain
 //! conversion. Only this crate knows about tonic.
@@ -10,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod ext_authz;
 pub mod pb;
 pub mod request_id;
 pub mod startup;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyward_auth::KeywardAuthLayer;
 use keyward_core::{
     Actor, ActorKind, ApiKeySecret, Description, Environment, KeyKind, KeyName, LookupHasher,
@@ -17,12 +18,23 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::admin::AdminApi;
+use crate::ext_authz::ExtAuthz;
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
 use crate::validation::{AdminValidator, KeyValidator};
 use crate::validation_api::ValidationApi;
+
+/// Every service on keyward's port, as server reflection lists them.
+pub const ADVERTISED_SERVICES: &[&str] = &[
+    "keyward.v1.KeyAdminService",
+    "keyward.v1.KeyValidationService",
+    "envoy.service.auth.v3.Authorization",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 /// How long a shutdown waits for open requests and connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -123,10 +135,15 @@ impl Application {
         health_reporter
             .set_serving::<KeyValidationServiceServer<ValidationApi>>()
             .await;
+        // Services are advertised by name so that Envoy's Authorization shows
+        // in `list` too; envoy-types ships no descriptors for `describe`.
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            ADVERTISED_SERVICES.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(*name),
+            )
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -136,6 +153,7 @@ impl Application {
         let auth = KeywardAuthLayer::new(AdminValidator(Arc::clone(&validator)))
             .public_prefix("/keyward.v1.KeyValidationService/")
             .public_prefix("/grpc.health.v1.Health/")
+            .public_prefix("/envoy.service.auth.v3.Authorization/")
             .public_prefix("/grpc.reflection.v1.ServerReflection/")
             .public_prefix("/grpc.reflection.v1alpha.ServerReflection/");
 
@@ -162,6 +180,9 @@ impl Application {
             .add_service(KeyValidationServiceServer::new(ValidationApi::new(
                 Arc::clone(&validator),
             )))
+            .add_service(AuthorizationServer::new(ExtAuthz::new(Arc::clone(
+                &validator,
+            ))))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

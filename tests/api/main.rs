@@ -5,6 +5,8 @@ mod helpers;
 
 mod bad_input;
 mod cli;
+mod envoy;
+mod grpcurl;
 mod lifecycle;
 mod list;
 mod secrets;

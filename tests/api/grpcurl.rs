@@ -1,0 +1,671 @@
+//! The README's "Using it with grpcurl" section, run with the real grpcurl
+//! (v1.8, which speaks server reflection v1alpha only) against a real keyward:
+//! `list` and `describe` show the services with their proto comments, and the
+//! README's own commands, read from README.md, create, validate, list,
+//! archive, reactivate, rotate, update and audit a key.
+//!
+//! grpcurl is `KEYWARD_GRPCURL_BIN`, else `target/tools/venv/bin/grpcurl`
+//! (`bash scripts/install-tools.sh`), else `grpcurl` on `PATH`. Without one the
+//! tests print `SKIPPED: …` and pass, except with `CI=true`, where they fail.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keyward_store::testing::Backend;
+use prost::Message;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TestBody, record_secret, with_app};
+
+const README: &str = include_str!("../../README.md");
+
+/// The address the README's commands use; replaced by the test server's.
+const README_ADDR: &str = "127.0.0.1:50051";
+/// The README's placeholder for a raw key.
+const README_SECRET: &str = "sk_live_…";
+/// The README's placeholder for a key id.
+const README_KEY_ID: &str = "key_…";
+
+const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
+const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
+const ARCHIVE: &str = "keyward.v1.KeyAdminService/ArchiveKey";
+const REACTIVATE: &str = "keyward.v1.KeyAdminService/ReactivateKey";
+const ROTATE: &str = "keyward.v1.KeyAdminService/RotateKey";
+const UPDATE: &str = "keyward.v1.KeyAdminService/UpdateKey";
+const EVENTS: &str = "keyward.v1.KeyAdminService/ListKeyEvents";
+const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
+
+/// How long one grpcurl call may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_describe_show_the_services_and_their_comments() {
+    if grpcurl_or_skip().is_some() {
+        with_app(Backend::Sqlite, boxed_reflection).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_commands_manage_a_key() {
+    if grpcurl_or_skip().is_some() {
+        with_app(Backend::Sqlite, boxed_walkthrough).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_request_ids_show_in_grpcurl() {
+    if grpcurl_or_skip().is_some() {
+        with_app(Backend::Sqlite, boxed_errors).await;
+    }
+}
+
+fn boxed_reflection(app: &TestApp) -> TestBody<'_> {
+    Box::pin(reflection(app))
+}
+
+fn boxed_walkthrough(app: &TestApp) -> TestBody<'_> {
+    Box::pin(walkthrough(app))
+}
+
+fn boxed_errors(app: &TestApp) -> TestBody<'_> {
+    Box::pin(errors(app))
+}
+
+async fn reflection(app: &TestApp) {
+    let list = readme_command(app, "list").run().await.success();
+    let services: Vec<&str> = list.stdout.lines().map(str::trim).collect();
+    for service in [
+        "keyward.v1.KeyAdminService",
+        "keyward.v1.KeyValidationService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.contains(&service),
+            "`grpcurl list` shows {service}; it showed:\n{}",
+            list.stdout
+        );
+    }
+
+    let describe = readme_command(app, "describe").run().await.success();
+    let admin = &describe.stdout;
+    assert!(
+        admin.starts_with("keyward.v1.KeyAdminService is a service:"),
+        "{admin}"
+    );
+    for comment in [
+        // The service's comment.
+        "// Manages the API keys of one organization.",
+        // CreateKey's and ArchiveKey's.
+        "// Creates a key. The raw key is in the response's `secret`, and only there.",
+        "// Soft deletes a key: it stops validating at once. Reversible; idempotent.",
+        // A comment spanning two lines (RotateKey's).
+        "// and owner; the old key keeps working until its grace period ends.",
+    ] {
+        assert!(
+            admin.contains(comment),
+            "`grpcurl describe keyward.v1.KeyAdminService` shows {comment:?}; it showed:\n{admin}"
+        );
+    }
+    assert!(
+        admin.contains("rpc CreateKey ( .keyward.v1.CreateKeyRequest ) returns ( .keyward.v1.CreateKeyResponse );"),
+        "{admin}"
+    );
+
+    let describe = readme_command(app, "describe")
+        .last_arg("keyward.v1.CreateKeyRequest")
+        .run()
+        .await
+        .success();
+    let request = &describe.stdout;
+    for line in [
+        "keyward.v1.CreateKeyRequest is a message:",
+        "// Required. 1 to 128 characters, not blank, no control characters.",
+        "string name = 1;",
+        "// Up to 64 scopes: `*`, or `:`-separated segments of [a-z0-9_.-] whose last may be `*`.",
+        "repeated string scopes = 3;",
+    ] {
+        assert!(
+            request.contains(line),
+            "`grpcurl describe keyward.v1.CreateKeyRequest` shows {line:?}; it showed:\n{request}"
+        );
+    }
+}
+
+async fn walkthrough(app: &TestApp) {
+    // Create a key: the secret is in the response, lowerCamelCase JSON.
+    let created = readme_command(app, CREATE).run().await.json();
+    let secret = str_at(&created, "/secret").to_owned();
+    record_secret(&secret);
+    let id = str_at(&created, "/apiKey/id").to_owned();
+    assert!(secret.starts_with("sk_live_"), "{created:#}");
+    assert!(id.starts_with("key_"), "{created:#}");
+    assert_eq!(str_at(&created, "/apiKey/name"), "orders service");
+    assert_eq!(created["apiKey"]["scopes"], serde_json::json!(["orders:*"]));
+    assert_eq!(str_at(&created, "/apiKey/metadata/team"), "payments");
+    assert_eq!(str_at(&created, "/apiKey/status"), "KEY_STATUS_ACTIVE");
+    assert_eq!(str_at(&created, "/apiKey/organizationId"), "acme");
+
+    // Validate it, requiring orders:read (granted by orders:*).
+    let validate = |key: &str| readme_command(app, VALIDATE).with(README_SECRET, key);
+    let verdict = validate(&secret).run().await.json();
+    assert_valid(&verdict, &id);
+    assert_eq!(str_at(&verdict, "/organizationId"), "acme");
+    assert_eq!(str_at(&verdict, "/metadata/team"), "payments");
+
+    // List the active keys, with either header.
+    for listing in [
+        readme_command(app, LIST),
+        readme_command(app, LIST).with("authorization: Bearer $ADMIN", "x-api-key: $ADMIN"),
+    ] {
+        let listed = listing.run().await.json();
+        let ids: Vec<&str> = listed["keys"]
+            .as_array()
+            .unwrap_or_else(|| panic!("ListKeys answers keys: {listed:#}"))
+            .iter()
+            .map(|key| str_at(key, "/id"))
+            .collect();
+        assert!(ids.contains(&id.as_str()), "{id} is listed: {listed:#}");
+    }
+
+    // Archive: it stops validating at once.
+    let archived = readme_command(app, ARCHIVE)
+        .with(README_KEY_ID, &id)
+        .run()
+        .await
+        .json();
+    assert_eq!(str_at(&archived, "/apiKey/status"), "KEY_STATUS_ARCHIVED");
+    assert!(
+        archived["apiKey"].get("archivedAt").is_some(),
+        "{archived:#}"
+    );
+    assert_invalid(
+        &validate(&secret).run().await.json(),
+        "VALIDATION_CODE_ARCHIVED",
+    );
+
+    // Reactivate: it validates again.
+    let reactivated = readme_command(app, REACTIVATE)
+        .with(README_KEY_ID, &id)
+        .run()
+        .await
+        .json();
+    assert_eq!(str_at(&reactivated, "/apiKey/status"), "KEY_STATUS_ACTIVE");
+    assert_valid(&validate(&secret).run().await.json(), &id);
+
+    // Rotate with a 1 h grace period: both keys validate.
+    let rotated = readme_command(app, ROTATE)
+        .with(README_KEY_ID, &id)
+        .run()
+        .await
+        .json();
+    let new_secret = str_at(&rotated, "/secret").to_owned();
+    record_secret(&new_secret);
+    let new_id = str_at(&rotated, "/apiKey/id").to_owned();
+    assert_ne!(new_id, id, "{rotated:#}");
+    assert_ne!(new_secret, secret, "{rotated:#}");
+    assert_eq!(str_at(&rotated, "/apiKey/rotatedFromId"), id);
+    assert_eq!(str_at(&rotated, "/previousKey/id"), id);
+    assert!(
+        rotated["previousKey"].get("expiresAt").is_some(),
+        "the grace period ends the old key: {rotated:#}"
+    );
+    assert_valid(&validate(&secret).run().await.json(), &id);
+    assert_valid(&validate(&new_secret).run().await.json(), &new_id);
+
+    // Update the fields named in the mask: the old key becomes inactive.
+    let updated = readme_command(app, UPDATE)
+        .with(README_KEY_ID, &id)
+        .run()
+        .await
+        .json();
+    assert_eq!(str_at(&updated, "/apiKey/status"), "KEY_STATUS_INACTIVE");
+    assert_eq!(
+        updated["apiKey"]["scopes"],
+        serde_json::json!(["orders:read"])
+    );
+    assert_invalid(
+        &validate(&secret).run().await.json(),
+        "VALIDATION_CODE_INACTIVE",
+    );
+    assert_valid(&validate(&new_secret).run().await.json(), &new_id);
+
+    // The audit log of the old key, newest first.
+    let events = readme_command(app, EVENTS)
+        .with(README_KEY_ID, &id)
+        .run()
+        .await
+        .json();
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("ListKeyEvents answers events: {events:#}"))
+        .iter()
+        .map(|event| str_at(event, "/type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "KEY_EVENT_TYPE_UPDATED",
+            "KEY_EVENT_TYPE_ROTATED",
+            "KEY_EVENT_TYPE_REACTIVATED",
+            "KEY_EVENT_TYPE_ARCHIVED",
+            "KEY_EVENT_TYPE_CREATED",
+        ],
+        "{events:#}"
+    );
+}
+
+async fn errors(app: &TestApp) {
+    // A bad field: INVALID_ARGUMENT (exit code 64 + 3) naming the field.
+    let rejected = readme_command(app, CREATE)
+        .data(r#"{"name": ""}"#)
+        .run()
+        .await;
+    assert_eq!(rejected.code, Some(67), "{rejected}");
+    assert!(
+        rejected.stderr.contains("Code: InvalidArgument"),
+        "{rejected}"
+    );
+    let violations = field_violations(&rejected);
+    assert!(
+        violations.iter().any(|(field, _)| field == "name"),
+        "a violation of field name: {violations:?}\n{rejected}"
+    );
+
+    // Nothing was created: acme still has only its bootstrap admin key.
+    let listed = readme_command(app, LIST).data("{}").run().await.json();
+    assert_eq!(
+        listed["keys"].as_array().map(Vec::len),
+        Some(1),
+        "{listed:#}"
+    );
+
+    // x-request-id on the response headers (shown by -v), generated...
+    let verbose = readme_command(app, VALIDATE).flags(&["-v"]);
+    let generated = verbose.clone().run().await.success();
+    let id = response_header(&generated.stdout, "x-request-id")
+        .unwrap_or_else(|| panic!("x-request-id is a response header: {generated}"));
+    assert!(!id.is_empty(), "{generated}");
+
+    // ...or echoed.
+    let echoed = verbose
+        .flags(&["-H", "x-request-id: grpcurl-e2e-1"])
+        .run()
+        .await
+        .success();
+    assert_eq!(
+        response_header(&echoed.stdout, "x-request-id").as_deref(),
+        Some("grpcurl-e2e-1"),
+        "{echoed}"
+    );
+}
+
+// ---------------------------------------------------------------- verdicts
+
+#[track_caller]
+fn assert_valid(verdict: &Value, id: &str) {
+    assert_eq!(verdict["valid"], Value::Bool(true), "{verdict:#}");
+    assert_eq!(str_at(verdict, "/code"), "VALIDATION_CODE_VALID");
+    assert_eq!(str_at(verdict, "/keyId"), id);
+}
+
+/// Proto3 JSON leaves out `valid: false`, so `valid` is false or absent.
+#[track_caller]
+fn assert_invalid(verdict: &Value, code: &str) {
+    assert!(
+        matches!(verdict.get("valid"), None | Some(Value::Bool(false))),
+        "{verdict:#}"
+    );
+    assert_eq!(str_at(verdict, "/code"), code, "{verdict:#}");
+}
+
+/// The string at a JSON pointer, or a panic showing the document.
+#[track_caller]
+fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
+    match json.pointer(pointer).and_then(Value::as_str) {
+        Some(text) => text,
+        None => panic!("a string at {pointer} in {json:#}"),
+    }
+}
+
+/// The value of a response header in `grpcurl -v` output.
+fn response_header(verbose: &str, name: &str) -> Option<String> {
+    let headers = verbose.split("Response headers received:").nth(1)?;
+    let headers = headers.split("\n\n").next()?;
+    headers.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
+
+/// The `(field, description)` pairs of the google.rpc.BadRequest in grpcurl's
+/// error output. grpcurl decodes it when reflection knows the type and shows
+/// the raw bytes (`@value`, base64) when it does not.
+fn field_violations(run: &Run) -> Vec<(String, String)> {
+    let details = run
+        .stderr
+        .split("Details:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the error has details: {run}"));
+    // "  1)\t{...}" then continuation lines indented with "    \t".
+    let json: String = details
+        .lines()
+        .map(|line| {
+            let line = line.trim_start();
+            line.strip_prefix("1)").unwrap_or(line).trim()
+        })
+        .collect();
+    let detail: Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("one JSON detail ({e}): {json}\n{run}"));
+    assert_eq!(
+        str_at(&detail, "/@type"),
+        "type.googleapis.com/google.rpc.BadRequest",
+        "{run}"
+    );
+    if let Some(violations) = detail.get("fieldViolations").and_then(Value::as_array) {
+        return violations
+            .iter()
+            .map(|v| {
+                let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+                (text("field"), text("description"))
+            })
+            .collect();
+    }
+    let bytes = base64_decode(str_at(&detail, "/@value"));
+    tonic_types::pb::BadRequest::decode(bytes.as_slice())
+        .unwrap_or_else(|e| panic!("@value is a google.rpc.BadRequest ({e}): {run}"))
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect()
+}
+
+/// Standard base64 with padding, as grpcurl prints bytes.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut bits, mut count) = (0u32, 0u32);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {text}"),
+        };
+        bits = ((bits << 6) | u32::from(value)) & 0xFFFF;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push(u8::try_from((bits >> count) & 0xFF).expect("masked to a byte"));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------- README's commands
+
+/// One grpcurl command line (without `grpcurl` itself).
+#[derive(Debug, Clone)]
+struct Grpcurl {
+    args: Vec<String>,
+}
+
+/// The README command with the word `word` (a method, `list` or `describe`),
+/// pointed at `app`, with acme's admin key as `$ADMIN`.
+fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
+    let args = readme_commands()
+        .iter()
+        .find(|args| args.iter().any(|arg| arg == word))
+        .unwrap_or_else(|| {
+            panic!("README's \"Using it with grpcurl\" shows no `grpcurl … {word}` command")
+        })
+        .clone();
+    Grpcurl { args }
+        .with(README_ADDR, &app.addr.to_string())
+        .with("$ADMIN", &app.acme_key)
+}
+
+impl Grpcurl {
+    /// Replaces `from` with `to` in every argument.
+    fn with(mut self, from: &str, to: &str) -> Self {
+        for arg in &mut self.args {
+            *arg = arg.replace(from, to);
+        }
+        self
+    }
+
+    /// Replaces the last argument.
+    fn last_arg(mut self, arg: &str) -> Self {
+        *self.args.last_mut().expect("a command has arguments") = arg.to_owned();
+        self
+    }
+
+    /// Replaces the request body (the argument after `-d`).
+    fn data(mut self, body: &str) -> Self {
+        let at = self
+            .args
+            .iter()
+            .position(|arg| arg == "-d")
+            .unwrap_or_else(|| panic!("a -d body in {:?}", self.args));
+        self.args[at + 1] = body.to_owned();
+        self
+    }
+
+    /// Puts `flags` in front of the README's flags.
+    fn flags(mut self, flags: &[&str]) -> Self {
+        self.args
+            .splice(0..0, flags.iter().map(|flag| (*flag).to_owned()));
+        self
+    }
+
+    /// Runs grpcurl (off the async runtime's worker threads).
+    async fn run(self) -> Run {
+        let bin = grpcurl().expect("checked before the test started");
+        let args = self.args;
+        tokio::task::spawn_blocking(move || run_blocking(&bin, args))
+            .await
+            .expect("the blocking task runs")
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+}
+
+/// The grpcurl commands of README's "Using it with grpcurl" block, split into
+/// words like a shell would (quotes, `\` line continuations, comments).
+fn readme_commands() -> &'static [Vec<String>] {
+    static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
+    COMMANDS.get_or_init(|| {
+        let section = README
+            .split("## Using it with grpcurl")
+            .nth(1)
+            .expect("README has a \"Using it with grpcurl\" section");
+        let block = section
+            .split("```sh")
+            .nth(1)
+            .and_then(|block| block.split("```").next())
+            .expect("the section has a ```sh block");
+        let commands: Vec<Vec<String>> = block
+            .replace("\\\n", " ")
+            .lines()
+            .map(shell_words)
+            .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
+            .map(|words| words[1..].to_vec())
+            .collect();
+        assert!(commands.len() >= 10, "README's commands: {commands:?}");
+        commands
+    })
+}
+
+/// The words of one shell line. `$ADMIN` stays as it is (replaced later).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '#' if word.is_none() => break,
+            '\'' => {
+                let word = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => panic!("unclosed ' in README line: {line}"),
+                    }
+                }
+            }
+            '"' => {
+                let word = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => word.extend(chars.next()),
+                        Some(c) => word.push(c),
+                        None => panic!("unclosed \" in README line: {line}"),
+                    }
+                }
+            }
+            '\\' | '`' | '|' | ';' | '&' | '<' | '>' | '(' | ')' => {
+                panic!("this test reads no {c:?} in README's grpcurl commands: {line}")
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+// ------------------------------------------------------- running grpcurl
+
+/// What a grpcurl run printed.
+struct Run {
+    args: Vec<String>,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "grpcurl {:?}\nexit code: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    /// Panics unless grpcurl succeeded.
+    #[track_caller]
+    fn success(self) -> Self {
+        assert_eq!(self.code, Some(0), "grpcurl succeeds:\n{self}");
+        self
+    }
+
+    /// The response: grpcurl's JSON output of a successful call.
+    #[track_caller]
+    fn json(self) -> Value {
+        let run = self.success();
+        match serde_json::from_str(&run.stdout) {
+            Ok(json) => json,
+            Err(e) => panic!("grpcurl prints JSON ({e}):\n{run}"),
+        }
+    }
+}
+
+fn run_blocking(bin: &Path, args: Vec<String>) -> Result<Run, String> {
+    let mut child = Command::new(bin)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run {} ({e}); run bash scripts/install-tools.sh",
+                bin.display()
+            )
+        })?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting: {e}"))? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("grpcurl {args:?} took more than {TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Run {
+        args,
+        code: status.code(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// The grpcurl binary: `KEYWARD_GRPCURL_BIN`, the project's venv, or `PATH`.
+fn grpcurl() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("KEYWARD_GRPCURL_BIN").filter(|b| !b.is_empty()) {
+                let bin = PathBuf::from(bin);
+                assert!(
+                    bin.is_file(),
+                    "KEYWARD_GRPCURL_BIN={} is not a file",
+                    bin.display()
+                );
+                return Some(bin);
+            }
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/grpcurl");
+            if venv.is_file() {
+                return Some(venv);
+            }
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("grpcurl"))
+                .find(|bin| bin.is_file())
+        })
+        .clone()
+}
+
+/// The grpcurl binary; `None` (after saying so) when there is none outside
+/// CI; a panic in CI, where a missing tool is a failure.
+fn grpcurl_or_skip() -> Option<PathBuf> {
+    let found = grpcurl();
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "grpcurl not found (CI=true): run bash scripts/install-tools.sh or set KEYWARD_GRPCURL_BIN"
+        );
+        eprintln!(
+            "SKIPPED: grpcurl not found; run bash scripts/install-tools.sh \
+             (or set KEYWARD_GRPCURL_BIN)"
+        );
+    }
+    found
+}
