@@ -141,7 +141,9 @@ impl Application {
             ADVERTISED_SERVICES.iter().fold(
                 tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    // google.rpc.BadRequest, so grpcurl prints field violations readably.
+                    .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET),
                 |builder, name| builder.with_service_name(*name),
             )
         };

@@ -10,6 +10,10 @@
 //! Like keyward's `Application`, [`OrdersServer`] binds nothing itself: it is
 //! given a listener, so tests start it on port 0. It depends on the auth layer
 //! and tonic only: never on the keyward server or a database.
+//!
+//! [`run_unprotected_until`] serves the same handlers without the layer, every
+//! call as the [`anonymous`] caller: only the baseline of the auth-overhead
+//! benchmark (`scripts/bench-auth.sh`), never a way to deploy it.
 
 #![forbid(unsafe_code)]
 
@@ -108,10 +112,42 @@ impl<V: Validator> OrdersServer<V> {
     }
 }
 
+/// Serves the order service on `listener` **without** the auth layer until
+/// `shutdown` completes: no key is asked for and every call is made as the
+/// [`anonymous`] caller. For measuring the layer's overhead only
+/// (`orders-service --no-auth`).
+pub async fn run_unprotected_until(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .add_service(OrderServiceServer::new(Orders::unprotected()))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+/// The caller of every call to an unprotected order service: organization
+/// `anonymous`, no key, no scopes.
+pub fn anonymous() -> Identity {
+    Identity {
+        key_id: String::new(),
+        organization_id: "anonymous".to_owned(),
+        workspace_id: None,
+        name: "anonymous".to_owned(),
+        scopes: Vec::new(),
+        metadata: Default::default(),
+        user_id: None,
+        service_account_id: None,
+    }
+}
+
 /// The order service's handlers over an in-memory store.
 #[derive(Debug, Default)]
 pub struct Orders {
     state: Mutex<State>,
+    /// The caller of a call without an [`Identity`]; `None` (the default)
+    /// refuses such calls.
+    anonymous: Option<Identity>,
 }
 
 #[derive(Debug, Default)]
@@ -122,23 +158,35 @@ struct State {
 }
 
 impl Orders {
+    /// Handlers for a service served without the auth layer: calls without an
+    /// [`Identity`] are made as the [`anonymous`] caller.
+    pub fn unprotected() -> Self {
+        Self {
+            anonymous: Some(anonymous()),
+            ..Self::default()
+        }
+    }
+
+    /// The caller the auth layer let through, or the anonymous caller of an
+    /// unprotected service.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        // The layer always inserts the identity before a handler runs; its
+        // absence means the service was served without the layer, so refuse
+        // unless it was served so on purpose.
+        request
+            .extensions()
+            .get::<Identity>()
+            .or(self.anonymous.as_ref())
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("unauthenticated"))
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Only map operations run under the lock; a poisoned one is consistent.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// The caller the auth layer let through.
-fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
-    // The layer always inserts the identity before a handler runs; its absence
-    // means the service was served without the layer, so refuse.
-    request
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("unauthenticated"))
 }
 
 fn to_caller(identity: &Identity) -> pb::Caller {
@@ -156,7 +204,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
-        let identity = caller(&request)?;
+        let identity = self.caller(&request)?;
         let id = request.into_inner().id;
         let order = self
             .state()
@@ -174,7 +222,7 @@ impl OrderService for Orders {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
-        let identity = caller(&request)?;
+        let identity = self.caller(&request)?;
         let req = request.into_inner();
         if req.item.trim().is_empty() {
             return Err(Status::invalid_argument("item must not be empty"));

@@ -4,20 +4,26 @@
 //! orders-service --keyward-url http://127.0.0.1:50051 --listen 127.0.0.1:50052
 //! ```
 //!
-//! Each flag has an environment equivalent: `KEYWARD_URL`, `ORDERS_LISTEN`.
+//! Each flag has an environment equivalent: `KEYWARD_URL`, `ORDERS_LISTEN`,
+//! `ORDERS_NO_AUTH`. `--no-auth` serves the same handlers without the auth
+//! layer (every call as the anonymous caller): the baseline of
+//! `scripts/bench-auth.sh`, never for deployment.
 
 use std::net::SocketAddr;
 
-use orders_service::OrdersServer;
+use orders_service::{OrdersServer, run_unprotected_until};
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: orders-service [--keyward-url URL] [--listen ADDR]
+const USAGE: &str = "usage: orders-service [--keyward-url URL] [--listen ADDR] [--no-auth]
   --keyward-url URL  keyward's gRPC address [env KEYWARD_URL] [default http://127.0.0.1:50051]
-  --listen ADDR      address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]";
+  --listen ADDR      address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]
+  --no-auth          serve WITHOUT the auth layer, every call as organization \"anonymous\";
+                     for benchmarks only [env ORDERS_NO_AUTH=1]";
 
 struct Args {
     keyward_url: String,
     listen: SocketAddr,
+    no_auth: bool,
 }
 
 impl Args {
@@ -26,7 +32,13 @@ impl Args {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
         let mut keyward_url = std::env::var("KEYWARD_URL").ok();
         let mut listen = std::env::var("ORDERS_LISTEN").ok();
+        let mut no_auth = std::env::var("ORDERS_NO_AUTH")
+            .is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"));
         while let Some(arg) = args.next() {
+            if arg == "--no-auth" {
+                no_auth = true;
+                continue;
+            }
             let (flag, inline) = match arg.split_once('=') {
                 Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
                 None => (arg, None),
@@ -46,6 +58,7 @@ impl Args {
             listen: listen
                 .parse()
                 .map_err(|error| format!("invalid listen address {listen:?}: {error}"))?,
+            no_auth,
         }))
     }
 }
@@ -64,20 +77,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let listener = TcpListener::bind(args.listen).await?;
+    let shutdown = async {
+        // Without a working signal handler, run until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    if args.no_auth {
+        eprintln!(
+            "orders-service listening on {} WITHOUT authentication (--no-auth)",
+            listener.local_addr()?
+        );
+        run_unprotected_until(listener, shutdown).await?;
+        return Ok(());
+    }
     let server = OrdersServer::build(listener, &args.keyward_url)?;
     eprintln!(
         "orders-service listening on {}, validating keys with keyward at {}",
         server.local_addr(),
         args.keyward_url
     );
-    server
-        .run_until(async {
-            // Without a working signal handler, run until killed.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
-        .await?;
+    server.run_until(shutdown).await?;
     Ok(())
 }
 
@@ -96,6 +116,10 @@ mod tests {
             .expect("not help");
         assert_eq!(args.keyward_url, "http://kw:1");
         assert_eq!(args.listen, "127.0.0.1:0".parse().expect("an address"));
+        let no_auth = parse(&["--no-auth", "--listen", "127.0.0.1:0"])
+            .expect("valid flags")
+            .expect("not help");
+        assert!(no_auth.no_auth, "--no-auth takes no value");
         assert!(parse(&["--help"]).expect("help is not an error").is_none());
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());

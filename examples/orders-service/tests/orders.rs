@@ -196,3 +196,39 @@ async fn an_unreachable_keyward_refuses_every_call() {
     }
     assert_eq!(validator.calls(), 2, "failures are not cached");
 }
+
+#[tokio::test]
+async fn an_unprotected_service_serves_every_call_as_anonymous() {
+    let listener = listener().await;
+    let addr = listener.local_addr().expect("a local address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(orders_service::run_unprotected_until(listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("the order service accepts connections");
+    let mut client = OrderServiceClient::new(channel);
+
+    let created = client
+        .create_order(order("tea"))
+        .await
+        .expect("no key needed")
+        .into_inner();
+    let caller = created.caller.expect("the caller is echoed");
+    assert_eq!(caller.organization_id, "anonymous");
+    assert!(caller.key_id.is_empty() && caller.scopes.is_empty());
+    let id = created.order.expect("the order").id;
+    let fetched = client
+        .get_order(GetOrderRequest { id })
+        .await
+        .expect("the anonymous caller sees its own orders")
+        .into_inner();
+    assert_eq!(
+        fetched.caller.expect("the caller").organization_id,
+        "anonymous"
+    );
+    drop(stop);
+}

@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# Measures what keyward's protection costs a service (BENCHMARKS.md, "Auth
+# overhead"), one h2load run each, on loopback only:
+#
+#   bash scripts/bench-auth.sh
+#
+# 1. orders-service (examples/) protected by KeywardAuthLayer + RemoteValidator
+#    (warm verdict cache: keyward's 1 s hint, refreshed by one ValidateKey per
+#    second) vs the same binary with --no-auth; unary GetOrder, saturating load.
+# 2. Envoy with keyward as ext_authz (deploy/envoy/envoy.yaml, ports rewritten)
+#    vs the same config without the ext_authz filter; GET / to a trivial
+#    HTTP/1.1 upstream (examples/bench_upstream.rs), one request in flight,
+#    so the latency difference is what ext_authz adds to each request.
+#
+# It builds the release binaries (slow the first time; target/ is reused),
+# installs the tools (scripts/install-tools.sh: h2load, envoy, grpcurl), starts
+# keyward on a temporary SQLite database, makes the keys, runs the four loads
+# and prints a summary table. Every process it starts is stopped on exit.
+# With 2+ CPUs the servers (keyward, orders-service, Envoy, upstream) share
+# CPU 0 and h2load gets CPU 1, so the load generator never competes with what
+# it measures; BENCH_PIN=0 turns that off.
+#
+# Settings (environment):
+#   BENCH_DURATION=20        measured seconds per run (h2load -D)
+#   BENCH_WARMUP=5           warm-up seconds before each (h2load --warm-up-time)
+#   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
+#   BENCH_ENVOY_LOAD="-c 1 -m 1"   h2load clients/streams for part 2
+#   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
+#   BENCH_SKIP_BUILD=1       use the binaries already in target/release
+#   BENCH_KEEP=1             keep the temporary directory (logs, configs, h2load logs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+
+DURATION="${BENCH_DURATION:-20}"
+WARMUP="${BENCH_WARMUP:-5}"
+GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
+ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 1 -m 1}"
+if [[ -z "${BENCH_PIN:-}" ]]; then
+  if [[ "$(nproc)" -ge 2 ]] && command -v taskset >/dev/null 2>&1; then BENCH_PIN=1; else BENCH_PIN=0; fi
+fi
+
+say() { printf '[bench-auth] %s\n' "$*" >&2; }
+die() { printf '[bench-auth] error: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ build
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  say "building release binaries (slow the first time)"
+  cargo build --release -p keyward -p orders-service --bins >&2
+  # std-only, compiled directly: `cargo build --example` would also build the
+  # root package's dev-dependencies (and unify their features into keyward).
+  mkdir -p target/release/examples
+  rustc --edition 2021 -C opt-level=3 --crate-name bench_upstream \
+    -o target/release/examples/bench_upstream examples/bench_upstream.rs >&2
+fi
+KEYWARD="$ROOT/target/release/keyward"
+ORDERS="$ROOT/target/release/orders-service"
+UPSTREAM="$ROOT/target/release/examples/bench_upstream"
+for bin in "$KEYWARD" "$ORDERS" "$UPSTREAM"; do
+  [[ -x "$bin" ]] || die "$bin missing (run without BENCH_SKIP_BUILD)"
+done
+
+bash scripts/install-tools.sh >&2
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+ENVOY="${KEYWARD_ENVOY_BIN:-$(command -v envoy)}"
+GRPCURL="${KEYWARD_GRPCURL_BIN:-$(command -v grpcurl)}"
+command -v h2load >/dev/null || die "h2load missing"
+
+# ------------------------------------------------------- processes, cleanup
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SERVER_CPU=()
+LOAD_CPU=()
+if [[ "$BENCH_PIN" == 1 ]]; then
+  SERVER_CPU=(taskset -c 0)
+  LOAD_CPU=(taskset -c 1)
+fi
+
+# start NAME COMMAND...: runs a server in the background, logs in $WORK/NAME.log
+start() {
+  local name="$1"
+  shift
+  "${SERVER_CPU[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=("$!")
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_port PORT NAME: until something accepts on 127.0.0.1:PORT (30 s)
+wait_port() {
+  local i
+  for i in $(seq 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  cat "$WORK/$2.log" >&2 || true
+  die "$2 did not listen on 127.0.0.1:$1"
+}
+
+# -------------------------------------------------------------- keyward
+KEYWARD_PORT="$(free_port)"
+DB="sqlite://$WORK/keyward.db?mode=rwc"
+ADMIN="$("$KEYWARD" bootstrap --database-url "$DB" --organization bench 2>"$WORK/bootstrap.log")"
+start keyward "$KEYWARD" serve --database-url "$DB" --listen "127.0.0.1:$KEYWARD_PORT"
+wait_port "$KEYWARD_PORT" keyward
+KEY="$("$GRPCURL" -plaintext -H "authorization: Bearer $ADMIN" \
+  -d '{"name": "bench orders client", "scopes": ["orders:read", "orders:write"]}' \
+  "127.0.0.1:$KEYWARD_PORT" keyward.v1.KeyAdminService/CreateKey |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')"
+[[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
+say "keyward on 127.0.0.1:$KEYWARD_PORT, standard key ${KEY:0:12}…"
+
+# --------------------------------------------------------------- h2load
+# load NAME URL "LOAD" EXTRA-ARGS...: one warmed-up, timed h2load run; writes
+# NAME.out (h2load's report) and NAME.tsv (per-request log).
+load() {
+  local name="$1" url="$2" load="$3"
+  shift 3
+  # shellcheck disable=SC2086 # LOAD is a list of h2load flags
+  "${LOAD_CPU[@]}" h2load $load -t 1 -D "$DURATION" --warm-up-time "$WARMUP" \
+    --log-file "$WORK/$name.tsv" "$@" "$url" >"$WORK/$name.out" 2>&1 ||
+    { cat "$WORK/$name.out" >&2; die "h2load $name failed"; }
+  grep -E '^(finished in|requests:|status codes:|traffic:)' "$WORK/$name.out" | sed "s/^/  $name: /" >&2
+}
+
+# check NAME URL MIN-BYTES EXTRA-ARGS...: 20 requests must all succeed, each
+# with at least MIN-BYTES of response body
+check() {
+  local name="$1" url="$2" min="$3"
+  shift 3
+  h2load -n 20 -c 1 "$@" "$url" >"$WORK/$name-check.out" 2>&1 || true
+  python3 - "$WORK/$name-check.out" "$min" <<'PY' || { cat "$WORK/$name-check.out" >&2; die "$name: the probe requests failed"; }
+import re, sys
+out = open(sys.argv[1]).read()
+ok = re.search(r"requests: 20 total, 20 started, 20 done, 20 succeeded, 0 failed, 0 errored", out)
+data = re.search(r"traffic: .*\((\d+)\) data", out)
+# A gRPC error is HTTP 200 with an empty body: insist on response data.
+sys.exit(0 if ok and data and int(data.group(1)) >= 20 * int(sys.argv[2]) else 1)
+PY
+}
+
+# ------------------------------------------------- 1. orders-service, gRPC
+PROTO=(-import-path examples/orders-service/proto -proto orders/v1/orders.proto)
+# create_order PORT [grpcurl args]: prints the new order's id
+create_order() {
+  local port="$1"
+  shift
+  "$GRPCURL" -plaintext "${PROTO[@]}" "$@" -d '{"item": "tea", "quantity": 1}' \
+    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["order"]["id"])'
+}
+
+PROTECTED_PORT="$(free_port)"
+UNPROTECTED_PORT="$(free_port)"
+start orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
+  --listen "127.0.0.1:$PROTECTED_PORT"
+start orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
+wait_port "$PROTECTED_PORT" orders-protected
+wait_port "$UNPROTECTED_PORT" orders-unprotected
+ORDER_P="$(create_order "$PROTECTED_PORT" -H "authorization: Bearer $KEY")"
+ORDER_U="$(create_order "$UNPROTECTED_PORT")"
+[[ "$ORDER_P" == "$ORDER_U" ]] || die "orders differ: $ORDER_P vs $ORDER_U"
+
+# The GetOrder request as gRPC frames it: 0x00 (not compressed), big-endian
+# u32 length, then the protobuf GetOrderRequest { id = 1 (string) }.
+python3 - "$ORDER_P" "$WORK/get_order.bin" <<'PY'
+import struct, sys
+order_id = sys.argv[1].encode()
+message = bytes([0x0A, len(order_id)]) + order_id  # field 1, wire type 2
+open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(message)) + message)
+PY
+GRPC_HEADERS=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/get_order.bin")
+GET_ORDER=/orders.v1.OrderService/GetOrder
+AUTH=(-H "authorization: Bearer $KEY")
+
+# A GetOrderResponse with its order and caller is well over 20 bytes.
+check unprotected "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" 20 "${GRPC_HEADERS[@]}"
+check protected "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" 20 "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+# Without a key the protected service must refuse (an empty-bodied answer).
+if h2load -n 1 -c 1 "${GRPC_HEADERS[@]}" "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" 2>&1 |
+  grep -qE 'traffic: .*\([1-9][0-9]*\) data'; then
+  die "the protected service answered GetOrder without a key"
+fi
+
+say "part 1: orders-service GetOrder, h2load $GRPC_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
+UPTIME_1="$(uptime)"
+# The same headers for both (the unprotected service ignores the key).
+load unprotected "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+load protected "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+
+# ------------------------------------------------------------- 2. Envoy
+UPSTREAM_PORT="$(free_port)"
+start upstream "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT"
+wait_port "$UPSTREAM_PORT" upstream
+
+# envoy_config OUT WITH_EXT_AUTHZ: deploy/envoy/envoy.yaml with the ports
+# rewritten (as tests/api/envoy.rs does), optionally without ext_authz.
+envoy_config() {
+  python3 - "$ROOT/deploy/envoy/envoy.yaml" "$1" "$2" "$3" "$UPSTREAM_PORT" "$KEYWARD_PORT" <<'PY'
+import re, sys
+src, out, with_authz, port, upstream, keyward = sys.argv[1:]
+text = open(src).read()
+for old, new in [
+    ("port_value: 9901", "port_value: 0"),
+    ("port_value: 10000", f"port_value: {port}"),
+    ("address: 0.0.0.0", "address: 127.0.0.1"),
+    ("port_value: 8080", f"port_value: {upstream}"),
+    ("port_value: 50051", f"port_value: {keyward}"),
+]:
+    assert old in text, old
+    text = text.replace(old, new)
+if with_authz == "0":
+    # Drop the ext_authz HTTP filter and the per-route settings naming it.
+    text, n = re.subn(r"\n( *)- name: envoy\.filters\.http\.ext_authz\n.*?(?=\n\1- name: )", "", text, flags=re.S)
+    assert n == 1, "ext_authz filter not found"
+    text, n = re.subn(r"\n( *)typed_per_filter_config:\n(?:\1 .*\n)*", "\n", text)
+    assert n == 1, "typed_per_filter_config not found"
+    listener = text.split("static_resources:")[1].split("clusters:")[0]
+    assert "ext_authz" not in listener, "ext_authz left in the listener"
+open(out, "w").write(text)
+PY
+}
+
+ENVOY_ALONE_PORT="$(free_port)"
+ENVOY_AUTHZ_PORT="$(free_port)"
+envoy_config "$WORK/envoy-alone.yaml" 0 "$ENVOY_ALONE_PORT"
+envoy_config "$WORK/envoy-authz.yaml" 1 "$ENVOY_AUTHZ_PORT"
+# Envoy's own logging off the hot path; one worker thread (all on CPU 0 anyway).
+ENVOY_ARGS=(--disable-hot-restart --concurrency 1 -l error)
+start envoy-alone "$ENVOY" -c "$WORK/envoy-alone.yaml" "${ENVOY_ARGS[@]}"
+start envoy-authz "$ENVOY" -c "$WORK/envoy-authz.yaml" "${ENVOY_ARGS[@]}"
+wait_port "$ENVOY_ALONE_PORT" envoy-alone
+wait_port "$ENVOY_AUTHZ_PORT" envoy-authz
+
+check envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" 2 "${AUTH[@]}"
+check envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" 2 "${AUTH[@]}"
+# ext_authz in force: no key, 401.
+h2load -n 1 -c 1 "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" 2>&1 | grep -q 'status codes: 0 2xx, 0 3xx, 1 4xx' ||
+  die "Envoy with ext_authz let a request without a key through"
+
+say "part 2: Envoy GET /, h2load $ENVOY_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
+load envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" "$ENVOY_LOAD" "${AUTH[@]}"
+load envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" "$ENVOY_LOAD" "${AUTH[@]}"
+UPTIME_2="$(uptime)"
+
+# ------------------------------------------------------------- summary
+python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" <<'PY'
+import re, sys
+work, grpc_load, envoy_load, duration, warmup, pin = sys.argv[1:]
+
+def run(name):
+    out = open(f"{work}/{name}.out").read()
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    total, done, ok, failed, errored = map(int, m.groups())
+    lat = sorted(int(line.split("\t")[2]) for line in open(f"{work}/{name}.tsv") if line.strip())
+    pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1000  # ms
+    return dict(rps=rps, n=len(lat), ok=ok, bad=failed + errored + (done - ok), p50=pct(50), p99=pct(99))
+
+r = {name: run(name) for name in ["unprotected", "protected", "envoy-alone", "envoy-authz"]}
+def row(label, x):
+    return f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['n']:,} | {x['bad']} |"
+head = "| run | req/s | p50 ms | p99 ms | requests | failed |\n|---|---:|---:|---:|---:|---:|"
+u, p, a, z = r["unprotected"], r["protected"], r["envoy-alone"], r["envoy-authz"]
+loss = (1 - p["rps"] / u["rps"]) * 100
+print()
+print(f"h2load -D {duration} --warm-up-time {warmup}; CPU pinning: {'servers on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
+print()
+print(f"orders-service GetOrder (gRPC, h2load {grpc_load}):")
+print(head)
+print(row("unprotected (--no-auth)", u))
+print(row("protected (KeywardAuthLayer + RemoteValidator)", p))
+print(f"\nthroughput loss: {loss:.1f}% (target <= 5%: {'met' if loss <= 5 else 'MISSED'}); "
+      f"p50 +{p['p50'] - u['p50']:.3f} ms, p99 +{p['p99'] - u['p99']:.3f} ms")
+print()
+print(f"Envoy GET / (h2c, h2load {envoy_load}):")
+print(head)
+print(row("Envoy alone", a))
+print(row("Envoy + keyward ext_authz", z))
+print(f"\next_authz adds: p50 +{z['p50'] - a['p50']:.3f} ms, p99 +{z['p99'] - a['p99']:.3f} ms; "
+      f"throughput {(1 - z['rps'] / a['rps']) * 100:.1f}% lower")
+PY
+echo
+echo "load before: $UPTIME_1"
+echo "load after:  $UPTIME_2"
