@@ -2,6 +2,7 @@
 //! store, and answers with wire types. Runs behind the auth layer, which puts
 //! the calling admin key's [`Identity`] into every request's extensions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, from_timestamp};
 use crate::error::{ApiError, PARSED, Violations};
 use crate::pb::{self, key_admin_service_server::KeyAdminService};
+use crate::validation::KeyValidator;
 
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_YEAR: i32 = 9999;
@@ -31,17 +33,23 @@ const UPDATABLE: &[&str] = &[
     "status",
 ];
 
-/// The admin API over a store.
+/// The admin API over a store. Every change is also told to the validator,
+/// so it shows in verdicts on this replica at once.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     store: Store,
     hasher: LookupHasher,
+    validator: Arc<KeyValidator>,
 }
 
 impl AdminApi {
     /// An admin API over `store`, hashing new keys with `hasher`.
-    pub fn new(store: Store, hasher: LookupHasher) -> Self {
-        Self { store, hasher }
+    pub fn new(store: Store, hasher: LookupHasher, validator: Arc<KeyValidator>) -> Self {
+        Self {
+            store,
+            hasher,
+            validator,
+        }
     }
 }
 
@@ -350,6 +358,7 @@ impl KeyAdminService for AdminApi {
             )
             .await
             .map_err(ApiError::from)?;
+        self.validator.invalidate(&key.id);
         Ok(Response::new(pb::UpdateKeyResponse {
             api_key: api_key(key),
         }))
@@ -368,6 +377,7 @@ impl KeyAdminService for AdminApi {
             .archive_key(&caller.organization_id, &id.expect(PARSED), &caller.actor)
             .await
             .map_err(ApiError::from)?;
+        self.validator.invalidate(&key.id);
         Ok(Response::new(pb::ArchiveKeyResponse {
             api_key: api_key(key),
         }))
@@ -386,6 +396,7 @@ impl KeyAdminService for AdminApi {
             .reactivate_key(&caller.organization_id, &id.expect(PARSED), &caller.actor)
             .await
             .map_err(ApiError::from)?;
+        self.validator.invalidate(&key.id);
         Ok(Response::new(pb::ReactivateKeyResponse {
             api_key: api_key(key),
         }))
@@ -404,6 +415,7 @@ impl KeyAdminService for AdminApi {
             .revoke_key(&caller.organization_id, &id.expect(PARSED), &caller.actor)
             .await
             .map_err(ApiError::from)?;
+        self.validator.invalidate(&key.id);
         Ok(Response::new(pb::RevokeKeyResponse {
             api_key: api_key(key),
         }))
@@ -422,6 +434,7 @@ impl KeyAdminService for AdminApi {
             .delete_key(&caller.organization_id, &id, &caller.actor)
             .await
             .map_err(ApiError::from)?;
+        self.validator.invalidate(&id);
         Ok(Response::new(pb::DeleteKeyResponse {
             id: id.to_string(),
             deleted: true,
@@ -485,6 +498,8 @@ impl KeyAdminService for AdminApi {
             .rotate_key(&caller.organization_id, &id, replacement, grace)
             .await
             .map_err(ApiError::from)?;
+        self.validator.invalidate(&old_key.id);
+        self.validator.key_created();
         tracing::info!(key_id = %new_key.id, rotated_from = %old_key.id, "key rotated");
         Ok(Response::new(pb::RotateKeyResponse {
             api_key: api_key(new_key),

@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyward_core::LookupHasher;
 
+use crate::cache::CacheSettings;
+use crate::validation::ValidatorSettings;
+
 /// The embedded default: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keyward.db?mode=rwc";
 
@@ -99,8 +102,48 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// How often coalesced last-used data is written, e.g. 1s or 500ms.
-    #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
+    /// Most keys held in the validation cache (eviction beyond it).
+    #[arg(long, env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+    /// Longest a cached key is served before it is read again.
+    #[arg(long, env = "KEYWARD_CACHE_MAX_AGE", default_value = "30s", value_parser = parse_interval)]
+    pub cache_max_age: Duration,
+    /// Most unknown key hashes remembered (so floods of random keys stay off the database).
+    #[arg(
+        long,
+        env = "KEYWARD_NEGATIVE_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub negative_cache_capacity: usize,
+    /// How long an unknown key hash is remembered.
+    #[arg(long, env = "KEYWARD_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_interval)]
+    pub negative_cache_ttl: Duration,
+    /// How often the change feed is read, so other replicas' changes show here
+    /// (keep it well under 1s: changes must show within 1s).
+    #[arg(long, env = "KEYWARD_SYNC_INTERVAL", default_value = "250ms", value_parser = parse_interval)]
+    pub sync_interval: Duration,
+    /// While the database is unreachable, how long cached verdicts are still
+    /// served after the last successful sync.
+    #[arg(long, env = "KEYWARD_STALE_IF_ERROR", default_value = "60s", value_parser = parse_duration)]
+    pub stale_if_error: Duration,
+}
+
+impl ServeArgs {
+    /// The validation path's settings.
+    pub fn validator_settings(&self) -> ValidatorSettings {
+        ValidatorSettings {
+            cache: CacheSettings {
+                capacity: self.cache_capacity.max(1),
+                negative_capacity: self.negative_cache_capacity.max(1),
+                negative_ttl: self.negative_cache_ttl,
+                max_age: self.cache_max_age,
+            },
+            sync_interval: self.sync_interval,
+            stale_if_error: self.stale_if_error,
+        }
+    }
 }
 
 /// Arguments of `keyward bootstrap`.
@@ -199,6 +242,14 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a duration that must not be zero (an interval).
+pub fn parse_interval(raw: &str) -> Result<Duration, String> {
+    match parse_duration(raw)? {
+        Duration::ZERO => Err(format!("{raw:?} must be more than zero")),
+        interval => Ok(interval),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +271,8 @@ mod tests {
         for bad in ["", "5", "s", "1h", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_interval("0ms").is_err());
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
     }
 }

@@ -8,6 +8,7 @@
 //! conversion. Only this crate knows about tonic.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -19,4 +20,6 @@ pub mod telemetry;
 pub mod validation;
 pub mod validation_api;
 
+pub use cache::CacheSettings;
 pub use startup::{Application, Settings, StartupError, bootstrap, open_store};
+pub use validation::ValidatorSettings;

@@ -29,6 +29,7 @@ async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 listen: args.listen,
                 hasher: args.database.hasher()?,
                 usage_flush_interval: args.usage_flush_interval,
+                validator: args.validator_settings(),
             })
             .await?;
             app.run_until(shutdown_signal()).await?;

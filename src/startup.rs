@@ -23,7 +23,7 @@ use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
-use crate::validation::{AdminValidator, KeyValidator};
+use crate::validation::{AdminValidator, KeyValidator, ValidatorSettings, follow_changes};
 use crate::validation_api::ValidationApi;
 
 /// Every service on keyward's port, as server reflection lists them.
@@ -72,6 +72,8 @@ pub struct Settings {
     pub hasher: LookupHasher,
     /// How often last-used data is flushed.
     pub usage_flush_interval: Duration,
+    /// Cache, change-feed and outage settings of the validation path.
+    pub validator: ValidatorSettings,
 }
 
 /// A built, bound, not yet running server.
@@ -80,6 +82,7 @@ pub struct Application {
     store: Store,
     hasher: LookupHasher,
     usage_flush_interval: Duration,
+    validator: ValidatorSettings,
 }
 
 /// Opens the database, applies migrations and checks the hasher against it.
@@ -106,6 +109,7 @@ impl Application {
             store,
             hasher: settings.hasher,
             usage_flush_interval: settings.usage_flush_interval,
+            validator: settings.validator,
         })
     }
 
@@ -127,7 +131,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
-        let validator = Arc::new(KeyValidator::new(self.store.clone(), self.hasher.clone()));
+        let validator = Arc::new(KeyValidator::new(
+            self.store.clone(),
+            self.hasher.clone(),
+            self.validator,
+        ));
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<KeyAdminServiceServer<AdminApi>>()
@@ -163,6 +171,7 @@ impl Application {
             Arc::clone(&validator),
             self.usage_flush_interval,
         ));
+        let follower = tokio::spawn(follow_changes(Arc::clone(&validator)));
         tracing::info!(addr = %self.local_addr(), "keyward listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
@@ -178,6 +187,7 @@ impl Application {
             .add_service(KeyAdminServiceServer::new(AdminApi::new(
                 self.store.clone(),
                 self.hasher.clone(),
+                Arc::clone(&validator),
             )))
             .add_service(KeyValidationServiceServer::new(ValidationApi::new(
                 Arc::clone(&validator),
@@ -202,6 +212,7 @@ impl Application {
             }
         };
         flusher.abort();
+        follower.abort();
         validator.flush_usage().await;
         tracing::info!("keyward stopped");
         Ok(served?)

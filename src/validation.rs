@@ -1,22 +1,58 @@
-//! The validation path shared by `ValidateKey` and the admin API's auth layer:
-//! parse (shape and checksum, no lookup) → BLAKE3 lookup hash → database.
+//! The validation path shared by `ValidateKey`, Envoy's `Check` and the admin
+//! API's auth layer: parse (shape and checksum, no lookup) → BLAKE3 lookup
+//! hash → in-memory cache → on a miss, one indexed database lookup → cache.
+//!
+//! The cache stays current through [`KeyValidator::invalidate`] (this
+//! replica's changes, at once) and [`follow_changes`] (other replicas'
+//! changes, through the KeyEvent feed). When the database is unreachable,
+//! cached verdicts are served for `stale_if_error` after the last successful
+//! feed sync; anything else is UNAVAILABLE, never valid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use keyward_auth::{
     Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
 };
-use keyward_core::{ApiKey, ApiKeySecret, KeyKind, LookupHasher, Scope, ValidationCode};
-use keyward_store::{Store, StoreError, UsageRecord};
+use keyward_core::{ApiKey, ApiKeySecret, KeyId, KeyKind, LookupHasher, Scope, ValidationCode};
+use keyward_store::{EventType, KeyEvent, Store, UsageRecord};
 
+use crate::cache::{CacheSettings, Cached, KeyCache};
 use crate::error::ApiError;
 
-/// How long a caller may reuse a verdict. Every change is visible to the next
-/// lookup on this server, so this bounds how stale a caller's copy can be.
-pub const CACHE_HINT: Duration = Duration::from_secs(1);
+/// The bound on how long a change takes to show in verdicts, here and through
+/// a caller's cache: the feed interval plus the cache hint stays within it.
+pub const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
+
+/// How far behind its cursor the feed follower re-reads: an event whose
+/// transaction commits later than this after taking its `seq` is caught by
+/// the cache's `max_age` instead.
+const REREAD_WINDOW: Duration = Duration::from_secs(2);
+
+/// How the validator caches and stays current.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidatorSettings {
+    /// Cache limits.
+    pub cache: CacheSettings,
+    /// How often the change feed is read.
+    pub sync_interval: Duration,
+    /// How long cached verdicts are served after the last successful feed
+    /// sync while the database is unreachable.
+    pub stale_if_error: Duration,
+}
+
+impl Default for ValidatorSettings {
+    fn default() -> Self {
+        Self {
+            cache: CacheSettings::default(),
+            sync_interval: Duration::from_millis(250),
+            stale_if_error: Duration::from_secs(60),
+        }
+    }
+}
 
 /// The outcome of validating one presented key.
 #[derive(Debug, Clone)]
@@ -25,7 +61,7 @@ pub struct Validation {
     pub code: ValidationCode,
     /// The key, when one was found and may be described to the caller
     /// (VALID and INSUFFICIENT_SCOPE).
-    pub key: Option<ApiKey>,
+    pub key: Option<Arc<ApiKey>>,
 }
 
 /// Where a presented key came from, recorded as last-used data on success.
@@ -37,33 +73,99 @@ pub struct ClientInfo<'a> {
     pub user_agent: Option<&'a str>,
 }
 
-/// Validates presented keys against the store.
+/// Validates presented keys against the cache and the store.
 #[derive(Debug)]
 pub struct KeyValidator {
     store: Store,
     hasher: LookupHasher,
+    settings: ValidatorSettings,
+    cache: KeyCache,
     usage: UsageRecorder,
+    started: Instant,
+    /// Milliseconds after `started` of the last successful feed sync.
+    synced_at: AtomicU64,
 }
 
 impl KeyValidator {
     /// A validator over `store`, hashing with `hasher`.
-    pub fn new(store: Store, hasher: LookupHasher) -> Self {
+    pub fn new(store: Store, hasher: LookupHasher, settings: ValidatorSettings) -> Self {
         Self {
             store,
             hasher,
+            cache: KeyCache::new(settings.cache),
+            settings,
             usage: UsageRecorder::default(),
+            started: Instant::now(),
+            synced_at: AtomicU64::new(0),
         }
     }
 
+    /// How long a caller may reuse a verdict: what the propagation bound
+    /// leaves after this replica's own feed delay.
+    pub fn cache_hint(&self) -> Duration {
+        PROPAGATION_BOUND.saturating_sub(self.settings.sync_interval)
+    }
+
+    /// The cache, for inspection.
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    fn mark_synced(&self) {
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.synced_at.store(millis, Ordering::Relaxed);
+    }
+
+    /// Whether cached verdicts are past `stale_if_error` (the feed has not
+    /// synced for that long: the database is unreachable).
+    fn is_stale(&self) -> bool {
+        let synced = Duration::from_millis(self.synced_at.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(synced) > self.settings.stale_if_error
+    }
+
     /// Looks a well-formed key up: `None` if it is unknown.
-    async fn lookup(&self, secret: &ApiKeySecret) -> Result<Option<ApiKey>, StoreError> {
-        let key = self
-            .store
-            .find_by_lookup_hash(&self.hasher.hash(secret))
-            .await?;
+    async fn lookup(&self, secret: &ApiKeySecret) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let hash = self.hasher.hash(secret);
+        let key = match self.cache.get(&hash) {
+            Cached::Key(key) if !self.is_stale() => Some(key),
+            Cached::Unknown if !self.is_stale() => None,
+            Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
+            Cached::Miss => {
+                let read = self.cache.generation();
+                match self.store.find_by_lookup_hash(&hash).await? {
+                    Some(key) => {
+                        let key = Arc::new(key);
+                        self.cache.insert(hash, Arc::clone(&key), read);
+                        Some(key)
+                    }
+                    None => {
+                        self.cache.insert_unknown(hash, read);
+                        None
+                    }
+                }
+            }
+        };
         // The prefix says which kind the key was issued as; a mismatch means a
         // forged prefix on a real body, which cannot happen without the body.
         Ok(key.filter(|key| key.kind == secret.kind()))
+    }
+
+    /// Makes a change to `id` made on this replica visible at once.
+    pub fn invalidate(&self, id: &KeyId) {
+        self.cache.invalidate(id);
+    }
+
+    /// Makes a key created on this replica valid at once, even if its hash
+    /// was remembered as unknown.
+    pub fn key_created(&self) {
+        self.cache.forget_unknown();
+    }
+
+    fn apply(&self, event: &KeyEvent) {
+        self.cache.invalidate(&event.key_id);
+        if event.event_type == EventType::Created {
+            self.cache.forget_unknown();
+        }
     }
 
     /// Validates a product (standard) key with the scopes it must hold.
@@ -105,6 +207,83 @@ impl KeyValidator {
     }
 }
 
+/// Follows the KeyEvent feed every `sync_interval`, so changes made on other
+/// replicas reach this replica's cache; each success marks the cache fresh.
+/// Runs until dropped.
+pub async fn follow_changes(validator: Arc<KeyValidator>) {
+    let mut ticker = tokio::time::interval(validator.settings.sync_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut follower: Option<Follower> = None;
+    let mut healthy = true;
+    loop {
+        ticker.tick().await;
+        match sync_once(&validator, &mut follower).await {
+            Ok(()) => {
+                validator.mark_synced();
+                if !healthy {
+                    tracing::info!("change feed reachable again");
+                }
+                healthy = true;
+            }
+            Err(error) => {
+                if healthy {
+                    tracing::warn!(%error, "change feed unreachable; serving cached verdicts for stale-if-error");
+                }
+                healthy = false;
+            }
+        }
+    }
+}
+
+/// Where the feed follower is, and where it was during the re-read window.
+#[derive(Debug)]
+struct Follower {
+    cursor: i64,
+    history: VecDeque<(Instant, i64)>,
+}
+
+async fn sync_once(
+    validator: &KeyValidator,
+    follower: &mut Option<Follower>,
+) -> Result<(), ApiError> {
+    const BATCH: u32 = 1000;
+    let Some(state) = follower else {
+        // Start at the head: the cache is filled from the database afterwards.
+        let cursor = validator.store.last_event_seq().await?;
+        *follower = Some(Follower {
+            cursor,
+            history: VecDeque::from([(Instant::now(), cursor)]),
+        });
+        return Ok(());
+    };
+    let now = Instant::now();
+    while state
+        .history
+        .front()
+        .is_some_and(|(at, _)| now.duration_since(*at) > REREAD_WINDOW)
+        && state.history.len() > 1
+    {
+        state.history.pop_front();
+    }
+    // Re-read from where the cursor was a window ago: events are immutable,
+    // and applying one twice only invalidates twice.
+    let mut from = state.history.front().map_or(state.cursor, |(_, seq)| *seq);
+    loop {
+        let events = validator.store.events_after(from, BATCH).await?;
+        for event in &events {
+            validator.apply(event);
+        }
+        let Some(last) = events.last() else { break };
+        from = last.seq;
+        state.cursor = state.cursor.max(last.seq);
+        if events.len() < BATCH as usize {
+            break;
+        }
+    }
+    state.history.push_back((now, state.cursor));
+    Ok(())
+}
+
 /// Authenticates admin API calls: an active admin key is allowed as its
 /// organization; a valid standard key is forbidden; anything else is unknown.
 #[derive(Debug, Clone)]
@@ -117,7 +296,7 @@ impl Validator for AdminValidator {
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
             let key = self.0.lookup(&secret).await.map_err(|error| {
-                tracing::warn!(%error, "admin authentication failed: store error");
+                tracing::warn!(%error, "admin authentication unavailable");
                 ValidatorError::unavailable(error.to_string())
             })?;
             let Some(key) = key else {

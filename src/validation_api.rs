@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::error::Violations;
 use crate::pb::{self, key_validation_service_server::KeyValidationService};
-use crate::validation::{CACHE_HINT, ClientInfo, KeyValidator};
+use crate::validation::{ClientInfo, KeyValidator};
 
 const MAX_CLIENT_IP_CHARS: usize = 64;
 const MAX_USER_AGENT_CHARS: usize = 512;
@@ -74,17 +74,14 @@ impl KeyValidationService for ValidationApi {
         let mut response = pb::ValidateKeyResponse {
             valid: validation.code == keyward_core::ValidationCode::Valid,
             code: code.into(),
-            cache_ttl: Some(prost_types::Duration {
-                seconds: i64::try_from(CACHE_HINT.as_secs()).unwrap_or(i64::MAX),
-                nanos: 0,
-            }),
+            cache_ttl: Some(duration(self.validator.cache_hint())),
             ..Default::default()
         };
         if let Some(key) = validation.key {
             response.key_id = key.id.to_string();
-            response.organization_id = key.organization_id;
-            response.workspace_id = key.workspace_id.unwrap_or_default();
-            response.name = key.name;
+            response.organization_id = key.organization_id.clone();
+            response.workspace_id = key.workspace_id.clone().unwrap_or_default();
+            response.name = key.name.clone();
             response.scopes = key
                 .scopes
                 .as_slice()
@@ -93,10 +90,17 @@ impl KeyValidationService for ValidationApi {
                 .collect();
             response.metadata = key.metadata.as_map().clone().into_iter().collect();
             response.environment = convert::environment(key.environment).into();
-            response.user_id = key.user_id.unwrap_or_default();
-            response.service_account_id = key.service_account_id.unwrap_or_default();
+            response.user_id = key.user_id.clone().unwrap_or_default();
+            response.service_account_id = key.service_account_id.clone().unwrap_or_default();
             response.expires_at = key.expires_at.map(convert::timestamp);
         }
         Ok(Response::new(response))
+    }
+}
+
+fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
 }

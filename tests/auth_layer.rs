@@ -163,6 +163,7 @@ async fn build_app(database_url: &str, hasher: &LookupHasher) -> Application {
         listen: "127.0.0.1:0".parse().expect("a valid socket address"),
         hasher: hasher.clone(),
         usage_flush_interval: Duration::from_millis(100),
+        validator: keyward::ValidatorSettings::default(),
     })
     .await
     .expect("keyward starts")

@@ -122,6 +122,7 @@ pub async fn spawn_app(backend: Backend) -> Option<(TestApp, TestDatabase)> {
         listen: "127.0.0.1:0".parse().expect("a valid socket address"),
         hasher: hasher.clone(),
         usage_flush_interval: Duration::from_millis(100),
+        validator: keyward::ValidatorSettings::default(),
     })
     .await
     .expect("the application starts");

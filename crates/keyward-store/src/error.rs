@@ -28,6 +28,24 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database rolled the transaction back as the victim of a
+    /// deadlock or a serialization conflict (SQLSTATE 40001 on MySQL/MariaDB
+    /// and PostgreSQL, 40P01 on PostgreSQL): running it again is correct.
+    pub(crate) fn is_conflict(&self) -> bool {
+        let Self::Database(
+            DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)),
+        ) = self
+        else {
+            return false;
+        };
+        match &**err {
+            SqlxError::Database(db_err) => db_err
+                .code()
+                .is_some_and(|code| matches!(&*code, "40001" | "40P01")),
+            _ => false,
+        }
+    }
+
     /// Moves database errors that mean "the database cannot be reached right
     /// now" into `Unavailable`. Every public `Store` method passes its error
     /// through here, so `?` on a `DbErr` anywhere inside is classified once.

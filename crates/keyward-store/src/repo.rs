@@ -261,7 +261,7 @@ impl Store {
 
     /// Inserts a key and its `Created` event.
     pub async fn create_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
-        self.create_key_inner(key)
+        retry_conflicts(|| self.create_key_inner(key.clone()))
             .await
             .map_err(StoreError::classify)
     }
@@ -310,22 +310,23 @@ impl Store {
             let before = key_from_row(current.clone())?;
             let mut next = current.clone();
             let mut changes = Changes::new();
-            if let Some(name) = patch.name.filter(|n| n.as_str() != before.name) {
+            if let Some(name) = patch.name.clone().filter(|n| n.as_str() != before.name) {
                 changes.insert("name", json!(name.as_str()));
                 next.name = name.as_str().to_owned();
             }
             if let Some(description) = patch
                 .description
+                .clone()
                 .filter(|d| d.as_str() != before.description)
             {
                 changes.insert("description", json!(description.as_str()));
                 next.description = description.as_str().to_owned();
             }
-            if let Some(scopes) = patch.scopes.filter(|s| *s != before.scopes) {
+            if let Some(scopes) = patch.scopes.clone().filter(|s| *s != before.scopes) {
                 changes.insert("scopes", scopes_value(&scopes));
                 next.scopes = scopes_json(&scopes)?;
             }
-            if let Some(metadata) = patch.metadata.filter(|m| *m != before.metadata) {
+            if let Some(metadata) = patch.metadata.clone().filter(|m| *m != before.metadata) {
                 changes.insert("metadata", json!(metadata.as_map()));
                 next.metadata = metadata_json(&metadata)?;
             }
@@ -426,7 +427,7 @@ impl Store {
 
     /// Deletes the key row; its events stay and a `Deleted` event is added.
     pub async fn delete_key(&self, org: &str, id: &KeyId, actor: &Actor) -> Result<(), StoreError> {
-        self.delete_key_inner(org, id, actor)
+        retry_conflicts(|| self.delete_key_inner(org, id, actor))
             .await
             .map_err(StoreError::classify)
     }
@@ -443,7 +444,7 @@ impl Store {
         replacement: NewKey,
         grace: Duration,
     ) -> Result<(ApiKey, ApiKey), StoreError> {
-        self.rotate_key_inner(org, id, replacement, grace)
+        retry_conflicts(|| self.rotate_key_inner(org, id, replacement.clone(), grace))
             .await
             .map_err(StoreError::classify)
     }
@@ -479,6 +480,17 @@ impl Store {
             .await
             .map_err(|err| StoreError::from(err).classify())?;
         rows.into_iter().map(event_from_row).collect()
+    }
+
+    /// The newest event's `seq` (0 when there is none): where a new follower
+    /// of the change feed starts.
+    pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        let newest = key_events::Entity::find()
+            .order_by_desc(key_events::Column::Seq)
+            .one(&self.db)
+            .await
+            .map_err(|err| StoreError::from(err).classify())?;
+        Ok(newest.map_or(0, |row| row.seq))
     }
 
     /// Writes coalesced last-used data (one UPDATE per key at most); keys
@@ -637,6 +649,7 @@ impl Store {
     /// The shape of every single-key mutation: lock the organization's chain,
     /// load the key, let `change` decide the new row and the recorded changes
     /// (`None`: nothing to do, so nothing is written), write both, commit.
+    /// A transaction lost to a deadlock runs again.
     async fn mutate<F>(
         &self,
         org: &str,
@@ -646,7 +659,24 @@ impl Store {
         change: F,
     ) -> Result<ApiKey, StoreError>
     where
-        F: FnOnce(
+        F: Fn(
+            &api_keys::Model,
+            DateTime<Utc>,
+        ) -> Result<Option<(api_keys::Model, Changes)>, StoreError>,
+    {
+        retry_conflicts(|| self.mutate_once(org, id, actor, event_type, &change)).await
+    }
+
+    async fn mutate_once<F>(
+        &self,
+        org: &str,
+        id: &KeyId,
+        actor: &Actor,
+        event_type: EventType,
+        change: &F,
+    ) -> Result<ApiKey, StoreError>
+    where
+        F: Fn(
             &api_keys::Model,
             DateTime<Utc>,
         ) -> Result<Option<(api_keys::Model, Changes)>, StoreError>,
@@ -893,6 +923,27 @@ impl EventType {
             "rotated" => Self::Rotated,
             _ => return None,
         })
+    }
+}
+
+/// Runs a write transaction again (up to five times in all) when the database
+/// rolled it back as the victim of a deadlock or serialization conflict. On
+/// MySQL/MariaDB, the first writers of a new organization take gap locks that
+/// can deadlock each other; the victim's retry finds the organization there.
+async fn retry_conflicts<T, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    const ATTEMPTS: usize = 5;
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if error.is_conflict() && tries < ATTEMPTS => {
+                tracing::debug!(%error, tries, "transaction lost a conflict; running it again");
+                tries += 1;
+            }
+            result => return result,
+        }
     }
 }
 
