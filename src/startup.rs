@@ -82,7 +82,7 @@ pub struct Application {
     store: Store,
     hasher: LookupHasher,
     usage_flush_interval: Duration,
-    validator: ValidatorSettings,
+    validator: Arc<KeyValidator>,
 }
 
 /// Opens the database, applies migrations and checks the hasher against it.
@@ -104,12 +104,17 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
+        let validator = Arc::new(KeyValidator::new(
+            store.clone(),
+            settings.hasher.clone(),
+            settings.validator,
+        ));
         Ok(Self {
             listener,
             store,
             hasher: settings.hasher,
             usage_flush_interval: settings.usage_flush_interval,
-            validator: settings.validator,
+            validator,
         })
     }
 
@@ -125,17 +130,19 @@ impl Application {
         &self.store
     }
 
+    /// The validation path (its cache and counters), for tools and tests.
+    pub fn validator(&self) -> &Arc<KeyValidator> {
+        &self.validator
+    }
+
     /// Serves until `shutdown` completes, lets open requests finish for at
     /// most [`SHUTDOWN_GRACE`], then flushes pending last-used data.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
-        let validator = Arc::new(KeyValidator::new(
-            self.store.clone(),
-            self.hasher.clone(),
-            self.validator,
-        ));
+        let addr = self.local_addr();
+        let validator = self.validator;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<KeyAdminServiceServer<AdminApi>>()
@@ -172,7 +179,7 @@ impl Application {
             self.usage_flush_interval,
         ));
         let follower = tokio::spawn(follow_changes(Arc::clone(&validator)));
-        tracing::info!(addr = %self.local_addr(), "keyward listening");
+        tracing::info!(%addr, "keyward listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
             let stopping = Arc::clone(&stopping);

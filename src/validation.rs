@@ -84,6 +84,8 @@ pub struct KeyValidator {
     started: Instant,
     /// Milliseconds after `started` of the last successful feed sync.
     synced_at: AtomicU64,
+    /// Lookups that reached the database.
+    database_lookups: AtomicU64,
 }
 
 impl KeyValidator {
@@ -97,7 +99,13 @@ impl KeyValidator {
             usage: UsageRecorder::default(),
             started: Instant::now(),
             synced_at: AtomicU64::new(0),
+            database_lookups: AtomicU64::new(0),
         }
+    }
+
+    /// How many lookups reached the database (cache misses) so far.
+    pub fn database_lookups(&self) -> u64 {
+        self.database_lookups.load(Ordering::Relaxed)
     }
 
     /// How long a caller may reuse a verdict: what the propagation bound
@@ -131,6 +139,7 @@ impl KeyValidator {
             Cached::Unknown if !self.is_stale() => None,
             Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
             Cached::Miss => {
+                self.database_lookups.fetch_add(1, Ordering::Relaxed);
                 let read = self.cache.generation();
                 match self.store.find_by_lookup_hash(&hash).await? {
                     Some(key) => {
