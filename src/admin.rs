@@ -74,6 +74,15 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     })
 }
 
+/// The caller and the key id of a request that acts on one key.
+fn caller_and_id<T>(request: &Request<T>, raw_id: &str) -> Result<(Caller, KeyId), Status> {
+    let caller = caller(request)?;
+    let mut v = Violations::default();
+    let id = parse_id(&mut v, "id", raw_id);
+    v.finish()?;
+    Ok((caller, id.expect(PARSED)))
+}
+
 fn parse_id(violations: &mut Violations, field: &str, raw: &str) -> Option<KeyId> {
     violations.check(field, KeyId::parse(raw))
 }
@@ -214,13 +223,10 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::default();
-        let id = parse_id(&mut v, "id", &request.get_ref().id);
-        v.finish()?;
+        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
             .store
-            .get_key(&caller.organization_id, &id.expect(PARSED))
+            .get_key(&caller.organization_id, &id)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetKeyResponse {
@@ -368,13 +374,10 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::ArchiveKeyRequest>,
     ) -> Result<Response<pb::ArchiveKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::default();
-        let id = parse_id(&mut v, "id", &request.get_ref().id);
-        v.finish()?;
+        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
             .store
-            .archive_key(&caller.organization_id, &id.expect(PARSED), &caller.actor)
+            .archive_key(&caller.organization_id, &id, &caller.actor)
             .await
             .map_err(ApiError::from)?;
         self.validator.invalidate(&key.id);
@@ -387,13 +390,10 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::ReactivateKeyRequest>,
     ) -> Result<Response<pb::ReactivateKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::default();
-        let id = parse_id(&mut v, "id", &request.get_ref().id);
-        v.finish()?;
+        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
             .store
-            .reactivate_key(&caller.organization_id, &id.expect(PARSED), &caller.actor)
+            .reactivate_key(&caller.organization_id, &id, &caller.actor)
             .await
             .map_err(ApiError::from)?;
         self.validator.invalidate(&key.id);
@@ -406,13 +406,10 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::default();
-        let id = parse_id(&mut v, "id", &request.get_ref().id);
-        v.finish()?;
+        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
             .store
-            .revoke_key(&caller.organization_id, &id.expect(PARSED), &caller.actor)
+            .revoke_key(&caller.organization_id, &id, &caller.actor)
             .await
             .map_err(ApiError::from)?;
         self.validator.invalidate(&key.id);
@@ -425,11 +422,7 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::DeleteKeyRequest>,
     ) -> Result<Response<pb::DeleteKeyResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::default();
-        let id = parse_id(&mut v, "id", &request.get_ref().id);
-        v.finish()?;
-        let id = id.expect(PARSED);
+        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         self.store
             .delete_key(&caller.organization_id, &id, &caller.actor)
             .await
