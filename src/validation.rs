@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use keyward_auth::{
     Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
 };
@@ -196,9 +196,10 @@ impl KeyValidator {
                 key: None,
             });
         };
-        let code = key.verdict(required, Utc::now());
+        let now = Utc::now();
+        let code = key.verdict(required, now);
         if code == ValidationCode::Valid {
-            self.usage.record(&key, client);
+            self.usage.record(&key, client, now);
         }
         let described = matches!(
             code,
@@ -317,7 +318,7 @@ impl Validator for AdminValidator {
                     ip: request.client_ip,
                     user_agent: request.user_agent,
                 };
-                self.0.usage.record(&key, client);
+                self.0.usage.record(&key, client, now);
                 return Ok(Verdict::Allow(identity(&key)));
             }
             if key.kind == KeyKind::Standard && key.verdict(&[], now) == ValidationCode::Valid {
@@ -354,17 +355,31 @@ struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    fn record(&self, key: &ApiKey, client: ClientInfo<'_>) {
-        let record = UsageRecord {
-            key_id: key.id.clone(),
-            at: Utc::now(),
-            ip: client.ip.filter(|ip| !ip.is_empty()).map(str::to_owned),
-            user_agent: client
-                .user_agent
-                .filter(|ua| !ua.is_empty())
-                .map(str::to_owned),
-        };
-        self.lock().insert(key.id.to_string(), record);
+    /// Notes a use. A key used again before the flush is updated in place,
+    /// so the steady state allocates nothing.
+    fn record(&self, key: &ApiKey, client: ClientInfo<'_>, at: DateTime<Utc>) {
+        let ip = client.ip.filter(|ip| !ip.is_empty());
+        let user_agent = client.user_agent.filter(|ua| !ua.is_empty());
+        let mut pending = self.lock();
+        if let Some(record) = pending.get_mut(key.id.as_str()) {
+            record.at = at;
+            if record.ip.as_deref() != ip {
+                record.ip = ip.map(str::to_owned);
+            }
+            if record.user_agent.as_deref() != user_agent {
+                record.user_agent = user_agent.map(str::to_owned);
+            }
+            return;
+        }
+        pending.insert(
+            key.id.to_string(),
+            UsageRecord {
+                key_id: key.id.clone(),
+                at,
+                ip: ip.map(str::to_owned),
+                user_agent: user_agent.map(str::to_owned),
+            },
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UsageRecord>> {
