@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// served after the last successful sync.
     #[arg(long, env = "KEYWARD_STALE_IF_ERROR", default_value = "60s", value_parser = parse_duration)]
     pub stale_if_error: Duration,
+    /// Longest a cache miss waits for the database before answering UNAVAILABLE.
+    #[arg(long, env = "KEYWARD_LOOKUP_TIMEOUT", default_value = "1s", value_parser = parse_interval)]
+    pub lookup_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -142,6 +145,7 @@ impl ServeArgs {
             },
             sync_interval: self.sync_interval,
             stale_if_error: self.stale_if_error,
+            lookup_timeout: self.lookup_timeout,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! cached verdicts are served for `stale_if_error` after the last successful
 //! feed sync; anything else is UNAVAILABLE, never valid.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use keyward_auth::{
     Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
 };
-use keyward_core::{ApiKey, ApiKeySecret, KeyId, KeyKind, LookupHasher, Scope, ValidationCode};
+use keyward_core::{
+    ApiKey, ApiKeySecret, KeyId, KeyKind, LookupHash, LookupHasher, Scope, ValidationCode,
+};
 use keyward_store::{EventType, KeyEvent, Store, UsageRecord};
 
 use crate::cache::{CacheSettings, Cached, KeyCache};
@@ -42,6 +44,9 @@ pub struct ValidatorSettings {
     /// How long cached verdicts are served after the last successful feed
     /// sync while the database is unreachable.
     pub stale_if_error: Duration,
+    /// Longest a cache miss waits for the database before answering
+    /// UNAVAILABLE (callers such as Envoy give up after about a second).
+    pub lookup_timeout: Duration,
 }
 
 impl Default for ValidatorSettings {
@@ -50,6 +55,7 @@ impl Default for ValidatorSettings {
             cache: CacheSettings::default(),
             sync_interval: Duration::from_millis(250),
             stale_if_error: Duration::from_secs(60),
+            lookup_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -86,7 +92,13 @@ pub struct KeyValidator {
     synced_at: AtomicU64,
     /// Lookups that reached the database.
     database_lookups: AtomicU64,
+    /// Misses being read from the database: concurrent misses of one hash
+    /// wait for the same read.
+    in_flight: Mutex<HashMap<LookupHash, Arc<Flight>>>,
 }
+
+/// One database read shared by concurrent misses: `None` if it failed.
+type Flight = tokio::sync::OnceCell<Option<Option<Arc<ApiKey>>>>;
 
 impl KeyValidator {
     /// A validator over `store`, hashing with `hasher`.
@@ -100,6 +112,7 @@ impl KeyValidator {
             started: Instant::now(),
             synced_at: AtomicU64::new(0),
             database_lookups: AtomicU64::new(0),
+            in_flight: Mutex::default(),
         }
     }
 
@@ -138,25 +151,62 @@ impl KeyValidator {
             Cached::Key(key) if !self.is_stale() => Some(key),
             Cached::Unknown if !self.is_stale() => None,
             Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
-            Cached::Miss => {
-                self.database_lookups.fetch_add(1, Ordering::Relaxed);
-                let read = self.cache.generation();
-                match self.store.find_by_lookup_hash(&hash).await? {
-                    Some(key) => {
-                        let key = Arc::new(key);
-                        self.cache.insert(hash, Arc::clone(&key), read);
-                        Some(key)
-                    }
-                    None => {
-                        self.cache.insert_unknown(hash, read);
-                        None
-                    }
-                }
-            }
+            Cached::Miss => self.read_through(hash).await?,
         };
         // The prefix says which kind the key was issued as; a mismatch means a
         // forged prefix on a real body, which cannot happen without the body.
         Ok(key.filter(|key| key.kind == secret.kind()))
+    }
+
+    /// Reads a missed hash from the database and caches the answer; concurrent
+    /// misses of the same hash share one read.
+    async fn read_through(&self, hash: LookupHash) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let flight = Arc::clone(
+            lock(&self.in_flight)
+                .entry(hash)
+                .or_insert_with(|| Arc::new(Flight::new())),
+        );
+        let answer = flight
+            .get_or_init(|| async {
+                self.database_lookups.fetch_add(1, Ordering::Relaxed);
+                let read = self.cache.generation();
+                let found = tokio::time::timeout(
+                    self.settings.lookup_timeout,
+                    self.store.find_by_lookup_hash(&hash),
+                )
+                .await;
+                match found {
+                    Ok(Ok(Some(key))) => {
+                        let key = Arc::new(key);
+                        self.cache.insert(hash, Arc::clone(&key), read);
+                        Some(Some(key))
+                    }
+                    Ok(Ok(None)) => {
+                        self.cache.insert_unknown(hash, read);
+                        Some(None)
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "key lookup failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(timeout = ?self.settings.lookup_timeout, "key lookup timed out");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone();
+        {
+            let mut in_flight = lock(&self.in_flight);
+            if in_flight
+                .get(&hash)
+                .is_some_and(|current| Arc::ptr_eq(current, &flight))
+            {
+                in_flight.remove(&hash);
+            }
+        }
+        answer.ok_or(ApiError::Unavailable)
     }
 
     /// Makes a change to `id` made on this replica visible at once.
@@ -171,9 +221,11 @@ impl KeyValidator {
     }
 
     fn apply(&self, event: &KeyEvent) {
-        self.cache.invalidate(&event.key_id);
-        if event.event_type == EventType::Created {
-            self.cache.forget_unknown();
+        match event.event_type {
+            // A new key: its hash may be remembered as unknown. A copy cached
+            // since its creation is current, so it stays.
+            EventType::Created => self.cache.forget_unknown(),
+            _ => self.cache.invalidate(&event.key_id),
         }
     }
 
@@ -250,6 +302,8 @@ pub async fn follow_changes(validator: Arc<KeyValidator>) {
 struct Follower {
     cursor: i64,
     history: VecDeque<(Instant, i64)>,
+    /// Events of the re-read window already applied: each is applied once.
+    applied: BTreeSet<i64>,
 }
 
 async fn sync_once(
@@ -263,6 +317,7 @@ async fn sync_once(
         *follower = Some(Follower {
             cursor,
             history: VecDeque::from([(Instant::now(), cursor)]),
+            applied: BTreeSet::new(),
         });
         return Ok(());
     };
@@ -275,13 +330,16 @@ async fn sync_once(
     {
         state.history.pop_front();
     }
-    // Re-read from where the cursor was a window ago: events are immutable,
-    // and applying one twice only invalidates twice.
+    // Re-read from where the cursor was a window ago, to catch events whose
+    // transactions committed late; apply only those not applied yet.
     let mut from = state.history.front().map_or(state.cursor, |(_, seq)| *seq);
+    state.applied = state.applied.split_off(&(from + 1));
     loop {
         let events = validator.store.events_after(from, BATCH).await?;
         for event in &events {
-            validator.apply(event);
+            if state.applied.insert(event.seq) {
+                validator.apply(event);
+            }
         }
         let Some(last) = events.last() else { break };
         from = last.seq;
@@ -383,11 +441,7 @@ impl UsageRecorder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UsageRecord>> {
-        // A panic while holding the lock cannot leave the map inconsistent:
-        // every critical section is a single insert or swap.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.pending)
     }
 
     async fn flush(&self, store: &Store) {
@@ -404,4 +458,12 @@ impl UsageRecorder {
             }
         }
     }
+}
+
+/// Locks a mutex whose critical sections leave its data consistent even if a
+/// holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

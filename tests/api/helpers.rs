@@ -241,7 +241,7 @@ impl Write for Capture {
 }
 
 /// Captures every log line at debug level (printed too when `TEST_LOG` is set).
-fn init_logs() {
+pub fn init_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let capture = Capture(Arc::clone(LOGS.get_or_init(Default::default)));

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod envoy;
 mod grpcurl;
+mod hot_path;
 mod lifecycle;
 mod list;
 mod secrets;

@@ -1,0 +1,1216 @@
+//! The validation hot path (SPEC §6) end to end:
+//! - 10,000 validations of one key write nothing per call (PostgreSQL's own
+//!   row counters), and last-used data shows after a flush;
+//! - two real `keyward serve` processes on one database see each other's
+//!   changes within 1 s, with the other replica's cache warm;
+//! - through a database outage, cached verdicts last for stale-if-error and
+//!   then turn UNAVAILABLE, unknown keys are UNAVAILABLE, and recovery is
+//!   automatic;
+//! - a flood of unknown keys reaches the database once per key, and the
+//!   caches stay within their configured bounds.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::{FutureExt, StreamExt, stream};
+use keyward::pb;
+use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
+use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
+use keyward::validation::{ClientInfo, KeyValidator};
+use keyward::{Application, CacheSettings, Settings, ValidatorSettings, bootstrap};
+use keyward_core::{
+    Actor, ActorKind, ApiKeySecret, Description, Environment, KeyKind, KeyName, LookupHasher,
+    Metadata, OrganizationId, Scopes, ValidationCode,
+};
+use keyward_store::testing::{Backend, TestDatabase};
+use keyward_store::{NewKey, Store};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::{eventually, init_logs, record_secret, with_key};
+
+// ---------------------------------------------------------------------------
+// Harness: an in-process keyward with chosen settings, fresh databases.
+// ---------------------------------------------------------------------------
+
+/// A keyward running in this process with the settings a test chose, and an
+/// admin key of organization `acme`.
+struct Server {
+    validator: Arc<KeyValidator>,
+    store: Store,
+    hasher: LookupHasher,
+    admin_key: String,
+    channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(
+        database_url: &str,
+        usage_flush_interval: Duration,
+        validator: ValidatorSettings,
+    ) -> Self {
+        init_logs();
+        let hasher = LookupHasher::derived();
+        let app = Application::build(Settings {
+            database_url: database_url.to_owned(),
+            listen: "127.0.0.1:0".parse().expect("a valid socket address"),
+            hasher: hasher.clone(),
+            usage_flush_interval,
+            validator,
+        })
+        .await
+        .expect("the application starts");
+        let addr = app.local_addr();
+        let store = app.store().clone();
+        let validator = Arc::clone(app.validator());
+        let admin = bootstrap(
+            &store,
+            &hasher,
+            OrganizationId::parse("acme").expect("a valid organization"),
+            KeyName::parse("hot path admin").expect("a valid name"),
+        )
+        .await
+        .expect("bootstrap works");
+        record_secret(admin.expose());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the server runs");
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("the server accepts connections");
+        Self {
+            validator,
+            store,
+            hasher,
+            admin_key: admin.expose().to_owned(),
+            channel,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    fn admin(&self) -> KeyAdminServiceClient<Channel> {
+        KeyAdminServiceClient::new(self.channel.clone())
+    }
+
+    fn validation(&self) -> KeyValidationServiceClient<Channel> {
+        KeyValidationServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a standard key of `acme` through the admin API; returns (id, raw key).
+    async fn create_key(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        let created = self
+            .admin()
+            .create_key(with_key(
+                &self.admin_key,
+                pb::CreateKeyRequest {
+                    name: name.to_owned(),
+                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("CreateKey succeeds")
+            .into_inner();
+        record_secret(&created.secret);
+        (created.api_key.expect("the key").id, created.secret)
+    }
+
+    /// Stops gracefully (flushing last-used data) and waits for the server.
+    async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task does not panic");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test: do not leave the server holding database connections.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs `body` with the URL of a fresh database of `backend`, then drops the
+/// database, also when `body` panics (the panic is passed on). Skips like
+/// `TestDatabase::create` when the backend is unavailable.
+async fn on_fresh_database<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(db) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let outcome = AssertUnwindSafe(body(db.url.clone())).catch_unwind().await;
+    db.drop_database().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A well-formed standard key that no database holds.
+fn unknown_key() -> String {
+    ApiKeySecret::generate(KeyKind::Standard, Environment::Live)
+        .expose()
+        .to_owned()
+}
+
+/// Inserts a standard key of `acme` straight through the store (no admin API,
+/// so no cache is told); returns the raw key.
+async fn insert_key(store: &Store, hasher: &LookupHasher, name: &str) -> String {
+    let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+    store
+        .create_key(NewKey {
+            organization_id: OrganizationId::parse("acme").expect("a valid organization"),
+            workspace_id: None,
+            kind: KeyKind::Standard,
+            environment: Environment::Live,
+            name: KeyName::parse(name).expect("a valid name"),
+            description: Description::default(),
+            scopes: Scopes::default(),
+            metadata: Metadata::default(),
+            lookup_hash: hasher.hash(&secret),
+            prefix: secret.display_prefix(),
+            partial_key_hint: secret.partial_hint(),
+            created_by: Actor {
+                kind: ActorKind::ServiceAccount,
+                id: "hot-path-test".to_owned(),
+            },
+            user_id: None,
+            service_account_id: None,
+            expires_at: None,
+        })
+        .await
+        .expect("the key is inserted");
+    record_secret(secret.expose());
+    secret.expose().to_owned()
+}
+
+/// ValidateKey's verdict, or the gRPC code when keyward cannot answer.
+async fn try_validate(
+    client: &mut KeyValidationServiceClient<Channel>,
+    key: &str,
+    scopes: &[&str],
+) -> Result<pb::ValidationCode, Code> {
+    client
+        .validate_key(pb::ValidateKeyRequest {
+            key: key.to_owned(),
+            required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .map(|response| response.into_inner().code())
+        .map_err(|status| status.code())
+}
+
+fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+// ---------------------------------------------------------------------------
+// 1. No database write per validation; last-used data after a flush.
+// ---------------------------------------------------------------------------
+
+const CALLS: usize = 10_000;
+const CLIENT_IP: &str = "198.51.100.23";
+const USER_AGENT: &str = "hot-path-test/1.0";
+/// keyward's default flush interval (`--usage-flush-interval 1s`).
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// PostgreSQL 15+ flushes a backend's table counters lazily: at most once a
+/// second while busy, and at the latest 10 s after it went idle
+/// (PGSTAT_IDLE_INTERVAL). Counters unchanged for longer than that are settled.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+/// Rows written besides last-used flushes of the validated key: the admin
+/// key's own last-used data while GetKey is polled, and headroom.
+const WRITE_SLACK: u64 = 8;
+
+/// Rows inserted, updated or deleted in the database's tables so far, per
+/// PostgreSQL's statistics.
+async fn pg_row_writes(stats: &DatabaseConnection) -> i64 {
+    let backend = stats.get_database_backend();
+    // `stats_fetch_consistency = cache` would otherwise keep showing the
+    // counters as first read in this transaction.
+    stats
+        .execute_unprepared("SELECT pg_stat_clear_snapshot()")
+        .await
+        .expect("pg_stat_clear_snapshot runs");
+    let row = stats
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::BIGINT \
+             FROM pg_stat_user_tables"
+                .to_owned(),
+        ))
+        .await
+        .expect("pg_stat_user_tables is readable")
+        .expect("one row");
+    row.try_get_by_index::<i64>(0).expect("a count")
+}
+
+/// `pg_row_writes` once it has stopped changing for `STATS_SETTLE`.
+async fn settled_pg_row_writes(stats: &DatabaseConnection) -> i64 {
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut last = pg_row_writes(stats).await;
+    let mut unchanged_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = pg_row_writes(stats).await;
+        if now != last {
+            last = now;
+            unchanged_since = Instant::now();
+        } else if unchanged_since.elapsed() >= STATS_SETTLE {
+            return last;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "PostgreSQL's table counters never settled (last {last})"
+        );
+    }
+}
+
+async fn validations_write_nothing_per_call(backend: Backend) {
+    on_fresh_database(backend, |url| async move {
+        let server = Server::start(&url, FLUSH_INTERVAL, ValidatorSettings::default()).await;
+        let (id, secret) = server.create_key("busy", &["orders:read"]).await;
+
+        // PostgreSQL's counters, read on a connection of our own.
+        let stats = if backend == Backend::Postgres {
+            let mut options = ConnectOptions::new(url.clone());
+            options.max_connections(1).sqlx_logging(false);
+            Some(
+                Database::connect(options)
+                    .await
+                    .expect("a statistics connection"),
+            )
+        } else {
+            None
+        };
+        let writes_before = match &stats {
+            Some(stats) => {
+                let writes = settled_pg_row_writes(stats).await;
+                // Bootstrap and CreateKey wrote rows: the counters see keyward's tables.
+                assert!(writes > 0, "pg_stat_user_tables counts keyward's writes");
+                Some(writes)
+            }
+            None => None,
+        };
+
+        let lookups_before = server.validator.database_lookups();
+        let started = Instant::now();
+        let started_wall = Utc::now();
+        let client = server.validation();
+        let codes: Vec<pb::ValidationCode> = stream::iter(0..CALLS)
+            .map(|_| {
+                let mut client = client.clone();
+                let key = secret.clone();
+                async move {
+                    client
+                        .validate_key(pb::ValidateKeyRequest {
+                            key,
+                            required_scopes: vec!["orders:read".into()],
+                            client_ip: CLIENT_IP.into(),
+                            user_agent: USER_AGENT.into(),
+                        })
+                        .await
+                        .expect("ValidateKey answers")
+                        .into_inner()
+                        .code()
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let lookups = server.validator.database_lookups() - lookups_before;
+        let not_valid = codes
+            .iter()
+            .filter(|code| **code != pb::ValidationCode::Valid)
+            .count();
+        assert_eq!(not_valid, 0, "every one of {CALLS} validations is VALID");
+
+        // Last-used data shows through GetKey after a flush.
+        eprintln!(
+            "{} {CALLS} validations: {lookups} database lookups",
+            backend.name()
+        );
+        let key = eventually(Duration::from_secs(15), || {
+            let mut admin = server.admin();
+            let request = with_key(&server.admin_key, pb::GetKeyRequest { id: id.clone() });
+            async move {
+                let key = admin.get_key(request).await.ok()?.into_inner().api_key?;
+                (key.last_used_at.is_some()
+                    && key.last_used_ip == CLIENT_IP
+                    && key.last_used_user_agent == USER_AGENT)
+                    .then_some(key)
+            }
+        })
+        .await
+        .expect("last_used_at, last_used_ip and last_used_user_agent show through GetKey");
+        let window = started.elapsed();
+        let used_at = key.last_used_at.expect("checked above");
+        assert!(
+            used_at.seconds >= started_wall.timestamp() - 1
+                && used_at.seconds <= Utc::now().timestamp() + 1,
+            "last_used_at {used_at:?} is a time of the validations (from {started_wall})"
+        );
+
+        if let (Some(stats), Some(before)) = (&stats, writes_before) {
+            let after = settled_pg_row_writes(stats).await;
+            let written = u64::try_from(after - before).expect("counters only grow");
+            // At most one write per key per flush: the flushes that could
+            // have run from the first validation to the last GetKey, plus the
+            // one after it.
+            let flushes = u64::try_from(window.as_millis() / FLUSH_INTERVAL.as_millis())
+                .expect("a small number")
+                + 2;
+            eprintln!(
+                "{CALLS} validations in {}: {written} rows written ({flushes} flush intervals)",
+                millis(window)
+            );
+            assert!(
+                written <= flushes + WRITE_SLACK,
+                "{CALLS} validations wrote {written} rows in {} ({flushes} flush intervals): \
+                 more than one write per flush interval",
+                millis(window)
+            );
+            stats.close_by_ref().await.ok();
+        }
+        // Checked last, so that the verdict on writes above is not hidden.
+        assert!(
+            lookups <= 1,
+            "{CALLS} validations of one key (16 at a time) reached the database {lookups} times; \
+             at most 1 (the first miss) is right"
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+mod no_write_per_validation {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        validations_write_nothing_per_call(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        validations_write_nothing_per_call(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb() {
+        validations_write_nothing_per_call(Backend::MariaDb).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Two `keyward serve` processes on one database.
+// ---------------------------------------------------------------------------
+
+/// SPEC §6 and §10: a change on one replica shows on another within this.
+const PROPAGATION: Duration = Duration::from_secs(1);
+/// How long a late change is still waited for, so the report can say how late.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
+/// The `keyward` binary with no `KEYWARD_*` settings from the environment.
+fn keyward_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYWARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// `keyward bootstrap`: an admin key of `acme`.
+fn bootstrap_with_cli(database_url: &str) -> String {
+    let output = keyward_command()
+        .args([
+            "bootstrap",
+            "--database-url",
+            database_url,
+            "--organization",
+            "acme",
+        ])
+        .output()
+        .expect("keyward bootstrap runs");
+    assert!(
+        output.status.success(),
+        "keyward bootstrap fails: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    record_secret(&key);
+    key
+}
+
+/// A `keyward serve` process, killed (and its log removed) when dropped.
+struct Replica {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn start(name: &'static str, database_url: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = listener.local_addr().expect("an address");
+        drop(listener);
+        let log = std::env::temp_dir().join(format!(
+            "keyward-replica-{name}-{}.log",
+            keyward_core::new_ulid()
+        ));
+        let stderr = std::fs::File::create(&log).expect("a log file");
+        let child = keyward_command()
+            .args([
+                "serve",
+                "--database-url",
+                database_url,
+                "--listen",
+                &addr.to_string(),
+                // Out of the way: only the change feed can invalidate here.
+                "--cache-max-age",
+                "10m",
+            ])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("keyward serve starts");
+        Self {
+            name,
+            addr,
+            child,
+            log,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits until the replica answers ListKeys with `admin_key`; its channel.
+    async fn wait_until_serving(&mut self, admin_key: &str) -> Channel {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process can be polled") {
+                panic!(
+                    "replica {} exited ({status}) before serving:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                .expect("a valid URI")
+                .connect()
+                .await
+            {
+                let answered = KeyAdminServiceClient::new(channel.clone())
+                    .list_keys(with_key(admin_key, pb::ListKeysRequest::default()))
+                    .await;
+                if answered.is_ok() {
+                    return channel;
+                }
+            }
+            assert!(
+                Instant::now() < give_up,
+                "replica {} did not answer within 60 s:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Watches verdicts on replica B and records how long each change took to show.
+struct Watch {
+    replica: KeyValidationServiceClient<Channel>,
+    latencies: Vec<(&'static str, Duration)>,
+}
+
+impl Watch {
+    async fn verdict(&mut self, key: &str, scopes: &[&str]) -> pb::ValidationCode {
+        try_validate(&mut self.replica, key, scopes)
+            .await
+            .unwrap_or_else(|code| panic!("replica B cannot answer ValidateKey: {code:?}"))
+    }
+
+    /// Asserts B's verdict before a change, which also puts the key in B's cache.
+    async fn warm(&mut self, step: &str, key: &str, scopes: &[&str], expected: pb::ValidationCode) {
+        let code = self.verdict(key, scopes).await;
+        assert_eq!(
+            code, expected,
+            "before {step}: replica B answers {code:?}, expected {expected:?}"
+        );
+    }
+
+    /// Polls B every 10 ms until it answers `expected`; records the time since
+    /// `since` (replica A's response).
+    async fn observe(
+        &mut self,
+        step: &'static str,
+        key: &str,
+        scopes: &[&str],
+        expected: pb::ValidationCode,
+        since: Instant,
+    ) {
+        loop {
+            let code = self.verdict(key, scopes).await;
+            if code == expected {
+                self.latencies.push((step, since.elapsed()));
+                return;
+            }
+            assert!(
+                since.elapsed() < GIVE_UP,
+                "{step}: replica B still answers {code:?} (expected {expected:?}) {} after replica A's response; so far: {}",
+                millis(GIVE_UP),
+                self.report()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn report(&self) -> String {
+        self.latencies
+            .iter()
+            .map(|(step, latency)| format!("{step} {}", millis(*latency)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+async fn replicas_see_each_others_changes_within_a_second(backend: Backend) {
+    use pb::ValidationCode::{Archived, Expired, InsufficientScope, NotFound, Revoked, Valid};
+
+    on_fresh_database(backend, |url| async move {
+        let admin_key = bootstrap_with_cli(&url);
+        let mut a = Replica::start("A", &url);
+        let mut b = Replica::start("B", &url);
+        let mut admin = KeyAdminServiceClient::new(a.wait_until_serving(&admin_key).await);
+        let mut watch = Watch {
+            replica: KeyValidationServiceClient::new(b.wait_until_serving(&admin_key).await),
+            latencies: Vec::new(),
+        };
+
+        // Create on A: B has never seen the key (it cannot be warmed before
+        // it exists), so this is a cold lookup on B.
+        let created = admin
+            .create_key(with_key(&admin_key, pb::CreateKeyRequest {
+                name: "replicated".into(),
+                scopes: vec!["orders:read".into()],
+                ..Default::default()
+            }))
+            .await
+            .expect("CreateKey on A")
+            .into_inner();
+        let since = Instant::now();
+        record_secret(&created.secret);
+        let key = created.secret;
+        let id = created.api_key.expect("the key").id;
+        watch.observe("create", &key, &[], Valid, since).await;
+
+        watch.warm("archive", &key, &[], Valid).await;
+        admin
+            .archive_key(with_key(&admin_key, pb::ArchiveKeyRequest { id: id.clone() }))
+            .await
+            .expect("ArchiveKey on A");
+        let since = Instant::now();
+        watch.observe("archive", &key, &[], Archived, since).await;
+
+        watch.warm("reactivate", &key, &[], Archived).await;
+        admin
+            .reactivate_key(with_key(&admin_key, pb::ReactivateKeyRequest { id: id.clone() }))
+            .await
+            .expect("ReactivateKey on A");
+        let since = Instant::now();
+        watch.observe("reactivate", &key, &[], Valid, since).await;
+
+        let scopes = |scopes: &[&str]| pb::UpdateKeyRequest {
+            id: id.clone(),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["scopes".into()],
+            }),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let needs = &["billing:write"];
+        watch
+            .warm("update scopes (add)", &key, needs, InsufficientScope)
+            .await;
+        admin
+            .update_key(with_key(&admin_key, scopes(&["orders:read", "billing:write"])))
+            .await
+            .expect("UpdateKey on A");
+        let since = Instant::now();
+        watch
+            .observe("update scopes (add)", &key, needs, Valid, since)
+            .await;
+
+        watch.warm("update scopes (remove)", &key, needs, Valid).await;
+        admin
+            .update_key(with_key(&admin_key, scopes(&["orders:read"])))
+            .await
+            .expect("UpdateKey on A");
+        let since = Instant::now();
+        watch
+            .observe("update scopes (remove)", &key, needs, InsufficientScope, since)
+            .await;
+
+        // Rotate with no grace: the old key expires at once, the new one is valid.
+        watch.warm("rotate", &key, &[], Valid).await;
+        let rotated = admin
+            .rotate_key(with_key(&admin_key, pb::RotateKeyRequest {
+                id: id.clone(),
+                grace_period: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+            }))
+            .await
+            .expect("RotateKey on A")
+            .into_inner();
+        let since = Instant::now();
+        record_secret(&rotated.secret);
+        watch.observe("rotate (old key)", &key, &[], Expired, since).await;
+        watch
+            .observe("rotate (new key)", &rotated.secret, &[], Valid, since)
+            .await;
+        let new_id = rotated.api_key.expect("the new key").id;
+
+        watch.warm("revoke", &rotated.secret, &[], Valid).await;
+        admin
+            .revoke_key(with_key(&admin_key, pb::RevokeKeyRequest { id: new_id }))
+            .await
+            .expect("RevokeKey on A");
+        let since = Instant::now();
+        watch
+            .observe("revoke", &rotated.secret, &[], Revoked, since)
+            .await;
+
+        let doomed = admin
+            .create_key(with_key(&admin_key, pb::CreateKeyRequest {
+                name: "doomed".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("CreateKey on A")
+            .into_inner();
+        record_secret(&doomed.secret);
+        let doomed_id = doomed.api_key.expect("the key").id;
+        let since = Instant::now();
+        watch
+            .observe("create (second key)", &doomed.secret, &[], Valid, since)
+            .await;
+        watch.warm("delete", &doomed.secret, &[], Valid).await;
+        admin
+            .delete_key(with_key(&admin_key, pb::DeleteKeyRequest { id: doomed_id }))
+            .await
+            .expect("DeleteKey on A");
+        let since = Instant::now();
+        watch
+            .observe("delete", &doomed.secret, &[], NotFound, since)
+            .await;
+
+        let report = watch.report();
+        eprintln!("{} replica propagation: {report}", backend.name());
+        let late: Vec<&str> = watch
+            .latencies
+            .iter()
+            .filter(|(_, latency)| *latency > PROPAGATION)
+            .map(|(step, _)| *step)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "changes on replica A took longer than {} to show on replica B: {late:?}; all: {report}",
+            millis(PROPAGATION)
+        );
+        drop(a);
+        drop(b);
+    })
+    .await;
+}
+
+mod replicas {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        replicas_see_each_others_changes_within_a_second(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb() {
+        replicas_see_each_others_changes_within_a_second(Backend::MariaDb).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Database outage: stale-if-error, then UNAVAILABLE; automatic recovery.
+// ---------------------------------------------------------------------------
+
+/// A TCP proxy the test can cut: `cut` closes every live connection and
+/// refuses new ones (accepts and closes them at once); `restore` lets
+/// connections through again.
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: bool,
+    live: Vec<AbortHandle>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a proxy port");
+        let addr = listener.local_addr().expect("an address");
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let accept = tokio::spawn({
+            let state = Arc::clone(&state);
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    if state.cut {
+                        continue; // dropping `inbound` closes it
+                    }
+                    let upstream = upstream.clone();
+                    let relay = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    state.live.retain(|relay| !relay.is_finished());
+                    state.live.push(relay.abort_handle());
+                }
+            }
+        });
+        Self {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.cut = true;
+        for relay in state.live.drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cut = false;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Splits a database URL around its host and port: (before, host:port, after).
+fn split_host(url: &str) -> (&str, &str, &str) {
+    let scheme_end = url.find("://").expect("a URL with a scheme") + 3;
+    let authority_end = url[scheme_end..]
+        .find(['/', '?'])
+        .map_or(url.len(), |end| scheme_end + end);
+    let host_start = url[scheme_end..authority_end]
+        .rfind('@')
+        .map_or(scheme_end, |at| scheme_end + at + 1);
+    (
+        &url[..host_start],
+        &url[host_start..authority_end],
+        &url[authority_end..],
+    )
+}
+
+/// How long this test lets cached verdicts outlive the last feed sync.
+const STALE_IF_ERROR: Duration = Duration::from_secs(3);
+
+async fn cached_verdicts_outlive_an_outage_for_stale_if_error(backend: Backend) {
+    use pb::ValidationCode::{NotFound, Valid};
+
+    on_fresh_database(backend, |url| async move {
+        let default_port = if backend == Backend::Postgres { 5432 } else { 3306 };
+        let (before, host, after) = split_host(&url);
+        let upstream = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:{default_port}")
+        };
+        let proxy = Proxy::start(upstream).await;
+        let proxied_url = format!("{before}{}{after}", proxy.addr);
+        let server = Server::start(
+            &proxied_url,
+            FLUSH_INTERVAL,
+            ValidatorSettings {
+                stale_if_error: STALE_IF_ERROR,
+                ..ValidatorSettings::default()
+            },
+        )
+        .await;
+        let mut client = server.validation();
+        let (_, key) = server.create_key("outage", &[]).await;
+        assert_eq!(try_validate(&mut client, &key, &[]).await, Ok(Valid));
+
+        proxy.cut();
+        let cut_at = Instant::now();
+        assert_eq!(
+            try_validate(&mut client, &key, &[]).await,
+            Ok(Valid),
+            "right after the database goes away, the cached verdict is served"
+        );
+        let never_seen = unknown_key();
+        let asked = Instant::now();
+        let answer = try_validate(&mut client, &never_seen, &[]).await;
+        let unknown_took = asked.elapsed();
+        assert_eq!(
+            answer,
+            Err(Code::Unavailable),
+            "an unknown key while the database is away is UNAVAILABLE, never NOT_FOUND or valid"
+        );
+
+        // Valid until stale-if-error has passed since the last sync, then UNAVAILABLE.
+        let mut valid_answers = 1;
+        let unavailable_after = loop {
+            match try_validate(&mut client, &key, &[]).await {
+                Ok(Valid) => valid_answers += 1,
+                Err(Code::Unavailable) => break cut_at.elapsed(),
+                other => panic!(
+                    "during the outage the cached key answered {other:?}: only VALID (cached) or UNAVAILABLE are right"
+                ),
+            }
+            assert!(
+                cut_at.elapsed() < STALE_IF_ERROR + Duration::from_secs(10),
+                "the cached key is still served {} into the outage; stale-if-error is {}",
+                millis(cut_at.elapsed()),
+                millis(STALE_IF_ERROR)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            try_validate(&mut client, &key, &[]).await,
+            Err(Code::Unavailable),
+            "once stale, the key stays UNAVAILABLE while the database is away"
+        );
+        assert_eq!(
+            try_validate(&mut client, &unknown_key(), &[]).await,
+            Err(Code::Unavailable)
+        );
+
+        // The database comes back: no restart needed.
+        proxy.restore();
+        let restored_at = Instant::now();
+        let recovered = eventually(Duration::from_secs(30), || {
+            let mut client = client.clone();
+            let key = key.clone();
+            let fresh = unknown_key();
+            async move {
+                let known = try_validate(&mut client, &key, &[]).await;
+                let unknown = try_validate(&mut client, &fresh, &[]).await;
+                (known == Ok(Valid) && unknown == Ok(NotFound)).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            recovered.is_some(),
+            "after the database returns, the key is VALID again and unknown keys NOT_FOUND"
+        );
+        let recovered_after = restored_at.elapsed();
+        assert_eq!(
+            try_validate(&mut client, &never_seen, &[]).await,
+            Ok(NotFound),
+            "the key asked about during the outage is NOT_FOUND now"
+        );
+        eprintln!(
+            "{} outage: unknown key answered UNAVAILABLE in {}; cached key valid for {valid_answers} polls, \
+             UNAVAILABLE {} after the cut (stale-if-error {}); recovered {} after restore",
+            backend.name(),
+            millis(unknown_took),
+            millis(unavailable_after),
+            millis(STALE_IF_ERROR),
+            millis(recovered_after)
+        );
+        server.stop().await;
+        drop(proxy);
+    })
+    .await;
+}
+
+mod outage {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        cached_verdicts_outlive_an_outage_for_stale_if_error(Backend::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb() {
+        cached_verdicts_outlive_an_outage_for_stale_if_error(Backend::MariaDb).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. A flood of unknown keys; bounded caches.
+// ---------------------------------------------------------------------------
+
+const FLOOD: usize = 100_000;
+
+/// Validates every key in-process (8 concurrent workers), asserting each
+/// verdict and, after every call, that the caches are within `bounds`
+/// (keys, unknown hashes). Returns the largest sizes seen.
+async fn flood(
+    validator: &Arc<KeyValidator>,
+    keys: &Arc<Vec<(String, ValidationCode)>>,
+    bounds: (usize, usize),
+) -> (usize, usize) {
+    const WORKERS: usize = 8;
+    let largest = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let check = {
+        let largest = Arc::clone(&largest);
+        move |validator: &KeyValidator| {
+            let (cached, unknown) = validator.cache().len();
+            largest.0.fetch_max(cached, Ordering::Relaxed);
+            largest.1.fetch_max(unknown, Ordering::Relaxed);
+            assert!(
+                cached <= bounds.0 && unknown <= bounds.1,
+                "the cache holds {cached} keys and {unknown} unknown hashes; bounds are {bounds:?}"
+            );
+        }
+    };
+    // Meanwhile, an observer samples the sizes too.
+    let done = Arc::new(AtomicBool::new(false));
+    let observer = tokio::spawn({
+        let (validator, done, check) = (Arc::clone(validator), Arc::clone(&done), check.clone());
+        async move {
+            while !done.load(Ordering::Relaxed) {
+                check(&validator);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let workers: Vec<JoinHandle<()>> = (0..WORKERS)
+        .map(|worker| {
+            let (validator, keys, check) = (Arc::clone(validator), Arc::clone(keys), check.clone());
+            tokio::spawn(async move {
+                for (key, expected) in keys.iter().skip(worker).step_by(WORKERS) {
+                    let validation = validator
+                        .validate(key, &[], ClientInfo::default())
+                        .await
+                        .expect("the validation path answers");
+                    assert_eq!(validation.code, *expected);
+                    check(&validator);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        if let Err(error) = worker.await {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    if let Err(error) = observer.await {
+        std::panic::resume_unwind(error.into_panic());
+    }
+    check(validator);
+    (
+        largest.0.load(Ordering::Relaxed),
+        largest.1.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_keys_reaches_the_database_once_per_key() {
+    on_fresh_database(Backend::Sqlite, |url| async move {
+        let bounds = (100_000, FLOOD);
+        let server = Server::start(
+            &url,
+            FLUSH_INTERVAL,
+            ValidatorSettings {
+                cache: CacheSettings {
+                    capacity: bounds.0,
+                    negative_capacity: bounds.1,
+                    // The whole flood, twice, falls within the TTL.
+                    negative_ttl: Duration::from_secs(600),
+                    ..CacheSettings::default()
+                },
+                ..ValidatorSettings::default()
+            },
+        )
+        .await;
+        let keys: Arc<Vec<(String, ValidationCode)>> = Arc::new(
+            (0..FLOOD)
+                .map(|_| (unknown_key(), ValidationCode::NotFound))
+                .collect(),
+        );
+        let validator = &server.validator;
+        let before = validator.database_lookups();
+        flood(validator, &keys, bounds).await;
+        let first = validator.database_lookups() - before;
+        assert!(
+            first <= FLOOD as u64,
+            "{FLOOD} distinct unknown keys reached the database {first} times"
+        );
+        flood(validator, &keys, bounds).await;
+        let second = validator.database_lookups() - before - first;
+        assert_eq!(
+            second, 0,
+            "the same {FLOOD} unknown keys again, within the negative-cache TTL, reached the database {second} times"
+        );
+
+        // Over gRPC too: the same keys are NOT_FOUND without a lookup.
+        let before = validator.database_lookups();
+        let client = server.validation();
+        let codes: Vec<Result<pb::ValidationCode, Code>> = stream::iter(keys.iter().take(2_000))
+            .map(|(key, _)| {
+                let mut client = client.clone();
+                async move { try_validate(&mut client, key, &[]).await }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        assert!(codes.iter().all(|code| *code == Ok(pb::ValidationCode::NotFound)));
+        assert_eq!(validator.database_lookups() - before, 0);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_caches_stay_within_their_bounds() {
+    on_fresh_database(Backend::Sqlite, |url| async move {
+        let bounds = (100, 1_000);
+        let server = Server::start(
+            &url,
+            FLUSH_INTERVAL,
+            ValidatorSettings {
+                cache: CacheSettings {
+                    capacity: bounds.0,
+                    negative_capacity: bounds.1,
+                    negative_ttl: Duration::from_secs(600),
+                    ..CacheSettings::default()
+                },
+                ..ValidatorSettings::default()
+            },
+        )
+        .await;
+        let validator = &server.validator;
+
+        // Over gRPC: 500 unknown keys, twice: once per key to the database.
+        let client = server.validation();
+        let unknown: Vec<String> = (0..500).map(|_| unknown_key()).collect();
+        let before = validator.database_lookups();
+        let mut first = 0;
+        for pass in 0..2 {
+            let codes: Vec<Result<pb::ValidationCode, Code>> = stream::iter(&unknown)
+                .map(|key| {
+                    let mut client = client.clone();
+                    async move { try_validate(&mut client, key, &[]).await }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            assert!(
+                codes
+                    .iter()
+                    .all(|code| *code == Ok(pb::ValidationCode::NotFound)),
+                "pass {pass}: every unknown key is NOT_FOUND"
+            );
+            let lookups = validator.database_lookups() - before;
+            if pass == 0 {
+                first = lookups;
+                assert!(
+                    lookups <= 500,
+                    "500 unknown keys reached the database {lookups} times"
+                );
+            } else {
+                assert_eq!(
+                    lookups - first,
+                    0,
+                    "the same 500 unknown keys again reached the database"
+                );
+            }
+            let (_, remembered) = validator.cache().len();
+            assert!(remembered <= bounds.1);
+        }
+
+        // 300 real keys (3x the key capacity) among 20,000 unknown ones.
+        let mut real = Vec::new();
+        for i in 0..300 {
+            real.push(insert_key(&server.store, &server.hasher, &format!("real {i}")).await);
+        }
+        let mut keys: Vec<(String, ValidationCode)> = Vec::new();
+        for i in 0..20_000 {
+            keys.push((unknown_key(), ValidationCode::NotFound));
+            if i % 33 == 0 {
+                keys.push((real[(i / 33) % real.len()].clone(), ValidationCode::Valid));
+            }
+        }
+        let keys = Arc::new(keys);
+        let (largest_keys, largest_unknown) = flood(validator, &keys, bounds).await;
+        let (cached, remembered) = validator.cache().len();
+        assert!(cached <= bounds.0 && remembered <= bounds.1);
+        eprintln!(
+            "bounded flood: at most {largest_keys} keys (bound {}) and {largest_unknown} unknown hashes (bound {}) cached",
+            bounds.0, bounds.1
+        );
+        server.stop().await;
+    })
+    .await;
+}
