@@ -15,14 +15,18 @@
 # It builds the release binaries (slow the first time; target/ is reused),
 # installs the tools (scripts/install-tools.sh: h2load, envoy, grpcurl), starts
 # keyward on a temporary SQLite database, makes the keys, runs the four loads
-# and prints a summary table. Every process it starts is stopped on exit.
+# and prints a summary table: req/s, p50/p99 from h2load's per-request log, and
+# the CPU time the servers used per request (from /proc). The load takes about
+# a minute; every process the script starts is stopped on exit.
 # With 2+ CPUs the servers (keyward, orders-service, Envoy, upstream) share
-# CPU 0 and h2load gets CPU 1, so the load generator never competes with what
-# it measures; BENCH_PIN=0 turns that off.
+# CPU 0 and h2load gets CPU 1, so the load generator does not compete with what
+# it measures; BENCH_PIN=0 turns that off. Other load on the machine skews the
+# figures: run it on an otherwise idle machine (it prints the load average and
+# CPU pressure before and after, to tell).
 #
 # Settings (environment):
-#   BENCH_DURATION=20        measured seconds per run (h2load -D)
-#   BENCH_WARMUP=5           warm-up seconds before each (h2load --warm-up-time)
+#   BENCH_DURATION=10        measured seconds per run (h2load -D)
+#   BENCH_WARMUP=3           seconds of an unmeasured warm-up run before each
 #   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
 #   BENCH_ENVOY_LOAD="-c 1 -m 1"   h2load clients/streams for part 2
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
@@ -32,8 +36,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 
-DURATION="${BENCH_DURATION:-20}"
-WARMUP="${BENCH_WARMUP:-5}"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-3}"
 GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
 ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 1 -m 1}"
 if [[ -z "${BENCH_PIN:-}" ]]; then
@@ -70,6 +74,7 @@ command -v h2load >/dev/null || die "h2load missing"
 # ------------------------------------------------------- processes, cleanup
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")"
 PIDS=()
+declare -A PID_OF
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -92,6 +97,18 @@ start() {
   shift
   "${SERVER_CPU[@]}" "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
+  PID_OF[$name]=$!
+}
+
+# cpu_ticks NAME...: user + system CPU time so far of those servers, in ticks
+cpu_ticks() {
+  local name total=0 stat
+  for name in "$@"; do
+    read -ra stat <"/proc/${PID_OF[$name]}/stat"
+    # Fields 14 and 15 (utime, stime); the command name (field 2) has no spaces here.
+    total=$((total + stat[13] + stat[14]))
+  done
+  echo "$total"
 }
 
 free_port() {
@@ -123,15 +140,22 @@ KEY="$("$GRPCURL" -plaintext -H "authorization: Bearer $ADMIN" \
 say "keyward on 127.0.0.1:$KEYWARD_PORT, standard key ${KEY:0:12}…"
 
 # --------------------------------------------------------------- h2load
-# load NAME URL "LOAD" EXTRA-ARGS...: one warmed-up, timed h2load run; writes
-# NAME.out (h2load's report) and NAME.tsv (per-request log).
+# load NAME URL "LOAD" "SERVERS" EXTRA-ARGS...: a warm-up run, then the timed
+# run; writes NAME.out (h2load's report), NAME.tsv (per-request log) and
+# NAME.cpu (CPU ticks the SERVERS used during the timed run).
 load() {
-  local name="$1" url="$2" load="$3"
-  shift 3
-  # shellcheck disable=SC2086 # LOAD is a list of h2load flags
-  "${LOAD_CPU[@]}" h2load $load -t 1 -D "$DURATION" --warm-up-time "$WARMUP" \
-    --log-file "$WORK/$name.tsv" "$@" "$url" >"$WORK/$name.out" 2>&1 ||
-    { cat "$WORK/$name.out" >&2; die "h2load $name failed"; }
+  local name="$1" url="$2" load="$3" servers="$4" before after
+  shift 4
+  # shellcheck disable=SC2086 # LOAD and SERVERS are lists
+  {
+    "${LOAD_CPU[@]}" h2load $load -t 1 -D "$WARMUP" "$@" "$url" >"$WORK/$name-warmup.out" 2>&1 ||
+      { cat "$WORK/$name-warmup.out" >&2; die "h2load $name (warm-up) failed"; }
+    before="$(cpu_ticks $servers)"
+    "${LOAD_CPU[@]}" h2load $load -t 1 -D "$DURATION" --log-file "$WORK/$name.tsv" "$@" "$url" \
+      >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out" >&2; die "h2load $name failed"; }
+    after="$(cpu_ticks $servers)"
+  }
+  echo "$((after - before))" >"$WORK/$name.cpu"
   grep -E '^(finished in|requests:|status codes:|traffic:)' "$WORK/$name.out" | sed "s/^/  $name: /" >&2
 }
 
@@ -196,9 +220,12 @@ fi
 
 say "part 1: orders-service GetOrder, h2load $GRPC_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
 UPTIME_1="$(uptime)"
+PSI_1="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 # The same headers for both (the unprotected service ignores the key).
-load unprotected "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
-load protected "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+load unprotected "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "orders-unprotected" \
+  "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+load protected "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "orders-protected keyward" \
+  "${GRPC_HEADERS[@]}" "${AUTH[@]}"
 
 # ------------------------------------------------------------- 2. Envoy
 UPSTREAM_PORT="$(free_port)"
@@ -251,47 +278,59 @@ h2load -n 1 -c 1 "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" 2>&1 | grep -q 'status co
   die "Envoy with ext_authz let a request without a key through"
 
 say "part 2: Envoy GET /, h2load $ENVOY_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
-load envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" "$ENVOY_LOAD" "${AUTH[@]}"
-load envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" "$ENVOY_LOAD" "${AUTH[@]}"
+load envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" "$ENVOY_LOAD" "envoy-alone upstream" "${AUTH[@]}"
+load envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" "$ENVOY_LOAD" "envoy-authz upstream keyward" "${AUTH[@]}"
 UPTIME_2="$(uptime)"
+PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 
 # ------------------------------------------------------------- summary
-python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" <<'PY'
+python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
-work, grpc_load, envoy_load, duration, warmup, pin = sys.argv[1:]
+work, grpc_load, envoy_load, duration, warmup, pin, clk_tck = sys.argv[1:]
 
 def run(name):
     out = open(f"{work}/{name}.out").read()
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     total, done, ok, failed, errored = map(int, m.groups())
+    data = int(re.search(r"traffic: .*\((\d+)\) data", out).group(1))
     lat = sorted(int(line.split("\t")[2]) for line in open(f"{work}/{name}.tsv") if line.strip())
     pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1000  # ms
-    return dict(rps=rps, n=len(lat), ok=ok, bad=failed + errored + (done - ok), p50=pct(50), p99=pct(99))
+    cpu_us = int(open(f"{work}/{name}.cpu").read()) / int(clk_tck) * 1e6 / max(done, 1)
+    return dict(rps=rps, n=done, bad=failed + errored + (total - ok), p50=pct(50), p99=pct(99),
+                cpu=cpu_us, bytes=data / max(ok, 1))
 
 r = {name: run(name) for name in ["unprotected", "protected", "envoy-alone", "envoy-authz"]}
 def row(label, x):
-    return f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['n']:,} | {x['bad']} |"
-head = "| run | req/s | p50 ms | p99 ms | requests | failed |\n|---|---:|---:|---:|---:|---:|"
+    return (f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu']:.1f} "
+            f"| {x['n']:,} | {x['bad']} |")
+head = ("| run | req/s | p50 ms | p99 ms | server CPU µs/req | requests | failed |\n"
+        "|---|---:|---:|---:|---:|---:|---:|")
 u, p, a, z = r["unprotected"], r["protected"], r["envoy-alone"], r["envoy-authz"]
 loss = (1 - p["rps"] / u["rps"]) * 100
 print()
-print(f"h2load -D {duration} --warm-up-time {warmup}; CPU pinning: {'servers on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
+print(f"each run: {warmup} s warm-up run, then h2load -D {duration} (measured); CPU pinning: "
+      f"{'servers on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
 print()
-print(f"orders-service GetOrder (gRPC, h2load {grpc_load}):")
+print(f"orders-service GetOrder (gRPC, h2load {grpc_load}); protected CPU includes keyward's:")
 print(head)
-print(row("unprotected (--no-auth)", u))
+print(row("unprotected (`--no-auth`)", u))
 print(row("protected (KeywardAuthLayer + RemoteValidator)", p))
 print(f"\nthroughput loss: {loss:.1f}% (target <= 5%: {'met' if loss <= 5 else 'MISSED'}); "
-      f"p50 +{p['p50'] - u['p50']:.3f} ms, p99 +{p['p99'] - u['p99']:.3f} ms")
+      f"p50 {p['p50'] - u['p50']:+.3f} ms, p99 {p['p99'] - u['p99']:+.3f} ms; "
+      f"CPU {p['cpu'] - u['cpu']:+.1f} µs/req ({(p['cpu'] / u['cpu'] - 1) * 100:+.1f}%)")
 print()
-print(f"Envoy GET / (h2c, h2load {envoy_load}):")
+print(f"Envoy GET / (h2c, h2load {envoy_load}); CPU is Envoy + upstream (+ keyward):")
 print(head)
 print(row("Envoy alone", a))
 print(row("Envoy + keyward ext_authz", z))
-print(f"\next_authz adds: p50 +{z['p50'] - a['p50']:.3f} ms, p99 +{z['p99'] - a['p99']:.3f} ms; "
-      f"throughput {(1 - z['rps'] / a['rps']) * 100:.1f}% lower")
+print(f"\next_authz adds: p50 {z['p50'] - a['p50']:+.3f} ms, p99 {z['p99'] - a['p99']:+.3f} ms, "
+      f"CPU {z['cpu'] - a['cpu']:+.1f} µs/req; throughput {(1 - z['rps'] / a['rps']) * 100:.1f}% lower")
+for name, x in r.items():
+    floor = 20 if name in ("unprotected", "protected") else 2
+    if x["bytes"] < floor:
+        print(f"WARNING: {name}: {x['bytes']:.0f} response bytes per request: errors in disguise?")
 PY
 echo
-echo "load before: $UPTIME_1"
-echo "load after:  $UPTIME_2"
+echo "load before: $UPTIME_1 | CPU pressure: $PSI_1"
+echo "load after:  $UPTIME_2 | CPU pressure: $PSI_2"

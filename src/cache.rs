@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::fast::RandomState;
 use std::time::{Duration, Instant};
 
 use keyward_core::{ApiKey, KeyId, LookupHash};
@@ -55,11 +57,13 @@ struct Entry {
     read_at: Instant,
 }
 
+/// The maps use foldhash, seeded per process: a lookup hash is already
+/// uniform, and SipHash would cost a good part of a warm validation.
 #[derive(Debug, Default)]
 struct Inner {
-    by_hash: HashMap<LookupHash, Entry>,
-    by_id: HashMap<KeyId, LookupHash>,
-    unknown: HashMap<LookupHash, Instant>,
+    by_hash: HashMap<LookupHash, Entry, RandomState>,
+    by_id: HashMap<KeyId, LookupHash, RandomState>,
+    unknown: HashMap<LookupHash, Instant, RandomState>,
     generation: u64,
 }
 
@@ -87,9 +91,8 @@ impl KeyCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Looks a hash up.
-    pub fn get(&self, hash: &LookupHash) -> Cached {
-        let now = Instant::now();
+    /// Looks a hash up as of `now`.
+    pub fn get(&self, hash: &LookupHash, now: Instant) -> Cached {
         let inner = self.lock();
         if let Some(entry) = inner.by_hash.get(hash) {
             if now.duration_since(entry.read_at) < self.settings.max_age {
@@ -237,15 +240,15 @@ mod tests {
     fn hits_invalidation_and_races() {
         let cache = KeyCache::new(CacheSettings::default());
         let (hash, key) = key();
-        assert!(matches!(cache.get(&hash), Cached::Miss));
+        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Miss));
         let read = cache.generation();
         cache.insert(hash, Arc::clone(&key), read);
-        assert!(matches!(cache.get(&hash), Cached::Key(_)));
+        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Key(_)));
         cache.invalidate(&key.id);
-        assert!(matches!(cache.get(&hash), Cached::Miss));
+        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Miss));
         // A read that started before an invalidation is not cached.
         cache.insert(hash, key, read);
-        assert!(matches!(cache.get(&hash), Cached::Miss));
+        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Miss));
     }
 
     #[test]
@@ -253,9 +256,9 @@ mod tests {
         let cache = KeyCache::new(CacheSettings::default());
         let (hash, _) = key();
         cache.insert_unknown(hash, cache.generation());
-        assert!(matches!(cache.get(&hash), Cached::Unknown));
+        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Unknown));
         cache.forget_unknown();
-        assert!(matches!(cache.get(&hash), Cached::Miss));
+        assert!(matches!(cache.get(&hash, Instant::now()), Cached::Miss));
     }
 
     #[test]

@@ -9,16 +9,18 @@
 //! feed sync; anything else is UNAVAILABLE, never valid.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use foldhash::fast::RandomState;
 use keyward_auth::{
-    Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
+    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    ValidatorError, Verdict,
 };
 use keyward_core::{
-    ApiKey, ApiKeySecret, KeyId, KeyKind, LookupHash, LookupHasher, Scope, ValidationCode,
+    ApiKey, KeyId, KeyKind, LookupHash, LookupHasher, PresentedKey, Scope, ValidationCode,
 };
 use keyward_store::{EventType, KeyEvent, Store, UsageRecord};
 
@@ -87,8 +89,8 @@ pub struct KeyValidator {
     settings: ValidatorSettings,
     cache: KeyCache,
     usage: UsageRecorder,
-    started: Instant,
-    /// Milliseconds after `started` of the last successful feed sync.
+    clock: Clock,
+    /// Milliseconds after the clock's start of the last successful feed sync.
     synced_at: AtomicU64,
     /// Lookups that reached the database.
     database_lookups: AtomicU64,
@@ -109,7 +111,7 @@ impl KeyValidator {
             cache: KeyCache::new(settings.cache),
             settings,
             usage: UsageRecorder::default(),
-            started: Instant::now(),
+            clock: Clock::new(),
             synced_at: AtomicU64::new(0),
             database_lookups: AtomicU64::new(0),
             in_flight: Mutex::default(),
@@ -133,29 +135,41 @@ impl KeyValidator {
     }
 
     fn mark_synced(&self) {
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.synced_at.store(millis, Ordering::Relaxed);
+        let now = Instant::now();
+        self.clock.anchor();
+        self.synced_at
+            .store(self.clock.millis_since_start(now), Ordering::Relaxed);
     }
 
-    /// Whether cached verdicts are past `stale_if_error` (the feed has not
-    /// synced for that long: the database is unreachable).
-    fn is_stale(&self) -> bool {
-        let synced = Duration::from_millis(self.synced_at.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(synced) > self.settings.stale_if_error
+    /// Whether cached verdicts are past `stale_if_error` at `now` (the feed
+    /// has not synced for that long: the database is unreachable).
+    fn is_stale(&self, now: Instant) -> bool {
+        let synced = self.synced_at.load(Ordering::Relaxed);
+        let since = self.clock.millis_since_start(now).saturating_sub(synced);
+        Duration::from_millis(since) > self.settings.stale_if_error
     }
 
-    /// Looks a well-formed key up: `None` if it is unknown.
-    async fn lookup(&self, secret: &ApiKeySecret) -> Result<Option<Arc<ApiKey>>, ApiError> {
-        let hash = self.hasher.hash(secret);
-        let key = match self.cache.get(&hash) {
-            Cached::Key(key) if !self.is_stale() => Some(key),
-            Cached::Unknown if !self.is_stale() => None,
+    /// Looks a well-formed key up as of `now`: `None` if it is unknown. A
+    /// database read moves `now` to when the read finished.
+    async fn lookup(
+        &self,
+        presented: PresentedKey<'_>,
+        now: &mut Instant,
+    ) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let hash = self.hasher.hash(presented);
+        let key = match self.cache.get(&hash, *now) {
+            Cached::Key(key) if !self.is_stale(*now) => Some(key),
+            Cached::Unknown if !self.is_stale(*now) => None,
             Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
-            Cached::Miss => self.read_through(hash).await?,
+            Cached::Miss => {
+                let key = self.read_through(hash).await?;
+                *now = Instant::now();
+                key
+            }
         };
         // The prefix says which kind the key was issued as; a mismatch means a
         // forged prefix on a real body, which cannot happen without the body.
-        Ok(key.filter(|key| key.kind == secret.kind()))
+        Ok(key.filter(|key| key.kind == presented.kind()))
     }
 
     /// Reads a missed hash from the database and caches the answer; concurrent
@@ -236,19 +250,21 @@ impl KeyValidator {
         required: &[Scope],
         client: ClientInfo<'_>,
     ) -> Result<Validation, ApiError> {
-        let Ok(secret) = ApiKeySecret::parse(raw) else {
+        let Ok(presented) = PresentedKey::parse(raw) else {
             return Ok(Validation {
                 code: ValidationCode::Malformed,
                 key: None,
             });
         };
-        let Some(key) = self.lookup(&secret).await? else {
+        // The one clock read of a warm validation.
+        let mut now = Instant::now();
+        let Some(key) = self.lookup(presented, &mut now).await? else {
             return Ok(Validation {
                 code: ValidationCode::NotFound,
                 key: None,
             });
         };
-        let now = Utc::now();
+        let now = self.clock.utc(now);
         let code = key.verdict(required, now);
         if code == ValidationCode::Valid {
             self.usage.record(&key, client, now);
@@ -360,17 +376,18 @@ pub struct AdminValidator(pub Arc<KeyValidator>);
 impl Validator for AdminValidator {
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
         Box::pin(async move {
-            let Ok(secret) = ApiKeySecret::parse(request.key) else {
+            let Ok(presented) = PresentedKey::parse(request.key) else {
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
-            let key = self.0.lookup(&secret).await.map_err(|error| {
+            let mut now = Instant::now();
+            let key = self.0.lookup(presented, &mut now).await.map_err(|error| {
                 tracing::warn!(%error, "admin authentication unavailable");
                 ValidatorError::unavailable(error.to_string())
             })?;
             let Some(key) = key else {
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
-            let now = Utc::now();
+            let now = self.0.clock.utc(now);
             if key.authorizes_admin(now) {
                 let client = ClientInfo {
                     ip: request.client_ip,
@@ -389,7 +406,7 @@ impl Validator for AdminValidator {
 
 /// The identity a key grants, as the auth layer hands it to handlers.
 pub fn identity(key: &ApiKey) -> Identity {
-    Identity {
+    Identity::new(IdentityDetails {
         key_id: key.id.to_string(),
         organization_id: key.organization_id.clone(),
         workspace_id: key.workspace_id.clone(),
@@ -403,13 +420,13 @@ pub fn identity(key: &ApiKey) -> Identity {
         metadata: key.metadata.as_map().clone(),
         user_id: key.user_id.clone(),
         service_account_id: key.service_account_id.clone(),
-    }
+    })
 }
 
 /// Coalesces last-used data in memory: at most one write per key per flush.
 #[derive(Debug, Default)]
 struct UsageRecorder {
-    pending: Mutex<HashMap<String, UsageRecord>>,
+    pending: Mutex<HashMap<KeyId, UsageRecord, RandomState>>,
 }
 
 impl UsageRecorder {
@@ -419,7 +436,7 @@ impl UsageRecorder {
         let ip = client.ip.filter(|ip| !ip.is_empty());
         let user_agent = client.user_agent.filter(|ua| !ua.is_empty());
         let mut pending = self.lock();
-        if let Some(record) = pending.get_mut(key.id.as_str()) {
+        if let Some(record) = pending.get_mut(&key.id) {
             record.at = at;
             if record.ip.as_deref() != ip {
                 record.ip = ip.map(str::to_owned);
@@ -430,7 +447,7 @@ impl UsageRecorder {
             return;
         }
         pending.insert(
-            key.id.to_string(),
+            key.id.clone(),
             UsageRecord {
                 key_id: key.id.clone(),
                 at,
@@ -440,7 +457,7 @@ impl UsageRecorder {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UsageRecord>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, UsageRecord, RandomState>> {
         lock(&self.pending)
     }
 
@@ -454,10 +471,51 @@ impl UsageRecorder {
             let mut pending = self.lock();
             for record in batch {
                 // Keep a newer observation made while the write was failing.
-                pending.entry(record.key_id.to_string()).or_insert(record);
+                pending.entry(record.key_id.clone()).or_insert(record);
             }
         }
     }
+}
+
+/// Wall-clock time read off the monotonic clock, so that a validation reads
+/// the clock once. Re-anchored to the system clock on every feed sync (and at
+/// start), so it follows the system clock to within a sync interval's drift.
+#[derive(Debug)]
+struct Clock {
+    started: Instant,
+    /// The system clock at `started`, in microseconds since the epoch.
+    anchor: AtomicI64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let clock = Self {
+            started: Instant::now(),
+            anchor: AtomicI64::new(0),
+        };
+        clock.anchor();
+        clock
+    }
+
+    fn anchor(&self) {
+        let utc = Utc::now().timestamp_micros();
+        let since = micros(self.started.elapsed());
+        self.anchor.store(utc - since, Ordering::Relaxed);
+    }
+
+    fn millis_since_start(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn utc(&self, at: Instant) -> DateTime<Utc> {
+        let since = micros(at.saturating_duration_since(self.started));
+        DateTime::from_timestamp_micros(self.anchor.load(Ordering::Relaxed).saturating_add(since))
+            .unwrap_or_else(Utc::now)
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Locks a mutex whose critical sections leave its data consistent even if a

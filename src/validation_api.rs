@@ -45,7 +45,15 @@ impl KeyValidationService for ValidationApi {
             .required_scopes
             .iter()
             .enumerate()
-            .filter_map(|(i, raw)| v.check(&format!("required_scopes[{i}]"), Scope::parse(raw)))
+            .filter_map(|(i, raw)| match Scope::parse(raw) {
+                Ok(scope) => Some(scope),
+                // The field name is only formatted for a bad scope: this is
+                // the hot path.
+                Err(error) => {
+                    v.add(format!("required_scopes[{i}]"), error.description());
+                    None
+                }
+            })
             .collect();
         if req.client_ip.chars().count() > MAX_CLIENT_IP_CHARS {
             v.add(
@@ -88,7 +96,12 @@ impl KeyValidationService for ValidationApi {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            response.metadata = key.metadata.as_map().clone().into_iter().collect();
+            response.metadata = key
+                .metadata
+                .as_map()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
             response.environment = convert::environment(key.environment).into();
             response.user_id = key.user_id.clone().unwrap_or_default();
             response.service_account_id = key.service_account_id.clone().unwrap_or_default();

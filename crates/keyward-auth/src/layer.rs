@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use foldhash::fast::RandomState;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use keyward_core::Scope;
@@ -32,7 +33,7 @@ pub enum CredentialSource {
 struct Config {
     source: CredentialSource,
     hide_credentials: bool,
-    method_scopes: HashMap<String, Vec<Scope>>,
+    method_scopes: HashMap<String, Vec<Scope>, RandomState>,
     public_prefixes: Vec<String>,
 }
 
@@ -179,7 +180,7 @@ where
                 .map(|forwarded| forwarded.split(',').next().unwrap_or_default().trim());
             let verdict = validator
                 .validate(ValidationRequest {
-                    key: &key,
+                    key,
                     required_scopes: required,
                     client_ip,
                     user_agent: header_str(&request, &USER_AGENT),
@@ -216,15 +217,15 @@ fn header_str<'r, B>(request: &'r Request<B>, name: &HeaderName) -> Option<&'r s
 }
 
 /// The key and the header it came from.
-fn extract_key<B>(request: &Request<B>, source: CredentialSource) -> Option<(HeaderName, String)> {
+fn extract_key<B>(request: &Request<B>, source: CredentialSource) -> Option<(HeaderName, &str)> {
     let bearer = || {
         let value = header_str(request, &AUTHORIZATION)?;
         let (scheme, token) = value.split_once(' ')?;
         scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| (AUTHORIZATION, token.trim().to_owned()))
+            .then(|| (AUTHORIZATION, token.trim()))
     };
-    let api_key = || header_str(request, &X_API_KEY).map(|v| (X_API_KEY, v.trim().to_owned()));
+    let api_key = || header_str(request, &X_API_KEY).map(|v| (X_API_KEY, v.trim()));
     match source {
         CredentialSource::BearerOrApiKey => bearer().or_else(api_key),
         CredentialSource::Bearer => bearer(),
@@ -281,7 +282,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::validator::{Identity, ValidationFuture, ValidatorError};
+    use crate::validator::{Identity, IdentityDetails, ValidationFuture, ValidatorError};
 
     /// Allows `good` (scope `orders:read`), fails on `down`, denies the rest;
     /// remembers what it was asked.
@@ -313,7 +314,7 @@ mod tests {
                             .iter()
                             .all(|s| s.as_str() == "orders:read") =>
                     {
-                        Ok(Verdict::Allow(Identity {
+                        Ok(Verdict::Allow(Identity::new(IdentityDetails {
                             key_id: "key_good".to_owned(),
                             organization_id: "acme".to_owned(),
                             workspace_id: None,
@@ -322,7 +323,7 @@ mod tests {
                             metadata: Default::default(),
                             user_id: None,
                             service_account_id: None,
-                        }))
+                        })))
                     }
                     "good" => Ok(Verdict::Deny(Denial::Forbidden)),
                     _ => Ok(Verdict::Deny(Denial::Unauthenticated)),

@@ -55,5 +55,6 @@ pub use remote::{
     RemoteValidatorBuilder,
 };
 pub use validator::{
-    Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
+    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    ValidatorError, Verdict,
 };

@@ -8,13 +8,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keyward_core::ApiKeySecret;
+use keyward_core::PresentedKey;
 use tonic::transport::Channel;
 
 use self::cache::{VerdictCache, cache_key};
 use self::pb::key_validation_service_client::KeyValidationServiceClient;
 use crate::validator::{
-    Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
+    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    ValidatorError, Verdict,
 };
 
 /// The generated `keyward.v1` client and messages (wire types stay here).
@@ -136,12 +137,17 @@ impl RemoteValidator {
 impl Validator for RemoteValidator {
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
         Box::pin(async move {
-            if ApiKeySecret::parse(request.key).is_err() {
-                // Not a keyward key at all: keyward would say MALFORMED.
-                return Ok(Verdict::Deny(Denial::Unauthenticated));
-            }
             let key = cache_key(request.key, request.required_scopes);
-            self.cache.get_or_fetch(key, || self.ask(request)).await
+            self.cache
+                .get_or_fetch(key, || async move {
+                    if PresentedKey::parse(request.key).is_err() {
+                        // Not a keyward key at all: keyward would say
+                        // MALFORMED. Checked on a miss only; never cached.
+                        return Ok((Verdict::Deny(Denial::Unauthenticated), Duration::ZERO));
+                    }
+                    self.ask(request).await
+                })
+                .await
         })
     }
 }
@@ -201,16 +207,18 @@ impl RemoteValidatorBuilder {
 /// scope is forbidden; anything else is unauthenticated.
 fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
     match response.code() {
-        pb::ValidationCode::Valid if response.valid => Verdict::Allow(Identity {
-            key_id: response.key_id,
-            organization_id: response.organization_id,
-            workspace_id: non_empty(response.workspace_id),
-            name: response.name,
-            scopes: response.scopes,
-            metadata: response.metadata.into_iter().collect(),
-            user_id: non_empty(response.user_id),
-            service_account_id: non_empty(response.service_account_id),
-        }),
+        pb::ValidationCode::Valid if response.valid => {
+            Verdict::Allow(Identity::new(IdentityDetails {
+                key_id: response.key_id,
+                organization_id: response.organization_id,
+                workspace_id: non_empty(response.workspace_id),
+                name: response.name,
+                scopes: response.scopes,
+                metadata: response.metadata.into_iter().collect(),
+                user_id: non_empty(response.user_id),
+                service_account_id: non_empty(response.service_account_id),
+            }))
+        }
         pb::ValidationCode::InsufficientScope => Verdict::Deny(Denial::Forbidden),
         _ => Verdict::Deny(Denial::Unauthenticated),
     }
@@ -229,6 +237,7 @@ fn non_empty(value: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_core::ApiKeySecret;
 
     fn response(valid: bool, code: pb::ValidationCode) -> pb::ValidateKeyResponse {
         pb::ValidateKeyResponse {

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use keyward_core::Scope;
 
@@ -51,8 +53,36 @@ pub enum Denial {
 }
 
 /// The caller a request was allowed for, inserted into request extensions.
+///
+/// Shared, so cloning it (once per request, from a cached verdict) copies a
+/// pointer; its fields read through [`IdentityDetails`]: `identity.key_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub struct Identity(Arc<IdentityDetails>);
+
+impl Identity {
+    /// An identity with these details.
+    pub fn new(details: IdentityDetails) -> Self {
+        Self(Arc::new(details))
+    }
+}
+
+impl From<IdentityDetails> for Identity {
+    fn from(details: IdentityDetails) -> Self {
+        Self::new(details)
+    }
+}
+
+impl Deref for Identity {
+    type Target = IdentityDetails;
+
+    fn deref(&self) -> &IdentityDetails {
+        &self.0
+    }
+}
+
+/// What an [`Identity`] says of the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityDetails {
     /// The key's id.
     pub key_id: String,
     /// The key's organization.

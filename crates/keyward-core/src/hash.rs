@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::secret::ApiKeySecret;
+use crate::secret::PresentedKey;
 
 const DERIVE_CONTEXT: &str = "keyward 2026-11-23 api key lookup hash v1";
 const SECRET_CONTEXT: &str = "keyward 2026-11-23 operator lookup secret v1";
@@ -33,9 +33,10 @@ impl LookupHasher {
         }
     }
 
-    /// The lookup hash of a key.
-    pub fn hash(&self, secret: &ApiKeySecret) -> LookupHash {
-        LookupHash(*blake3::keyed_hash(&self.key, secret.expose().as_bytes()).as_bytes())
+    /// The lookup hash of a key (an [`ApiKeySecret`](crate::ApiKeySecret)
+    /// or a [`PresentedKey`]).
+    pub fn hash<'a>(&self, key: impl Into<PresentedKey<'a>>) -> LookupHash {
+        LookupHash(*blake3::keyed_hash(&self.key, key.into().expose().as_bytes()).as_bytes())
     }
 
     /// Identifies this configuration without revealing the secret.
@@ -72,7 +73,7 @@ impl fmt::Debug for LookupHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Environment, KeyKind};
+    use crate::{ApiKeySecret, Environment, KeyKind};
 
     #[test]
     fn keyed_and_derived_hashes_differ() {

@@ -16,4 +16,4 @@ pub use fields::{
 pub use hash::{LookupHash, LookupHasher};
 pub use id::{KeyId, new_ulid};
 pub use key::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
-pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError};
+pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError, PresentedKey};

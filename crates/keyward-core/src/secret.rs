@@ -55,8 +55,8 @@ impl ApiKeySecret {
                 .take(RANDOM_LEN)
                 .map(char::from),
         );
-        let checksum = crc32fast::hash(raw.as_bytes());
-        raw.push_str(&encode_checksum(checksum));
+        let checksum = encode_checksum(crc32fast::hash(raw.as_bytes()));
+        raw.extend(checksum.iter().map(|&b| char::from(b)));
         Self {
             raw,
             kind,
@@ -64,30 +64,13 @@ impl ApiKeySecret {
         }
     }
 
-    /// Parses a presented key: shape first, then the checksum.
+    /// Parses a presented key: shape first, then the checksum. The
+    /// validation path uses [`PresentedKey::parse`], which does not copy.
     pub fn parse(raw: &str) -> Result<Self, KeyFormatError> {
-        let (kind, environment, rest) = if let Some(rest) = raw.strip_prefix("sk_live_") {
-            (KeyKind::Standard, Environment::Live, rest)
-        } else if let Some(rest) = raw.strip_prefix("sk_test_") {
-            (KeyKind::Standard, Environment::Test, rest)
-        } else if let Some(rest) = raw.strip_prefix("sk_admin_") {
-            (KeyKind::Admin, Environment::Live, rest)
-        } else {
-            return Err(KeyFormatError::Shape);
-        };
-        if rest.len() != RANDOM_LEN + CHECKSUM_LEN
-            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            return Err(KeyFormatError::Shape);
-        }
-        let (signed, checksum) = raw.split_at(raw.len() - CHECKSUM_LEN);
-        if encode_checksum(crc32fast::hash(signed.as_bytes())) != checksum {
-            return Err(KeyFormatError::Checksum);
-        }
-        Ok(Self {
-            raw: raw.to_owned(),
-            kind,
-            environment,
+        PresentedKey::parse(raw).map(|key| Self {
+            raw: key.raw.to_owned(),
+            kind: key.kind,
+            environment: key.environment,
         })
     }
 
@@ -121,6 +104,75 @@ impl ApiKeySecret {
     }
 }
 
+/// A presented key whose shape and checksum are right, borrowed from the
+/// request that carried it: what the validation path hashes, with no copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PresentedKey<'a> {
+    raw: &'a str,
+    kind: KeyKind,
+    environment: Environment,
+}
+
+impl<'a> PresentedKey<'a> {
+    /// Checks a presented key: shape first, then the checksum.
+    pub fn parse(raw: &'a str) -> Result<Self, KeyFormatError> {
+        let (kind, environment, rest) = if let Some(rest) = raw.strip_prefix("sk_live_") {
+            (KeyKind::Standard, Environment::Live, rest)
+        } else if let Some(rest) = raw.strip_prefix("sk_test_") {
+            (KeyKind::Standard, Environment::Test, rest)
+        } else if let Some(rest) = raw.strip_prefix("sk_admin_") {
+            (KeyKind::Admin, Environment::Live, rest)
+        } else {
+            return Err(KeyFormatError::Shape);
+        };
+        if rest.len() != RANDOM_LEN + CHECKSUM_LEN
+            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(KeyFormatError::Shape);
+        }
+        let (signed, checksum) = raw.split_at(raw.len() - CHECKSUM_LEN);
+        if encode_checksum(crc32fast::hash(signed.as_bytes())) != checksum.as_bytes() {
+            return Err(KeyFormatError::Checksum);
+        }
+        Ok(Self {
+            raw,
+            kind,
+            environment,
+        })
+    }
+
+    /// The raw key, for hashing.
+    pub fn expose(&self) -> &'a str {
+        self.raw
+    }
+
+    /// The kind the prefix says this key is.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The environment the prefix says this key is for (`Live` for admin keys).
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+}
+
+impl<'a> From<&'a ApiKeySecret> for PresentedKey<'a> {
+    fn from(secret: &'a ApiKeySecret) -> Self {
+        Self {
+            raw: &secret.raw,
+            kind: secret.kind,
+            environment: secret.environment,
+        }
+    }
+}
+
+impl fmt::Debug for PresentedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PresentedKey({}...)", &self.raw[..DISPLAY_PREFIX_LEN])
+    }
+}
+
 impl fmt::Debug for ApiKeySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKeySecret({})", self.partial_hint())
@@ -136,13 +188,13 @@ fn prefix_for(kind: KeyKind, environment: Environment) -> &'static str {
 }
 
 /// Fixed-width base62 of a CRC32 (62^6 > 2^32, so six characters always fit).
-fn encode_checksum(mut value: u32) -> String {
+fn encode_checksum(mut value: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(value % 62) as usize];
         value /= 62;
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    out
 }
 
 #[cfg(test)]
@@ -195,6 +247,10 @@ mod tests {
             prop_assert_eq!(&parsed, &key);
             prop_assert_eq!(parsed.kind(), kind);
             prop_assert_eq!(parsed.environment(), env);
+            let presented = PresentedKey::parse(key.expose()).unwrap();
+            prop_assert_eq!(presented, PresentedKey::from(&key));
+            let shown = format!("{presented:?}");
+            prop_assert!(!shown.contains(key.expose()));
         }
 
         #[test]

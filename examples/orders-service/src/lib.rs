@@ -22,7 +22,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use keyward_auth::{Identity, KeywardAuthLayer, RemoteValidator, Scope, Validator};
+use keyward_auth::{
+    Identity, IdentityDetails, KeywardAuthLayer, RemoteValidator, Scope, Validator,
+};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Endpoint, Server};
@@ -107,7 +109,10 @@ impl<V: Validator> OrdersServer<V> {
         Server::builder()
             .layer(auth_layer(self.validator))
             .add_service(OrderServiceServer::new(Orders::default()))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
     }
 }
@@ -122,14 +127,17 @@ pub async fn run_unprotected_until(
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
         .add_service(OrderServiceServer::new(Orders::unprotected()))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
 
 /// The caller of every call to an unprotected order service: organization
 /// `anonymous`, no key, no scopes.
 pub fn anonymous() -> Identity {
-    Identity {
+    Identity::new(IdentityDetails {
         key_id: String::new(),
         organization_id: "anonymous".to_owned(),
         workspace_id: None,
@@ -138,7 +146,7 @@ pub fn anonymous() -> Identity {
         metadata: Default::default(),
         user_id: None,
         service_account_id: None,
-    }
+    })
 }
 
 /// The order service's handlers over an in-memory store.

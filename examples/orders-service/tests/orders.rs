@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use keyward_auth::{
-    Denial, Identity, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
+    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    ValidatorError, Verdict,
 };
 use keyward_core::{ApiKeySecret, Environment, KeyKind};
 use orders_service::OrdersServer;
@@ -42,7 +43,7 @@ impl Validator for StubValidator {
             if !granted {
                 return Ok(Verdict::Deny(Denial::Forbidden));
             }
-            Ok(Verdict::Allow(Identity {
+            Ok(Verdict::Allow(Identity::new(IdentityDetails {
                 key_id: format!("key_{}", request.key),
                 organization_id: organization.to_owned(),
                 workspace_id: None,
@@ -51,7 +52,7 @@ impl Validator for StubValidator {
                 metadata: Default::default(),
                 user_id: None,
                 service_account_id: None,
-            }))
+            })))
         })
     }
 }

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
 use keyward_core::Scope;
 use tokio::sync::OnceCell;
 
@@ -27,17 +28,25 @@ type Flight = Arc<OnceCell<Outcome>>;
 /// that their order does not matter; every part is length-prefixed so that
 /// no two different inputs hash alike by concatenation.
 pub(crate) fn cache_key(key: &str, scopes: &[Scope]) -> CacheKey {
-    let mut scopes: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
-    scopes.sort_unstable();
-    scopes.dedup();
-    let mut hasher = blake3::Hasher::new_derive_key("keyward-auth 2026 remote verdict cache key");
+    // Deriving the key hashes the context string: do it once per process.
+    static HASH_KEY: LazyLock<[u8; 32]> =
+        LazyLock::new(|| blake3::derive_key("keyward-auth 2026 remote verdict cache key", b""));
+    let mut hasher = blake3::Hasher::new_keyed(&HASH_KEY);
     let mut part = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
     part(key.as_bytes());
-    for scope in scopes {
-        part(scope.as_bytes());
+    // Routes list their scopes once, usually sorted already: copy only if not.
+    if scopes.is_sorted_by(|a, b| a.as_str() < b.as_str()) {
+        scopes
+            .iter()
+            .for_each(|scope| part(scope.as_str().as_bytes()));
+    } else {
+        let mut sorted: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        sorted.into_iter().for_each(|scope| part(scope.as_bytes()));
     }
     *hasher.finalize().as_bytes()
 }
@@ -53,8 +62,8 @@ pub(crate) struct VerdictCache {
 
 #[derive(Debug, Default)]
 struct State {
-    verdicts: HashMap<CacheKey, Cached>,
-    flights: HashMap<CacheKey, Flight>,
+    verdicts: HashMap<CacheKey, Cached, RandomState>,
+    flights: HashMap<CacheKey, Flight, RandomState>,
 }
 
 #[derive(Debug)]
