@@ -2,7 +2,8 @@
 # Measures what keyward's protection costs a service (BENCHMARKS.md, "Auth
 # overhead"), one h2load run each, on loopback only:
 #
-#   bash scripts/bench-auth.sh
+#   bash scripts/bench-auth.sh            # full run, prints the tables
+#   bash scripts/bench-auth.sh --quick    # smoke run (CI): debug binaries, 1 s loads, nothing judged
 #
 # 1. orders-service (examples/) protected by KeywardAuthLayer + RemoteValidator
 #    (warm verdict cache: keyward's 1 s hint, refreshed by one ValidateKey per
@@ -30,16 +31,32 @@
 #   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
 #   BENCH_ENVOY_LOAD="-c 1 -m 1"   h2load clients/streams for part 2
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
-#   BENCH_SKIP_BUILD=1       use the binaries already in target/release
+#   BENCH_SKIP_BUILD=1       use the binaries already in target/release (--quick: target/debug)
 #   BENCH_KEEP=1             keep the temporary directory (logs, configs, h2load logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
+    *) echo "bench-auth: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-3}"
 GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
 ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 1 -m 1}"
+PROFILE=release
+if [[ $QUICK == 1 ]]; then
+  DURATION=1
+  WARMUP=1
+  GRPC_LOAD="-c 2 -m 4"
+  PROFILE=debug
+fi
 if [[ -z "${BENCH_PIN:-}" ]]; then
   if [[ "$(nproc)" -ge 2 ]] && command -v taskset >/dev/null 2>&1; then BENCH_PIN=1; else BENCH_PIN=0; fi
 fi
@@ -49,17 +66,22 @@ die() { printf '[bench-auth] error: %s\n' "$*" >&2; exit 1; }
 
 # ------------------------------------------------------------------ build
 if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
-  say "building release binaries (slow the first time)"
-  cargo build --release -p keyward -p orders-service --bins >&2
+  if [[ $QUICK == 1 ]]; then
+    # The features the test suite builds with, so its build is reused.
+    cargo build --workspace --all-features --bins >&2
+  else
+    say "building release binaries (slow the first time)"
+    cargo build --release -p keyward -p orders-service --bins >&2
+  fi
   # std-only, compiled directly: `cargo build --example` would also build the
   # root package's dev-dependencies (and unify their features into keyward).
-  mkdir -p target/release/examples
+  mkdir -p "target/$PROFILE/examples"
   rustc --edition 2021 -C opt-level=3 --crate-name bench_upstream \
-    -o target/release/examples/bench_upstream examples/bench_upstream.rs >&2
+    -o "target/$PROFILE/examples/bench_upstream" examples/bench_upstream.rs >&2
 fi
-KEYWARD="$ROOT/target/release/keyward"
-ORDERS="$ROOT/target/release/orders-service"
-UPSTREAM="$ROOT/target/release/examples/bench_upstream"
+KEYWARD="$ROOT/target/$PROFILE/keyward"
+ORDERS="$ROOT/target/$PROFILE/orders-service"
+UPSTREAM="$ROOT/target/$PROFILE/examples/bench_upstream"
 for bin in "$KEYWARD" "$ORDERS" "$UPSTREAM"; do
   [[ -x "$bin" ]] || die "$bin missing (run without BENCH_SKIP_BUILD)"
 done
@@ -284,9 +306,9 @@ UPTIME_2="$(uptime)"
 PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 
 # ------------------------------------------------------------- summary
-python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" <<'PY'
 import re, sys
-work, grpc_load, envoy_load, duration, warmup, pin, clk_tck = sys.argv[1:]
+work, grpc_load, envoy_load, duration, warmup, pin, clk_tck, quick = sys.argv[1:]
 
 def run(name):
     out = open(f"{work}/{name}.out").read()
@@ -309,6 +331,8 @@ head = ("| run | req/s | p50 ms | p99 ms | server CPU µs/req | requests | faile
 u, p, a, z = r["unprotected"], r["protected"], r["envoy-alone"], r["envoy-authz"]
 loss = (1 - p["rps"] / u["rps"]) * 100
 print()
+if quick == "1":
+    print("QUICK smoke run (debug binaries, 1 s loads): figures are not meaningful")
 print(f"each run: {warmup} s warm-up run, then h2load -D {duration} (measured); CPU pinning: "
       f"{'servers on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
 print()
@@ -316,7 +340,7 @@ print(f"orders-service GetOrder (gRPC, h2load {grpc_load}); protected CPU includ
 print(head)
 print(row("unprotected (`--no-auth`)", u))
 print(row("protected (KeywardAuthLayer + RemoteValidator)", p))
-print(f"\nthroughput loss: {loss:.1f}% (target <= 5%: {'met' if loss <= 5 else 'MISSED'}); "
+print(f"\nthroughput loss: {loss:.1f}% (target <= 5%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 5 else 'MISSED'}); "
       f"p50 {p['p50'] - u['p50']:+.3f} ms, p99 {p['p99'] - u['p99']:+.3f} ms; "
       f"CPU {p['cpu'] - u['cpu']:+.1f} µs/req ({(p['cpu'] / u['cpu'] - 1) * 100:+.1f}%)")
 print()

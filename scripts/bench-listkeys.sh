@@ -20,10 +20,6 @@
 #                            already holds the keys: seeding 1M takes a while)
 #   BENCH_REQUESTS=500       timed pages per depth through the server (quick: 20)
 #   KEYWARD_BIN=PATH         use this keyward binary, build nothing
-#   BENCH_NODELAY_PROBE=1    diagnostic: run part 2 again against a second
-#                            server whose accepted sockets get TCP_NODELAY from
-#                            an LD_PRELOAD shim (needs cc); shows what Nagle's
-#                            algorithm + delayed ACK add to a page
 #   BENCH_KEEP=1             keep the temporary directory
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +29,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench-listkeys: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -161,33 +157,6 @@ PY
 
 UPTIME_BEFORE="$(uptime)"
 serve_and_measure "through the server"
-if [[ "${BENCH_NODELAY_PROBE:-0}" == 1 ]]; then
-  # Diagnostic only: TCP_NODELAY on every accepted socket, from outside.
-  cat >"$WORK/nodelay.c" <<'C'
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-static int nodelay(int fd) {
-  int one = 1;
-  if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  return fd;
-}
-int accept4(int s, struct sockaddr *a, socklen_t *l, int f) {
-  static int (*real)(int, struct sockaddr *, socklen_t *, int);
-  if (!real) real = (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
-  return nodelay(real(s, a, l, f));
-}
-int accept(int s, struct sockaddr *a, socklen_t *l) {
-  static int (*real)(int, struct sockaddr *, socklen_t *);
-  if (!real) real = (int (*)(int, struct sockaddr *, socklen_t *))dlsym(RTLD_NEXT, "accept");
-  return nodelay(real(s, a, l));
-}
-C
-  cc -shared -fPIC -O2 -o "$WORK/nodelay.so" "$WORK/nodelay.c" -ldl || die "cc failed (BENCH_NODELAY_PROBE needs a C compiler)"
-  serve_and_measure "DIAGNOSTIC, TCP_NODELAY forced by an LD_PRELOAD shim" LD_PRELOAD="$WORK/nodelay.so"
-fi
 UPTIME_AFTER="$(uptime)"
 echo
 echo "load before: $UPTIME_BEFORE"

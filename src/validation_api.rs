@@ -86,7 +86,7 @@ impl KeyValidationService for ValidationApi {
             ..Default::default()
         };
         if let Some(key) = validation.key {
-            response.key_id = key.id.to_string();
+            response.key_id = key.id.as_str().to_owned();
             response.organization_id = key.organization_id.clone();
             response.workspace_id = key.workspace_id.clone().unwrap_or_default();
             response.name = key.name.clone();
@@ -94,7 +94,7 @@ impl KeyValidationService for ValidationApi {
                 .scopes
                 .as_slice()
                 .iter()
-                .map(ToString::to_string)
+                .map(|scope| scope.as_str().to_owned())
                 .collect();
             response.metadata = key
                 .metadata

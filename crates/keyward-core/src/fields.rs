@@ -167,15 +167,19 @@ impl Scope {
                 "must be at most {MAX_SCOPE_CHARS} characters"
             )));
         }
-        let segments: Vec<&str> = raw.split(':').collect();
-        let last = segments.len() - 1;
-        let valid = segments.iter().enumerate().all(|(i, segment)| {
-            (i == last && *segment == "*")
-                || (!segment.is_empty()
-                    && segment.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)
-                    }))
-        });
+        let is_segment = |segment: &str| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        };
+        // Only the last segment may be `*`.
+        let valid = match raw.rsplit_once(':') {
+            None => raw == "*" || is_segment(raw),
+            Some((stem, last)) => {
+                (last == "*" || is_segment(last)) && stem.split(':').all(is_segment)
+            }
+        };
         if !valid {
             return Err(FieldError::new(SYNTAX));
         }
