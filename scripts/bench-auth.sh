@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Measures what keyward's protection costs a service (BENCHMARKS.md, "Auth
-# overhead"), one h2load run each, on loopback only:
+# overhead"), with h2load, on loopback only:
 #
 #   bash scripts/bench-auth.sh            # full run, prints the tables
 #   bash scripts/bench-auth.sh --quick    # smoke run (CI): debug binaries, 1 s loads, nothing judged
 #
 # 1. orders-service (examples/) protected by KeywardAuthLayer + RemoteValidator
 #    (warm verdict cache: keyward's 1 s hint, refreshed by one ValidateKey per
-#    second) vs the same binary with --no-auth; unary GetOrder, saturating load.
+#    second) vs the same binary with --no-auth; unary GetOrder, saturating
+#    load, in alternating rounds (BENCH_ROUNDS).
 # 2. Envoy with keyward as ext_authz (deploy/envoy/envoy.yaml, ports rewritten)
 #    vs the same config without the ext_authz filter; GET / to a trivial
 #    HTTP/1.1 upstream (examples/bench_upstream.rs), one request in flight,
@@ -26,8 +27,11 @@
 # CPU pressure before and after, to tell).
 #
 # Settings (environment):
-#   BENCH_DURATION=10        measured seconds per run (h2load -D)
-#   BENCH_WARMUP=3           seconds of an unmeasured warm-up run before each
+#   BENCH_DURATION=5         measured seconds per run (h2load -D)
+#   BENCH_WARMUP=2           seconds of an unmeasured warm-up run before each
+#   BENCH_ROUNDS=6           part 1 rounds (one protected and one unprotected
+#                            run each, order alternating); the loss is the
+#                            median of the rounds' losses
 #   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
 #   BENCH_ENVOY_LOAD="-c 1 -m 1"   h2load clients/streams for part 2
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
@@ -46,14 +50,16 @@ for arg in "$@"; do
   esac
 done
 
-DURATION="${BENCH_DURATION:-10}"
-WARMUP="${BENCH_WARMUP:-3}"
+DURATION="${BENCH_DURATION:-5}"
+WARMUP="${BENCH_WARMUP:-2}"
+ROUNDS="${BENCH_ROUNDS:-6}"
 GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
 ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 1 -m 1}"
 PROFILE=release
 if [[ $QUICK == 1 ]]; then
   DURATION=1
   WARMUP=1
+  ROUNDS=1
   GRPC_LOAD="-c 2 -m 4"
   PROFILE=debug
 fi
@@ -240,14 +246,24 @@ if h2load -n 1 -c 1 "${GRPC_HEADERS[@]}" "http://127.0.0.1:$PROTECTED_PORT$GET_O
   die "the protected service answered GetOrder without a key"
 fi
 
-say "part 1: orders-service GetOrder, h2load $GRPC_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
+say "part 1: orders-service GetOrder, h2load $GRPC_LOAD, $ROUNDS round(s) of ${WARMUP}s warm-up + ${DURATION}s each"
 UPTIME_1="$(uptime)"
 PSI_1="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
-# The same headers for both (the unprotected service ignores the key).
-load unprotected "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "orders-unprotected" \
-  "${GRPC_HEADERS[@]}" "${AUTH[@]}"
-load protected "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" "orders-protected keyward" \
-  "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+# Rounds alternate the order (U P, P U, ...) so that a slow spell of a
+# shared machine hits both alike. The same headers for both (the unprotected
+# service ignores the key).
+for round in $(seq "$ROUNDS"); do
+  if ((round % 2 == 1)); then order=(unprotected protected); else order=(protected unprotected); fi
+  for what in "${order[@]}"; do
+    if [[ $what == unprotected ]]; then
+      load "unprotected-$round" "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" \
+        "orders-unprotected" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+    else
+      load "protected-$round" "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" \
+        "orders-protected keyward" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+    fi
+  done
+done
 
 # ------------------------------------------------------------- 2. Envoy
 UPSTREAM_PORT="$(free_port)"
@@ -306,9 +322,10 @@ UPTIME_2="$(uptime)"
 PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 
 # ------------------------------------------------------------- summary
-python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" <<'PY'
+python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" "$ROUNDS" <<'PY'
 import re, sys
-work, grpc_load, envoy_load, duration, warmup, pin, clk_tck, quick = sys.argv[1:]
+work, grpc_load, envoy_load, duration, warmup, pin, clk_tck, quick, rounds = sys.argv[1:]
+rounds = int(rounds)
 
 def run(name):
     out = open(f"{work}/{name}.out").read()
@@ -316,31 +333,46 @@ def run(name):
     m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     total, done, ok, failed, errored = map(int, m.groups())
     data = int(re.search(r"traffic: .*\((\d+)\) data", out).group(1))
-    lat = sorted(int(line.split("\t")[2]) for line in open(f"{work}/{name}.tsv") if line.strip())
-    pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1000  # ms
-    cpu_us = int(open(f"{work}/{name}.cpu").read()) / int(clk_tck) * 1e6 / max(done, 1)
-    return dict(rps=rps, n=done, bad=failed + errored + (total - ok), p50=pct(50), p99=pct(99),
-                cpu=cpu_us, bytes=data / max(ok, 1))
+    lat = [int(line.split("\t")[2]) for line in open(f"{work}/{name}.tsv") if line.strip()]
+    ticks = int(open(f"{work}/{name}.cpu").read())
+    return dict(rps=rps, n=done, bad=failed + errored + (total - ok), lat=lat, ticks=ticks, data=data, ok=ok)
 
-r = {name: run(name) for name in ["unprotected", "protected", "envoy-alone", "envoy-authz"]}
+def pooled(runs):
+    lat = sorted(x for r in runs for x in r["lat"])
+    pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1000  # ms
+    n = sum(r["n"] for r in runs)
+    return dict(rps=sum(r["rps"] for r in runs) / len(runs), n=n, bad=sum(r["bad"] for r in runs),
+                p50=pct(50), p99=pct(99),
+                cpu=sum(r["ticks"] for r in runs) / int(clk_tck) * 1e6 / max(n, 1),
+                bytes=sum(r["data"] for r in runs) / max(sum(r["ok"] for r in runs), 1),
+                each=[r["rps"] for r in runs])
+
+part1 = {kind: [run(f"{kind}-{i}") for i in range(1, rounds + 1)] for kind in ["unprotected", "protected"]}
+losses = sorted((1 - p["rps"] / u["rps"]) * 100 for u, p in zip(part1["unprotected"], part1["protected"]))
+median_loss = losses[len(losses) // 2] if len(losses) % 2 else (losses[len(losses) // 2 - 1] + losses[len(losses) // 2]) / 2
+r = {kind: pooled(runs) for kind, runs in part1.items()}
+r.update({name: pooled([run(name)]) for name in ["envoy-alone", "envoy-authz"]})
 def row(label, x):
     return (f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu']:.1f} "
             f"| {x['n']:,} | {x['bad']} |")
 head = ("| run | req/s | p50 ms | p99 ms | server CPU µs/req | requests | failed |\n"
         "|---|---:|---:|---:|---:|---:|---:|")
 u, p, a, z = r["unprotected"], r["protected"], r["envoy-alone"], r["envoy-authz"]
-loss = (1 - p["rps"] / u["rps"]) * 100
+loss = median_loss
 print()
 if quick == "1":
     print("QUICK smoke run (debug binaries, 1 s loads): figures are not meaningful")
 print(f"each run: {warmup} s warm-up run, then h2load -D {duration} (measured); CPU pinning: "
       f"{'servers on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
 print()
-print(f"orders-service GetOrder (gRPC, h2load {grpc_load}); protected CPU includes keyward's:")
+print(f"orders-service GetOrder (gRPC, h2load {grpc_load}), {rounds} round(s), req/s the mean of the rounds; "
+      "protected CPU includes keyward's:")
 print(head)
 print(row("unprotected (`--no-auth`)", u))
 print(row("protected (KeywardAuthLayer + RemoteValidator)", p))
-print(f"\nthroughput loss: {loss:.1f}% (target <= 5%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 5 else 'MISSED'}); "
+print(f"\nreq/s per round: unprotected {', '.join(f'{x:,.0f}' for x in u['each'])}; "
+      f"protected {', '.join(f'{x:,.0f}' for x in p['each'])}")
+print(f"\nthroughput loss: median of rounds {loss:.1f}% (rounds {', '.join(f'{x:.1f}%' for x in losses)}) (target <= 5%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 5 else 'MISSED'}); "
       f"p50 {p['p50'] - u['p50']:+.3f} ms, p99 {p['p99'] - u['p99']:+.3f} ms; "
       f"CPU {p['cpu'] - u['cpu']:+.1f} µs/req ({(p['cpu'] / u['cpu'] - 1) * 100:+.1f}%)")
 print()
