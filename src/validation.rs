@@ -264,8 +264,7 @@ impl KeyValidator {
                 key: None,
             });
         };
-        let now = self.clock.utc(now);
-        let code = key.verdict(required, now);
+        let code = key.verdict(required, || self.clock.utc(now));
         if code == ValidationCode::Valid {
             self.usage.record(&key, client, now);
         }
@@ -281,7 +280,7 @@ impl KeyValidator {
 
     /// Writes pending last-used data to the database.
     pub async fn flush_usage(&self) {
-        self.usage.flush(&self.store).await;
+        self.usage.flush(&self.store, &self.clock).await;
     }
 }
 
@@ -387,16 +386,17 @@ impl Validator for AdminValidator {
             let Some(key) = key else {
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
+            let at = now;
             let now = self.0.clock.utc(now);
             if key.authorizes_admin(now) {
                 let client = ClientInfo {
                     ip: request.client_ip,
                     user_agent: request.user_agent,
                 };
-                self.0.usage.record(&key, client, now);
+                self.0.usage.record(&key, client, at);
                 return Ok(Verdict::Allow(identity(&key)));
             }
-            if key.kind == KeyKind::Standard && key.verdict(&[], now) == ValidationCode::Valid {
+            if key.kind == KeyKind::Standard && key.verdict(&[], || now) == ValidationCode::Valid {
                 return Ok(Verdict::Deny(Denial::Forbidden));
             }
             Ok(Verdict::Deny(Denial::Unauthenticated))
@@ -426,13 +426,22 @@ pub fn identity(key: &ApiKey) -> Identity {
 /// Coalesces last-used data in memory: at most one write per key per flush.
 #[derive(Debug, Default)]
 struct UsageRecorder {
-    pending: Mutex<HashMap<KeyId, UsageRecord, RandomState>>,
+    pending: Mutex<HashMap<KeyId, PendingUse, RandomState>>,
+}
+
+/// The latest use of a key since the last flush.
+#[derive(Debug)]
+struct PendingUse {
+    /// Turned into wall-clock time at the flush, off the hot path.
+    at: Instant,
+    ip: Option<String>,
+    user_agent: Option<String>,
 }
 
 impl UsageRecorder {
     /// Notes a use. A key used again before the flush is updated in place,
     /// so the steady state allocates nothing.
-    fn record(&self, key: &ApiKey, client: ClientInfo<'_>, at: DateTime<Utc>) {
+    fn record(&self, key: &ApiKey, client: ClientInfo<'_>, at: Instant) {
         let ip = client.ip.filter(|ip| !ip.is_empty());
         let user_agent = client.user_agent.filter(|ua| !ua.is_empty());
         let mut pending = self.lock();
@@ -448,8 +457,7 @@ impl UsageRecorder {
         }
         pending.insert(
             key.id.clone(),
-            UsageRecord {
-                key_id: key.id.clone(),
+            PendingUse {
                 at,
                 ip: ip.map(str::to_owned),
                 user_agent: user_agent.map(str::to_owned),
@@ -457,21 +465,30 @@ impl UsageRecorder {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, UsageRecord, RandomState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, PendingUse, RandomState>> {
         lock(&self.pending)
     }
 
-    async fn flush(&self, store: &Store) {
-        let batch: Vec<UsageRecord> = std::mem::take(&mut *self.lock()).into_values().collect();
-        if batch.is_empty() {
+    async fn flush(&self, store: &Store, clock: &Clock) {
+        let taken = std::mem::take(&mut *self.lock());
+        if taken.is_empty() {
             return;
         }
+        let batch: Vec<UsageRecord> = taken
+            .iter()
+            .map(|(key_id, used)| UsageRecord {
+                key_id: key_id.clone(),
+                at: clock.utc(used.at),
+                ip: used.ip.clone(),
+                user_agent: used.user_agent.clone(),
+            })
+            .collect();
         if let Err(error) = store.record_usage(&batch).await {
             tracing::warn!(%error, keys = batch.len(), "could not record key usage; will retry");
             let mut pending = self.lock();
-            for record in batch {
+            for (key_id, used) in taken {
                 // Keep a newer observation made while the write was failing.
-                pending.entry(record.key_id.clone()).or_insert(record);
+                pending.entry(key_id).or_insert(used);
             }
         }
     }

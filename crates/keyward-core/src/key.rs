@@ -194,11 +194,17 @@ pub struct ApiKey {
 impl ApiKey {
     /// The status at `now`: REVOKED > ARCHIVED > EXPIRED > INACTIVE > ACTIVE.
     pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
+        self.status_with(|| now)
+    }
+
+    /// The status, reading the clock only if it matters (the key can expire
+    /// and is neither revoked nor archived).
+    fn status_with(&self, now: impl FnOnce() -> DateTime<Utc>) -> KeyStatus {
         if self.revoked_at.is_some() {
             KeyStatus::Revoked
         } else if self.archived_at.is_some() {
             KeyStatus::Archived
-        } else if self.expires_at.is_some_and(|at| at <= now) {
+        } else if self.expires_at.is_some_and(|at| at <= now()) {
             KeyStatus::Expired
         } else if self.disabled {
             KeyStatus::Inactive
@@ -208,12 +214,18 @@ impl ApiKey {
     }
 
     /// The verdict for presenting this key as a product (standard) key.
-    pub fn verdict(&self, required: &[Scope], now: DateTime<Utc>) -> ValidationCode {
+    /// `now` is called only for a key that can expire: the hot path skips
+    /// the wall-clock conversion for the others.
+    pub fn verdict(
+        &self,
+        required: &[Scope],
+        now: impl FnOnce() -> DateTime<Utc>,
+    ) -> ValidationCode {
         if self.kind == KeyKind::Admin {
             // Admin keys never validate as product keys, and we do not say why.
             return ValidationCode::NotFound;
         }
-        match self.status(now) {
+        match self.status_with(now) {
             KeyStatus::Revoked => ValidationCode::Revoked,
             KeyStatus::Archived => ValidationCode::Archived,
             KeyStatus::Expired => ValidationCode::Expired,
@@ -291,17 +303,17 @@ mod tests {
         let other = Scope::parse("billing:read").unwrap();
         let mut k = key();
         assert_eq!(
-            k.verdict(std::slice::from_ref(&read), now),
+            k.verdict(std::slice::from_ref(&read), || now),
             ValidationCode::Valid
         );
         assert_eq!(
-            k.verdict(&[read.clone(), other], now),
+            k.verdict(&[read.clone(), other], || now),
             ValidationCode::InsufficientScope
         );
         k.expires_at = Some(now + Duration::hours(1));
-        assert_eq!(k.verdict(&[], now), ValidationCode::Valid);
+        assert_eq!(k.verdict(&[], || now), ValidationCode::Valid);
         k.kind = KeyKind::Admin;
-        assert_eq!(k.verdict(&[], now), ValidationCode::NotFound);
+        assert_eq!(k.verdict(&[], || now), ValidationCode::NotFound);
         assert!(k.authorizes_admin(now));
         k.archived_at = Some(now);
         assert!(!k.authorizes_admin(now));
