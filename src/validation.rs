@@ -136,7 +136,6 @@ impl KeyValidator {
 
     fn mark_synced(&self) {
         let now = Instant::now();
-        self.clock.anchor();
         self.synced_at
             .store(self.clock.millis_since_start(now), Ordering::Relaxed);
     }
@@ -294,6 +293,9 @@ pub async fn follow_changes(validator: Arc<KeyValidator>) {
     let mut healthy = true;
     loop {
         ticker.tick().await;
+        // Whether or not the feed answers, so that expiry follows the system
+        // clock through an outage, a suspend or a clock step.
+        validator.clock.anchor();
         match sync_once(&validator, &mut follower).await {
             Ok(()) => {
                 validator.mark_synced();
@@ -495,8 +497,9 @@ impl UsageRecorder {
 }
 
 /// Wall-clock time read off the monotonic clock, so that a validation reads
-/// the clock once. Re-anchored to the system clock on every feed sync (and at
-/// start), so it follows the system clock to within a sync interval's drift.
+/// the clock once. Re-anchored to the system clock on every tick of the feed
+/// follower, successful or not (and at start), so it follows the system clock
+/// to within a sync interval's drift.
 #[derive(Debug)]
 struct Clock {
     started: Instant,
@@ -515,8 +518,10 @@ impl Clock {
     }
 
     fn anchor(&self) {
-        let utc = Utc::now().timestamp_micros();
+        // The monotonic reading first: a pause between the two reads then
+        // makes this clock run early, so keys expire early, never late.
         let since = micros(self.started.elapsed());
+        let utc = Utc::now().timestamp_micros();
         self.anchor.store(utc - since, Ordering::Relaxed);
     }
 

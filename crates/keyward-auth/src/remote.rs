@@ -137,6 +137,10 @@ impl RemoteValidator {
 impl Validator for RemoteValidator {
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
         Box::pin(async move {
+            if request.key.len() > PresentedKey::MAX_LEN {
+                // Not a key: deny before hashing a header of any length.
+                return Ok(Verdict::Deny(Denial::Unauthenticated));
+            }
             let key = cache_key(request.key, request.required_scopes);
             self.cache
                 .get_or_fetch(key, || async move {
@@ -342,7 +346,8 @@ mod tests {
     async fn strings_that_are_not_keys_are_denied_without_a_call() {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         let validator = RemoteValidator::new(channel);
-        for key in ["", "wrong", "sk_live_short", "Bearer sk_live_x"] {
+        let long = format!("sk_live_{}", "a".repeat(64 * 1024));
+        for key in ["", "wrong", "sk_live_short", "Bearer sk_live_x", &long] {
             let verdict = validator
                 .validate(ValidationRequest {
                     key,

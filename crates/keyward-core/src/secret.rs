@@ -114,6 +114,10 @@ pub struct PresentedKey<'a> {
 }
 
 impl<'a> PresentedKey<'a> {
+    /// The longest a key can be (`sk_admin_` and the body): anything longer
+    /// is not a key, whatever it holds.
+    pub const MAX_LEN: usize = "sk_admin_".len() + RANDOM_LEN + CHECKSUM_LEN;
+
     /// Checks a presented key: shape first, then the checksum.
     pub fn parse(raw: &'a str) -> Result<Self, KeyFormatError> {
         let (kind, environment, rest) = if let Some(rest) = raw.strip_prefix("sk_live_") {
@@ -219,6 +223,8 @@ mod tests {
         assert_eq!(key.display_prefix().len(), 12);
         assert_eq!(key.partial_hint().len(), 12 + 3 + 4);
         assert!(!format!("{key:?}").contains(raw));
+        let admin = ApiKeySecret::generate(KeyKind::Admin, Environment::Live);
+        assert_eq!(admin.expose().len(), PresentedKey::MAX_LEN);
     }
 
     #[test]
