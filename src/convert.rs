@@ -1,10 +1,16 @@
 //! Conversions between wire types (`pb`) and domain types. Wire types stop here.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use chrono::{DateTime, TimeZone, Utc};
-use keyward_core::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
+use keyward_core::{
+    Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, Metadata, ValidationCode,
+};
 use keyward_store::{EventType, KeyEvent};
 
 use crate::pb;
+use crate::validation::Validation;
 
 /// A domain time as a protobuf timestamp.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -12,6 +18,50 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A domain duration as a protobuf duration.
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Metadata as the wire's map.
+pub fn metadata(metadata: &Metadata) -> HashMap<String, String> {
+    metadata
+        .as_map()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// A verdict as `ValidateKeyResponse`: the key is described only for VALID
+/// and INSUFFICIENT_SCOPE (`Validation::key` is `None` otherwise).
+pub fn validate_key_response(
+    validation: Validation,
+    cache_ttl: Duration,
+) -> pb::ValidateKeyResponse {
+    let mut response = pb::ValidateKeyResponse {
+        valid: validation.code == ValidationCode::Valid,
+        code: validation_code(validation.code).into(),
+        cache_ttl: Some(duration(cache_ttl)),
+        ..Default::default()
+    };
+    if let Some(key) = validation.key {
+        response.key_id = key.id.as_str().to_owned();
+        response.organization_id = key.organization_id.clone();
+        response.workspace_id = key.workspace_id.clone().unwrap_or_default();
+        response.name = key.name.clone();
+        response.scopes = key.scopes.to_strings();
+        response.metadata = metadata(&key.metadata);
+        response.environment = environment(key.environment).into();
+        response.user_id = key.user_id.clone().unwrap_or_default();
+        response.service_account_id = key.service_account_id.clone().unwrap_or_default();
+        response.expires_at = key.expires_at.map(timestamp);
+    }
+    response
 }
 
 /// A protobuf timestamp as a domain time; `None` if out of range.
@@ -98,13 +148,8 @@ pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
         workspace_id: key.workspace_id.unwrap_or_default(),
         name: key.name,
         description: key.description,
-        scopes: key
-            .scopes
-            .as_slice()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        metadata: key.metadata.as_map().clone().into_iter().collect(),
+        scopes: key.scopes.to_strings(),
+        metadata: metadata(&key.metadata),
         prefix: key.prefix,
         partial_key_hint: key.partial_key_hint,
         created_at: Some(timestamp(key.created_at)),

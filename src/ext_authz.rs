@@ -18,6 +18,8 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
+use http::HeaderName;
+use keyward_auth::{CredentialSource, presented_key};
 use keyward_core::{Scope, ValidationCode};
 use tonic::{Code, Request, Response, Status};
 
@@ -47,21 +49,12 @@ impl ExtAuthz {
     }
 }
 
-/// The presented key and the header it came in (Envoy lowercases header names).
-fn credential(headers: &HashMap<String, String>) -> Option<(&'static str, &str)> {
-    let bearer = headers.get("authorization").and_then(|value| {
-        let (scheme, token) = value.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(("authorization", token.trim()))
-    });
-    bearer
-        .or_else(|| {
-            headers
-                .get("x-api-key")
-                .map(|key| ("x-api-key", key.trim()))
-        })
-        .filter(|(_, key)| !key.is_empty())
+/// The presented key and the header it came in, read as the auth layer reads
+/// them (Envoy lowercases header names, as `HeaderName` is).
+fn credential(headers: &HashMap<String, String>) -> Option<(HeaderName, &str)> {
+    presented_key(CredentialSource::BearerOrApiKey, |name| {
+        headers.get(name.as_str()).map(String::as_str)
+    })
 }
 
 fn required_scopes(request: &CheckRequest) -> Result<Vec<Scope>, Status> {
@@ -175,7 +168,7 @@ impl Authorization for ExtAuthz {
                     set_header(ORGANIZATION_ID, &key.organization_id),
                     set_header(SCOPES, &scopes),
                 ];
-                let mut remove = vec![header.to_owned()];
+                let mut remove = vec![header.as_str().to_owned()];
                 let mut fields = HashMap::from([
                     ("key_id".to_owned(), string_value(&key_id)),
                     (
@@ -230,18 +223,20 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect()
         };
+        let found = |pairs: &[(&str, &str)]| {
+            credential(&headers(pairs))
+                .map(|(header, key)| (header.as_str().to_owned(), key.to_owned()))
+        };
+        let pair = |header: &str, key: &str| Some((header.to_owned(), key.to_owned()));
         assert_eq!(
-            credential(&headers(&[("authorization", "Bearer sk_1")])),
-            Some(("authorization", "sk_1"))
+            found(&[("authorization", "Bearer sk_1")]),
+            pair("authorization", "sk_1")
         );
         assert_eq!(
-            credential(&headers(&[
-                ("authorization", "Basic x"),
-                ("x-api-key", "sk_2")
-            ])),
-            Some(("x-api-key", "sk_2"))
+            found(&[("authorization", "Basic x"), ("x-api-key", "sk_2")]),
+            pair("x-api-key", "sk_2")
         );
-        assert_eq!(credential(&headers(&[("authorization", "Bearer ")])), None);
-        assert_eq!(credential(&headers(&[])), None);
+        assert_eq!(found(&[("authorization", "Bearer ")]), None);
+        assert_eq!(found(&[]), None);
     }
 }

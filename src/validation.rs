@@ -90,13 +90,13 @@ pub struct KeyValidator {
     cache: KeyCache,
     usage: UsageRecorder,
     clock: Clock,
-    /// Milliseconds after the clock's start of the last successful feed sync.
-    synced_at: AtomicU64,
+    /// Microseconds after the clock's start of the last successful feed sync.
+    synced_at: AtomicI64,
     /// Lookups that reached the database.
     database_lookups: AtomicU64,
     /// Misses being read from the database: concurrent misses of one hash
     /// wait for the same read.
-    in_flight: Mutex<HashMap<LookupHash, Arc<Flight>>>,
+    in_flight: Mutex<HashMap<LookupHash, Arc<Flight>, RandomState>>,
 }
 
 /// One database read shared by concurrent misses: `None` if it failed.
@@ -112,7 +112,7 @@ impl KeyValidator {
             settings,
             usage: UsageRecorder::default(),
             clock: Clock::new(),
-            synced_at: AtomicU64::new(0),
+            synced_at: AtomicI64::new(0),
             database_lookups: AtomicU64::new(0),
             in_flight: Mutex::default(),
         }
@@ -135,17 +135,15 @@ impl KeyValidator {
     }
 
     fn mark_synced(&self) {
-        let now = Instant::now();
-        self.synced_at
-            .store(self.clock.millis_since_start(now), Ordering::Relaxed);
+        let now = self.clock.since_start(Instant::now());
+        self.synced_at.store(now, Ordering::Relaxed);
     }
 
     /// Whether cached verdicts are past `stale_if_error` at `now` (the feed
     /// has not synced for that long: the database is unreachable).
     fn is_stale(&self, now: Instant) -> bool {
         let synced = self.synced_at.load(Ordering::Relaxed);
-        let since = self.clock.millis_since_start(now).saturating_sub(synced);
-        Duration::from_millis(since) > self.settings.stale_if_error
+        self.clock.since_start(now) - synced > micros(self.settings.stale_if_error)
     }
 
     /// Looks a well-formed key up as of `now`: `None` if it is unknown. A
@@ -380,16 +378,15 @@ impl Validator for AdminValidator {
             let Ok(presented) = PresentedKey::parse(request.key) else {
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
-            let mut now = Instant::now();
-            let key = self.0.lookup(presented, &mut now).await.map_err(|error| {
+            let mut at = Instant::now();
+            let key = self.0.lookup(presented, &mut at).await.map_err(|error| {
                 tracing::warn!(%error, "admin authentication unavailable");
                 ValidatorError::unavailable(error.to_string())
             })?;
             let Some(key) = key else {
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
-            let at = now;
-            let now = self.0.clock.utc(now);
+            let now = self.0.clock.utc(at);
             if key.authorizes_admin(now) {
                 let client = ClientInfo {
                     ip: request.client_ip,
@@ -413,12 +410,7 @@ pub fn identity(key: &ApiKey) -> Identity {
         organization_id: key.organization_id.clone(),
         workspace_id: key.workspace_id.clone(),
         name: key.name.clone(),
-        scopes: key
-            .scopes
-            .as_slice()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        scopes: key.scopes.to_strings(),
         metadata: key.metadata.as_map().clone(),
         user_id: key.user_id.clone(),
         service_account_id: key.service_account_id.clone(),
@@ -520,19 +512,19 @@ impl Clock {
     fn anchor(&self) {
         // The monotonic reading first: a pause between the two reads then
         // makes this clock run early, so keys expire early, never late.
-        let since = micros(self.started.elapsed());
+        let since = self.since_start(Instant::now());
         let utc = Utc::now().timestamp_micros();
         self.anchor.store(utc - since, Ordering::Relaxed);
     }
 
-    fn millis_since_start(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    /// Microseconds from the clock's start to `at`.
+    fn since_start(&self, at: Instant) -> i64 {
+        micros(at.saturating_duration_since(self.started))
     }
 
     fn utc(&self, at: Instant) -> DateTime<Utc> {
-        let since = micros(at.saturating_duration_since(self.started));
-        DateTime::from_timestamp_micros(self.anchor.load(Ordering::Relaxed).saturating_add(since))
-            .unwrap_or_else(Utc::now)
+        let micros = self.anchor.load(Ordering::Relaxed) + self.since_start(at);
+        DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
     }
 }
 

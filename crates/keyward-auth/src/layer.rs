@@ -169,7 +169,9 @@ where
         let validator = Arc::clone(&self.validator);
         Box::pin(async move {
             let grpc = is_grpc(&request);
-            let Some((header, key)) = extract_key(&request, config.source) else {
+            let Some((header, key)) =
+                presented_key(config.source, |name| header_str(&request, name))
+            else {
                 return Ok(deny(grpc, Denial::Unauthenticated));
             };
             let required = config
@@ -216,16 +218,21 @@ fn header_str<'r, B>(request: &'r Request<B>, name: &HeaderName) -> Option<&'r s
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The key and the header it came from.
-fn extract_key<B>(request: &Request<B>, source: CredentialSource) -> Option<(HeaderName, &str)> {
+/// The key a request presents, and the header it came in, by the rule of
+/// `source`: `authorization: Bearer <key>` and/or `x-api-key: <key>`.
+/// `header` looks a header's value up by its name. keyward's Envoy ext_authz
+/// service reads credentials with it too, so both read them alike.
+pub fn presented_key<'a>(
+    source: CredentialSource,
+    header: impl Fn(&HeaderName) -> Option<&'a str>,
+) -> Option<(HeaderName, &'a str)> {
     let bearer = || {
-        let value = header_str(request, &AUTHORIZATION)?;
-        let (scheme, token) = value.split_once(' ')?;
+        let (scheme, token) = header(&AUTHORIZATION)?.split_once(' ')?;
         scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| (AUTHORIZATION, token.trim()))
     };
-    let api_key = || header_str(request, &X_API_KEY).map(|v| (X_API_KEY, v.trim()));
+    let api_key = || header(&X_API_KEY).map(|v| (X_API_KEY, v.trim()));
     match source {
         CredentialSource::BearerOrApiKey => bearer().or_else(api_key),
         CredentialSource::Bearer => bearer(),

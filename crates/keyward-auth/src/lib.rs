@@ -48,7 +48,7 @@ mod remote;
 mod validator;
 
 pub use keyward_core::Scope;
-pub use layer::{CredentialSource, KeywardAuth, KeywardAuthLayer};
+pub use layer::{CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
 #[cfg(feature = "remote")]
 pub use remote::{
     DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_CACHE_TTL, DEFAULT_TIMEOUT, RemoteValidator,

@@ -8,7 +8,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keyward_core::PresentedKey;
+// keyward's limits on the usage data sent along: longer values would make
+// keyward reject the whole call as INVALID_ARGUMENT.
+use keyward_core::{MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, PresentedKey};
 use tonic::transport::Channel;
 
 use self::cache::{VerdictCache, cache_key};
@@ -36,11 +38,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(5);
 /// The default number of cached verdicts.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
-
-/// keyward's limits on the usage data sent along (longer values would make
-/// keyward reject the whole call as INVALID_ARGUMENT).
-const MAX_CLIENT_IP_CHARS: usize = 64;
-const MAX_USER_AGENT_CHARS: usize = 512;
 
 /// A [`Validator`] that asks a keyward server, for product services.
 ///

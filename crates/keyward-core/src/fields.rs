@@ -27,8 +27,13 @@ pub const MAX_NAME_CHARS: usize = 128;
 pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 /// Maximum characters of one scope.
 pub const MAX_SCOPE_CHARS: usize = 128;
-/// Maximum number of scopes on one key.
+/// Maximum number of scopes on one key (and required by one validation).
 pub const MAX_SCOPES: usize = 64;
+/// Longest client IP address recorded as last-used data (an IPv6 address
+/// with a zone fits).
+pub const MAX_CLIENT_IP_CHARS: usize = 64;
+/// Longest user agent recorded as last-used data.
+pub const MAX_USER_AGENT_CHARS: usize = 512;
 /// Maximum number of metadata entries on one key.
 pub const MAX_METADATA_ENTRIES: usize = 32;
 /// Maximum characters of a metadata key.
@@ -238,6 +243,11 @@ impl Scopes {
     /// The scopes, sorted.
     pub fn as_slice(&self) -> &[Scope] {
         &self.0
+    }
+
+    /// The scopes as strings, as the wire and `Identity` carry them.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(|scope| scope.0.clone()).collect()
     }
 
     /// Whether every required scope is granted by some held scope.

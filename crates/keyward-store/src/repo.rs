@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use keyward_core::{
     Actor, ActorKind, ApiKey, Description, Environment, KeyId, KeyKind, KeyName, KeyStatus,
-    LookupHash, Metadata, OrganizationId, Scopes,
+    LookupHash, MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, Metadata, OrganizationId, Scopes,
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
@@ -188,10 +188,6 @@ pub struct UsageRecord {
 
 /// Name of the setting holding the lookup-hasher fingerprint.
 const HASHER_FINGERPRINT: &str = "lookup_hasher_fingerprint";
-/// Longest stored client IP (an IPv6 address with zone fits).
-const MAX_IP_CHARS: usize = 64;
-/// Longest stored user agent; longer ones are cut.
-const MAX_USER_AGENT_CHARS: usize = 512;
 /// Largest page.
 const MAX_PAGE: u32 = 1000;
 
@@ -841,7 +837,10 @@ impl Store {
                 let at = time::db(record.at);
                 api_keys::Entity::update_many()
                     .col_expr(C::LastUsedAt, Expr::value(at))
-                    .col_expr(C::LastUsedIp, Expr::value(cut(&record.ip, MAX_IP_CHARS)))
+                    .col_expr(
+                        C::LastUsedIp,
+                        Expr::value(cut(&record.ip, MAX_CLIENT_IP_CHARS)),
+                    )
                     .col_expr(
                         C::LastUsedUserAgent,
                         Expr::value(cut(&record.user_agent, MAX_USER_AGENT_CHARS)),
