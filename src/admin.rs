@@ -11,7 +11,7 @@ use keyward_core::{
     Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
     LookupHasher, Metadata, OptionalRef, OrganizationId, Scopes,
 };
-use keyward_store::{EventQuery, KeyPatch, ListQuery, NewKey, Store};
+use keyward_store::{EventQuery, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, from_timestamp};
@@ -21,7 +21,6 @@ use crate::validation::KeyValidator;
 
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_YEAR: i32 = 9999;
-const MAX_LIMIT: u32 = 1000;
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 const UPDATABLE: &[&str] = &[
@@ -91,9 +90,9 @@ fn parse_limit(violations: &mut Violations, limit: Option<i32>) -> u32 {
     match limit {
         None => DEFAULT_LIMIT,
         Some(n) => match u32::try_from(n) {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
             _ => {
-                violations.add("limit", format!("must be between 1 and {MAX_LIMIT}"));
+                violations.add("limit", format!("must be between 1 and {MAX_PAGE}"));
                 DEFAULT_LIMIT
             }
         },

@@ -105,7 +105,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
     /// Most keys held in the validation cache (eviction beyond it).
-    #[arg(long, env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(long, env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000, value_parser = at_least_one())]
     pub cache_capacity: usize,
     /// Longest a cached key is served before it is read again.
     #[arg(long, env = "KEYWARD_CACHE_MAX_AGE", default_value = "30s", value_parser = parse_interval)]
@@ -114,7 +114,8 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KEYWARD_NEGATIVE_CACHE_CAPACITY",
-        default_value_t = 100_000
+        default_value_t = 100_000,
+        value_parser = at_least_one()
     )]
     pub negative_cache_capacity: usize,
     /// How long an unknown key hash is remembered.
@@ -138,8 +139,8 @@ impl ServeArgs {
     pub fn validator_settings(&self) -> ValidatorSettings {
         ValidatorSettings {
             cache: CacheSettings {
-                capacity: self.cache_capacity.max(1),
-                negative_capacity: self.negative_cache_capacity.max(1),
+                capacity: self.cache_capacity,
+                negative_capacity: self.negative_cache_capacity,
                 negative_ttl: self.negative_cache_ttl,
                 max_age: self.cache_max_age,
             },
@@ -241,9 +242,17 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{raw:?} is too long")),
         _ => Err(format!("{raw:?} has an unknown unit; use ms, s or m")),
     }
+}
+
+/// A count that must be at least one (a capacity).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Parses a duration that must not be zero (an interval).
@@ -272,11 +281,28 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        for bad in ["", "5", "s", "1h", "-1s", "1.5s"] {
+        for bad in ["", "5", "s", "1h", "-1s", "1.5s", "307445734561825861m"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_interval("0ms").is_err());
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn capacities_must_be_at_least_one() {
+        for flag in ["--cache-capacity", "--negative-cache-capacity"] {
+            let error = Cli::try_parse_from(["keyward", "serve", flag, "0"])
+                .expect_err("a zero capacity is refused");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag}"
+            );
+            assert!(
+                Cli::try_parse_from(["keyward", "serve", flag, "1"]).is_ok(),
+                "{flag}"
+            );
+        }
     }
 }

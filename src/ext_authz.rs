@@ -23,7 +23,6 @@ use keyward_auth::{CredentialSource, presented_key};
 use keyward_core::{Scope, ValidationCode};
 use tonic::{Code, Request, Response, Status};
 
-use crate::error::ApiError;
 use crate::validation::{ClientInfo, KeyValidator};
 
 /// The `context_extensions` entry naming the scopes a route requires.
@@ -147,12 +146,13 @@ impl Authorization for ExtAuthz {
             ip: request.get_client_address().map(String::as_str),
             user_agent: headers.get("user-agent").map(String::as_str),
         };
-        let validation = match self.validator.validate(key, &required, client).await {
-            Ok(validation) => validation,
-            // Envoy denies when the check fails (failure_mode_allow: false).
-            Err(ApiError::Unavailable) => return Err(Status::unavailable("database unavailable")),
-            Err(other) => return Err(other.into()),
-        };
+        // UNAVAILABLE when the database is: Envoy then denies
+        // (failure_mode_allow: false).
+        let validation = self
+            .validator
+            .validate(key, &required, client)
+            .await
+            .map_err(Status::from)?;
         let response = match (validation.code, validation.key) {
             (ValidationCode::Valid, Some(key)) => {
                 let scopes = key

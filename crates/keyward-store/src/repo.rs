@@ -188,8 +188,8 @@ pub struct UsageRecord {
 
 /// Name of the setting holding the lookup-hasher fingerprint.
 const HASHER_FINGERPRINT: &str = "lookup_hasher_fingerprint";
-/// Largest page.
-const MAX_PAGE: u32 = 1000;
+/// Largest page a listing returns.
+pub const MAX_PAGE: u32 = 1000;
 
 impl Store {
     /// Connects to `url` (`sqlite://...`, `postgres://...`, `mysql://...`).
@@ -257,7 +257,7 @@ impl Store {
 
     /// Inserts a key and its `Created` event.
     pub async fn create_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
-        retry_conflicts(|| self.create_key_inner(key.clone()))
+        retry_conflicts(|| self.create_key_inner(&key))
             .await
             .map_err(StoreError::classify)
     }
@@ -440,7 +440,7 @@ impl Store {
         replacement: NewKey,
         grace: Duration,
     ) -> Result<(ApiKey, ApiKey), StoreError> {
-        retry_conflicts(|| self.rotate_key_inner(org, id, replacement.clone(), grace))
+        retry_conflicts(|| self.rotate_key_inner(org, id, &replacement, grace))
             .await
             .map_err(StoreError::classify)
     }
@@ -528,14 +528,14 @@ impl Store {
         }
     }
 
-    async fn create_key_inner(&self, key: NewKey) -> Result<ApiKey, StoreError> {
+    async fn create_key_inner(&self, key: &NewKey) -> Result<ApiKey, StoreError> {
         let txn = self.db.begin().await?;
         let result: Result<Outcome<ApiKey>, StoreError> = async {
             let mut chain = Chain::lock(&txn, key.organization_id.as_str()).await?;
             let now = time::now();
-            let row = new_row(&key, KeyId::generate(), None, now)?;
+            let row = new_row(key, KeyId::generate(), None, now)?;
             insert_key(&txn, &row).await?;
-            chain.append(&txn, created_event(&row, &key, now)).await?;
+            chain.append(&txn, created_event(&row, key, now)).await?;
             Ok(Outcome::Commit(key_from_row(row)?))
         }
         .await;
@@ -561,11 +561,7 @@ impl Store {
             filter = filter.add(any);
         } else if !query.include_archived {
             // Hide keys whose status is ARCHIVED (a revoked key stays visible).
-            filter = filter.add(
-                Condition::any()
-                    .add(C::RevokedAt.is_not_null())
-                    .add(C::ArchivedAt.is_null()),
-            );
+            filter = filter.add(status_condition(KeyStatus::Archived, now).not());
         }
         if let Some(workspace) = &query.workspace_id {
             filter = filter.add(C::WorkspaceId.eq(workspace.as_str()));
@@ -660,7 +656,9 @@ impl Store {
             DateTime<Utc>,
         ) -> Result<Option<(api_keys::Model, Changes)>, StoreError>,
     {
-        retry_conflicts(|| self.mutate_once(org, id, actor, event_type, &change)).await
+        retry_conflicts(|| self.mutate_once(org, id, actor, event_type, &change))
+            .await
+            .map_err(StoreError::classify)
     }
 
     async fn mutate_once<F>(
@@ -677,11 +675,7 @@ impl Store {
             DateTime<Utc>,
         ) -> Result<Option<(api_keys::Model, Changes)>, StoreError>,
     {
-        let txn = self
-            .db
-            .begin()
-            .await
-            .map_err(|err| StoreError::from(err).classify())?;
+        let txn = self.db.begin().await?;
         let result: Result<Outcome<ApiKey>, StoreError> = async {
             let mut chain = Chain::lock(&txn, org).await?;
             let current = load_key(&txn, org, id).await?;
@@ -708,7 +702,7 @@ impl Store {
             Ok(Outcome::Commit(key_from_row(next)?))
         }
         .await;
-        finish(txn, result).await.map_err(StoreError::classify)
+        finish(txn, result).await
     }
 
     async fn delete_key_inner(
@@ -721,9 +715,7 @@ impl Store {
         let result: Result<Outcome<()>, StoreError> = async {
             let mut chain = Chain::lock(&txn, org).await?;
             let current = load_key(&txn, org, id).await?;
-            api_keys::Entity::delete_many()
-                .filter(api_keys::Column::Id.eq(current.id.as_str()))
-                .filter(api_keys::Column::OrganizationId.eq(org))
+            api_keys::Entity::delete_by_id(current.id.as_str())
                 .exec(&txn)
                 .await?;
             chain
@@ -749,7 +741,7 @@ impl Store {
         &self,
         org: &str,
         id: &KeyId,
-        replacement: NewKey,
+        replacement: &NewKey,
         grace: Duration,
     ) -> Result<(ApiKey, ApiKey), StoreError> {
         if replacement.organization_id.as_str() != org {
@@ -771,7 +763,7 @@ impl Store {
             }
             let now = time::now();
 
-            let new = new_row(&replacement, KeyId::generate(), Some(old.id.clone()), now)?;
+            let new = new_row(replacement, KeyId::generate(), Some(old.id.clone()), now)?;
             insert_key(&txn, &new).await?;
 
             // A grace period too large to represent leaves the expiry as it was.
@@ -790,7 +782,7 @@ impl Store {
 
             let actor = &replacement.created_by;
             chain
-                .append(&txn, created_event(&new, &replacement, now))
+                .append(&txn, created_event(&new, replacement, now))
                 .await?;
             chain
                 .append(
