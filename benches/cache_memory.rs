@@ -1,4 +1,4 @@
-//! Resident memory per cached key (SPEC.md §6 "bounded memory"; figures in
+//! Resident memory per cached key (the cache is bounded; figures in
 //! BENCHMARKS.md):
 //!
 //!   cargo bench --bench cache_memory                 # 100,000 keys (the default capacity)

@@ -1,4 +1,4 @@
-//! `ListKeys` page latency at depth over a seeded database (SPEC.md §10;
+//! `ListKeys` page latency at depth over a seeded database (target <= 10 ms;
 //! figures in BENCHMARKS.md). In process: `Store::list_keys`, the query and
 //! row decoding `ListKeys` runs, without gRPC (scripts/bench-listkeys.sh adds
 //! the same pages through a running server).

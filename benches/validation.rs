@@ -1,4 +1,4 @@
-//! The in-process validation path (SPEC.md §6, §10; figures in BENCHMARKS.md):
+//! The in-process validation path (figures and targets in BENCHMARKS.md):
 //!
 //!   cargo bench --bench validation                 # full run (a few minutes)
 //!   cargo bench --bench validation -- --test       # each benchmark once

@@ -3,9 +3,12 @@
 //! Envoy (and keyward, as its ext_authz) dominate the measured time.
 //!
 //! ```text
-//! cargo build --release --example bench_upstream
+//! rustc --edition 2021 -C opt-level=3 -o target/release/examples/bench_upstream examples/bench_upstream.rs
 //! target/release/examples/bench_upstream 127.0.0.1:8080
 //! ```
+//!
+//! (The script compiles it with `rustc` directly: `cargo build --example`
+//! would also build the root package's dev-dependencies.)
 //!
 //! Standard library only, one thread per connection (Envoy opens a handful).
 //! A benchmark tool: not part of the keyward binary.

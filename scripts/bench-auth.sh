@@ -6,7 +6,7 @@
 #   bash scripts/bench-auth.sh --quick    # smoke run (CI): debug binaries, 1 s loads, nothing judged
 #
 # 1. orders-service (examples/) protected by KeywardAuthLayer + RemoteValidator
-#    (warm verdict cache: keyward's 1 s hint, refreshed by one ValidateKey per
+#    (warm verdict cache: keyward's 750 ms hint, so about one ValidateKey a
 #    second) vs the same binary with --no-auth; unary GetOrder, saturating
 #    load, in alternating rounds (BENCH_ROUNDS).
 # 2. Envoy with keyward as ext_authz (deploy/envoy/envoy.yaml, ports rewritten)
@@ -19,7 +19,7 @@
 # keyward on a temporary SQLite database, makes the keys, runs the four loads
 # and prints a summary table: req/s, p50/p99 from h2load's per-request log, and
 # the CPU time the servers used per request (from /proc). The load takes about
-# a minute; every process the script starts is stopped on exit.
+# two minutes; every process the script starts is stopped on exit.
 # With 2+ CPUs the servers (keyward, orders-service, Envoy, upstream) share
 # CPU 0 and h2load gets CPU 1, so the load generator does not compete with what
 # it measures; BENCH_PIN=0 turns that off. Other load on the machine skews the
@@ -45,7 +45,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "bench-auth: unknown argument $arg" >&2; exit 2 ;;
   esac
 done

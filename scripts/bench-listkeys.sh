@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ListKeys page latency over 1,000,000 keys, at depth 0 and at depth 900,000
-# (SPEC.md §10: <= 10 ms per page of 100 at any depth; BENCHMARKS.md):
+# (target: <= 10 ms per page of 100 at any depth; BENCHMARKS.md):
 #
 #   bash scripts/bench-listkeys.sh            # 1,000,000 keys
 #   bash scripts/bench-listkeys.sh --quick    # 10,000 keys, debug build (CI smoke run)

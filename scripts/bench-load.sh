@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ValidateKey vs grpc.health.v1.Health/Check on the same running keyward, at
 # the same concurrency, from a separate process (h2load), on loopback only
-# (SPEC.md §10: ValidateKey >= 90% of Health/Check throughput; BENCHMARKS.md):
+# (target: ValidateKey >= 90% of Health/Check throughput; BENCHMARKS.md):
 #
 #   bash scripts/bench-load.sh            # full run, prints the table and the ratio
 #   bash scripts/bench-load.sh --quick    # smoke run (CI): a few hundred requests, nothing judged

@@ -285,7 +285,7 @@ async fn errors(app: &TestApp) {
     let generated = verbose.clone().run().await.success();
     let id = response_header(&generated.stdout, "x-request-id")
         .unwrap_or_else(|| panic!("x-request-id is a response header: {generated}"));
-    assert!(!id.is_empty(), "{generated}");
+    assert_eq!(id.len(), 26, "a ULID: {generated}");
 
     // ...or echoed.
     let echoed = verbose

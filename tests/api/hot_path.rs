@@ -1,4 +1,4 @@
-//! The validation hot path (SPEC §6) end to end:
+//! The validation hot path end to end:
 //! - 10,000 validations of one key write nothing per call (PostgreSQL's own
 //!   row counters), and last-used data shows after a flush;
 //! - two real `keyward serve` processes on one database see each other's
@@ -434,7 +434,7 @@ mod no_write_per_validation {
 // 2. Two `keyward serve` processes on one database.
 // ---------------------------------------------------------------------------
 
-/// SPEC §6 and §10: a change on one replica shows on another within this.
+/// A change on one replica shows on another within this.
 const PROPAGATION: Duration = Duration::from_secs(1);
 /// How long a late change is still waited for, so the report can say how late.
 const GIVE_UP: Duration = Duration::from_secs(10);

@@ -173,6 +173,12 @@ async fn a_validator_that_cannot_answer_refuses_every_call() {
         .await
         .expect_err("the validator is down");
     assert_eq!(status.code(), Code::Unavailable);
+    let status = app
+        .client
+        .get_order(with_key("down", GetOrderRequest { id: "ord_1".into() }))
+        .await
+        .expect_err("the validator is down");
+    assert_eq!(status.code(), Code::Unavailable);
 }
 
 #[tokio::test]
