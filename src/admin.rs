@@ -11,7 +11,7 @@ use keyward_core::{
     Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
     LookupHasher, Metadata, OptionalRef, OrganizationId, Scopes,
 };
-use keyward_store::{EventQuery, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
+use keyward_store::{EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, from_timestamp};
@@ -192,15 +192,11 @@ impl KeyAdminService for AdminApi {
             organization_id: OrganizationId::parse(&caller.organization_id)
                 .map_err(|e| ApiError::Internal(format!("stored organization id: {e}")))?,
             workspace_id: workspace_id.expect(PARSED),
-            kind,
-            environment,
             name: name.expect(PARSED),
             description: description.expect(PARSED),
             scopes: scopes.expect(PARSED),
             metadata: metadata.expect(PARSED),
-            lookup_hash: self.hasher.hash(&secret),
-            prefix: secret.display_prefix(),
-            partial_key_hint: secret.partial_hint(),
+            secret: KeyMaterial::new(&self.hasher, &secret),
             created_by: caller.actor,
             user_id: user_id.expect(PARSED),
             service_account_id: service_account_id.expect(PARSED),
@@ -464,30 +460,18 @@ impl KeyAdminService for AdminApi {
             .get_key(&caller.organization_id, &id)
             .await
             .map_err(ApiError::from)?;
+        // Kind and environment never change, so reading them outside the
+        // store's transaction is safe; every other field is copied there.
         let secret = ApiKeySecret::generate(old.kind, old.environment);
-        let replacement = NewKey {
-            organization_id: OrganizationId::parse(&old.organization_id)
-                .map_err(|e| ApiError::Internal(format!("stored organization id: {e}")))?,
-            workspace_id: old.workspace_id,
-            kind: old.kind,
-            environment: old.environment,
-            name: KeyName::parse(&old.name)
-                .map_err(|e| ApiError::Internal(format!("stored name: {e}")))?,
-            description: Description::parse(&old.description)
-                .map_err(|e| ApiError::Internal(format!("stored description: {e}")))?,
-            scopes: old.scopes,
-            metadata: old.metadata,
-            lookup_hash: self.hasher.hash(&secret),
-            prefix: secret.display_prefix(),
-            partial_key_hint: secret.partial_hint(),
-            created_by: caller.actor,
-            user_id: old.user_id,
-            service_account_id: old.service_account_id,
-            expires_at: None,
-        };
         let (new_key, old_key) = self
             .store
-            .rotate_key(&caller.organization_id, &id, replacement, grace)
+            .rotate_key(
+                &caller.organization_id,
+                &id,
+                KeyMaterial::new(&self.hasher, &secret),
+                &caller.actor,
+                grace,
+            )
             .await
             .map_err(ApiError::from)?;
         self.validator.invalidate(&old_key.id);

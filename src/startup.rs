@@ -12,7 +12,7 @@ use keyward_core::{
     Actor, ActorKind, ApiKeySecret, Description, Environment, KeyKind, KeyName, LookupHasher,
     Metadata, OrganizationId, Scopes,
 };
-use keyward_store::{NewKey, Store, StoreError};
+use keyward_store::{KeyMaterial, NewKey, Store, StoreError};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -254,15 +254,11 @@ pub async fn bootstrap(
         .create_key(NewKey {
             organization_id: organization,
             workspace_id: None,
-            kind: KeyKind::Admin,
-            environment: Environment::Live,
             name,
             description: Description::default(),
             scopes: Scopes::default(),
             metadata: Metadata::default(),
-            lookup_hash: hasher.hash(&secret),
-            prefix: secret.display_prefix(),
-            partial_key_hint: secret.partial_hint(),
+            secret: KeyMaterial::new(hasher, &secret),
             created_by: Actor {
                 kind: ActorKind::ServiceAccount,
                 id: "cli".to_owned(),

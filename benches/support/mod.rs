@@ -12,7 +12,7 @@ use keyward_core::{
     LookupHasher, Metadata, OrganizationId, Scope, Scopes,
 };
 use keyward_store::entity::api_keys;
-use keyward_store::{NewKey, Store};
+use keyward_store::{KeyMaterial, NewKey, Store};
 use sea_orm::{EntityTrait, IntoActiveModel, TransactionTrait};
 
 /// The organization every seeded key belongs to.
@@ -95,15 +95,11 @@ pub async fn create_key(store: &Store, name: &str) -> (ApiKeySecret, keyward_cor
         .create_key(NewKey {
             organization_id: OrganizationId::parse(ORG).expect("org id"),
             workspace_id: None,
-            kind: KeyKind::Standard,
-            environment: Environment::Live,
             name: KeyName::parse(name).expect("name"),
             description: Description::default(),
             scopes: Scopes::parse(&SCOPES).expect("scopes"),
             metadata: Metadata::default(),
-            lookup_hash: LookupHasher::derived().hash(&secret),
-            prefix: secret.display_prefix(),
-            partial_key_hint: secret.partial_hint(),
+            secret: KeyMaterial::new(&LookupHasher::derived(), &secret),
             created_by: Actor {
                 kind: ActorKind::User,
                 id: "bench".into(),

@@ -30,7 +30,7 @@ use keyward_core::{
     Metadata, OrganizationId, Scopes, ValidationCode,
 };
 use keyward_store::testing::{Backend, TestDatabase};
-use keyward_store::{NewKey, Store};
+use keyward_store::{KeyMaterial, NewKey, Store};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -189,15 +189,11 @@ async fn insert_key(store: &Store, hasher: &LookupHasher, name: &str) -> String 
         .create_key(NewKey {
             organization_id: OrganizationId::parse("acme").expect("a valid organization"),
             workspace_id: None,
-            kind: KeyKind::Standard,
-            environment: Environment::Live,
             name: KeyName::parse(name).expect("a valid name"),
             description: Description::default(),
             scopes: Scopes::default(),
             metadata: Metadata::default(),
-            lookup_hash: hasher.hash(&secret),
-            prefix: secret.display_prefix(),
-            partial_key_hint: secret.partial_hint(),
+            secret: KeyMaterial::new(hasher, &secret),
             created_by: Actor {
                 kind: ActorKind::ServiceAccount,
                 id: "hot-path-test".to_owned(),

@@ -17,6 +17,6 @@ mod time;
 pub use audit::{AuditReport, BrokenLink};
 pub use error::StoreError;
 pub use repo::{
-    EventPage, EventQuery, EventType, KeyEvent, KeyPage, KeyPatch, ListQuery, MAX_PAGE, NewKey,
-    Page, Store, UsageRecord,
+    EventPage, EventQuery, EventType, KeyEvent, KeyMaterial, KeyPage, KeyPatch, ListQuery,
+    MAX_PAGE, NewKey, Page, Store, UsageRecord,
 };

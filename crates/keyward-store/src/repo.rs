@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyward_core::{
-    Actor, ActorKind, ApiKey, Description, Environment, KeyId, KeyKind, KeyName, KeyStatus,
-    LookupHash, MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, Metadata, OrganizationId, Scopes,
+    Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
+    KeyStatus, LookupHash, LookupHasher, MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, Metadata,
+    OrganizationId, Scopes,
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
@@ -30,6 +31,36 @@ pub struct Store {
     db: DatabaseConnection,
 }
 
+/// What the store keeps of a new key's secret: the kind and environment its
+/// prefix says, its lookup hash and the parts safe to show. The raw key never
+/// reaches the store.
+#[derive(Debug, Clone)]
+pub struct KeyMaterial {
+    /// Standard or admin, as the secret's prefix says.
+    pub kind: KeyKind,
+    /// Live or test, as the secret's prefix says.
+    pub environment: Environment,
+    /// BLAKE3 lookup hash of the raw key.
+    pub lookup_hash: LookupHash,
+    /// First 12 characters of the raw key.
+    pub prefix: String,
+    /// Partial hint of the raw key.
+    pub partial_key_hint: String,
+}
+
+impl KeyMaterial {
+    /// The material of `secret`, hashed with `hasher`.
+    pub fn new(hasher: &LookupHasher, secret: &ApiKeySecret) -> Self {
+        Self {
+            kind: secret.kind(),
+            environment: secret.environment(),
+            lookup_hash: hasher.hash(secret),
+            prefix: secret.display_prefix(),
+            partial_key_hint: secret.partial_hint(),
+        }
+    }
+}
+
 /// A key to insert. The lookup hash is computed by the caller from the raw key,
 /// which never reaches the store.
 #[derive(Debug, Clone)]
@@ -38,10 +69,6 @@ pub struct NewKey {
     pub organization_id: OrganizationId,
     /// Optional workspace.
     pub workspace_id: Option<String>,
-    /// Standard or admin.
-    pub kind: KeyKind,
-    /// Live or test.
-    pub environment: Environment,
     /// Required name.
     pub name: KeyName,
     /// Free text (may be empty).
@@ -50,12 +77,8 @@ pub struct NewKey {
     pub scopes: Scopes,
     /// Metadata.
     pub metadata: Metadata,
-    /// BLAKE3 lookup hash of the raw key.
-    pub lookup_hash: LookupHash,
-    /// First 12 characters of the raw key.
-    pub prefix: String,
-    /// Partial hint of the raw key.
-    pub partial_key_hint: String,
+    /// Its secret's kind, environment, lookup hash and display parts.
+    pub secret: KeyMaterial,
     /// Who creates it.
     pub created_by: Actor,
     /// The user the key acts for.
@@ -428,19 +451,23 @@ impl Store {
             .map_err(StoreError::classify)
     }
 
-    /// Inserts `replacement` (copying nothing itself: the caller fills it from
-    /// the old key) with `rotated_from_id = id`, sets the old key's expiry to
-    /// `min(existing expiry, now + grace)`, and records `Created` on the new key
-    /// and `Rotated` on the old, in one transaction. Revoked or archived old key:
-    /// `FailedPrecondition`. Returns (new key, updated old key).
+    /// Inserts a new key with the secret `material`, made by `actor`, that
+    /// copies the old key's fields as they are under the transaction's lock
+    /// (name, description, scopes, metadata, workspace, user, service
+    /// account; kind and environment, which never change), with
+    /// `rotated_from_id = id`; sets the old key's expiry to
+    /// `min(existing expiry, now + grace)`; and records `Created` on the new
+    /// key and `Rotated` on the old, in one transaction. Revoked or archived
+    /// old key: `FailedPrecondition`. Returns (new key, updated old key).
     pub async fn rotate_key(
         &self,
         org: &str,
         id: &KeyId,
-        replacement: NewKey,
+        material: KeyMaterial,
+        actor: &Actor,
         grace: Duration,
     ) -> Result<(ApiKey, ApiKey), StoreError> {
-        retry_conflicts(|| self.rotate_key_inner(org, id, &replacement, grace))
+        retry_conflicts(|| self.rotate_key_inner(org, id, &material, actor, grace))
             .await
             .map_err(StoreError::classify)
     }
@@ -533,9 +560,11 @@ impl Store {
         let result: Result<Outcome<ApiKey>, StoreError> = async {
             let mut chain = Chain::lock(&txn, key.organization_id.as_str()).await?;
             let now = time::now();
-            let row = new_row(key, KeyId::generate(), None, now)?;
+            let row = new_row(key, now)?;
             insert_key(&txn, &row).await?;
-            chain.append(&txn, created_event(&row, key, now)).await?;
+            chain
+                .append(&txn, created_event(&row, &key.created_by, now)?)
+                .await?;
             Ok(Outcome::Commit(key_from_row(row)?))
         }
         .await;
@@ -741,14 +770,10 @@ impl Store {
         &self,
         org: &str,
         id: &KeyId,
-        replacement: &NewKey,
+        material: &KeyMaterial,
+        actor: &Actor,
         grace: Duration,
     ) -> Result<(ApiKey, ApiKey), StoreError> {
-        if replacement.organization_id.as_str() != org {
-            return Err(StoreError::FailedPrecondition(
-                "the replacement key must belong to the same organization".into(),
-            ));
-        }
         let txn = self.db.begin().await?;
         let result: Result<Outcome<(ApiKey, ApiKey)>, StoreError> = async {
             let mut chain = Chain::lock(&txn, org).await?;
@@ -761,9 +786,34 @@ impl Store {
                     "key is archived and cannot be rotated; reactivate it first".into(),
                 ));
             }
+            if material.kind.as_str() != old.kind
+                || material.environment.as_str() != old.environment
+            {
+                return Err(StoreError::FailedPrecondition(
+                    "a rotated key keeps its kind and environment".into(),
+                ));
+            }
             let now = time::now();
 
-            let new = new_row(replacement, KeyId::generate(), Some(old.id.clone()), now)?;
+            let new = api_keys::Model {
+                id: KeyId::generate().as_str().to_owned(),
+                lookup_hash: material.lookup_hash.to_hex(),
+                prefix: material.prefix.clone(),
+                partial_key_hint: material.partial_key_hint.clone(),
+                disabled: false,
+                created_at: time::db(now),
+                updated_at: time::db(now),
+                created_by_type: actor.kind.as_str().to_owned(),
+                created_by_id: actor.id.clone(),
+                expires_at: None,
+                last_used_at: None,
+                last_used_ip: None,
+                last_used_user_agent: None,
+                archived_at: None,
+                revoked_at: None,
+                rotated_from_id: Some(old.id.clone()),
+                ..old.clone()
+            };
             insert_key(&txn, &new).await?;
 
             // A grace period too large to represent leaves the expiry as it was.
@@ -780,10 +830,7 @@ impl Store {
             next_old.updated_at = time::db(now);
             update_row(&txn, &old, &next_old).await?;
 
-            let actor = &replacement.created_by;
-            chain
-                .append(&txn, created_event(&new, replacement, now))
-                .await?;
+            chain.append(&txn, created_event(&new, actor, now)?).await?;
             chain
                 .append(
                     &txn,
@@ -987,25 +1034,20 @@ async fn update_row<C: ConnectionTrait>(
 }
 
 /// The row of a new key.
-fn new_row(
-    key: &NewKey,
-    id: KeyId,
-    rotated_from: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<api_keys::Model, StoreError> {
+fn new_row(key: &NewKey, now: DateTime<Utc>) -> Result<api_keys::Model, StoreError> {
     Ok(api_keys::Model {
-        id: id.as_str().to_owned(),
+        id: KeyId::generate().as_str().to_owned(),
         organization_id: key.organization_id.as_str().to_owned(),
         workspace_id: key.workspace_id.clone(),
-        kind: key.kind.as_str().to_owned(),
-        environment: key.environment.as_str().to_owned(),
+        kind: key.secret.kind.as_str().to_owned(),
+        environment: key.secret.environment.as_str().to_owned(),
         name: key.name.as_str().to_owned(),
         description: key.description.as_str().to_owned(),
         scopes: scopes_json(&key.scopes)?,
         metadata: metadata_json(&key.metadata)?,
-        lookup_hash: key.lookup_hash.to_hex(),
-        prefix: key.prefix.clone(),
-        partial_key_hint: key.partial_key_hint.clone(),
+        lookup_hash: key.secret.lookup_hash.to_hex(),
+        prefix: key.secret.prefix.clone(),
+        partial_key_hint: key.secret.partial_key_hint.clone(),
         disabled: false,
         created_at: time::db(now),
         updated_at: time::db(now),
@@ -1019,7 +1061,7 @@ fn new_row(
         last_used_user_agent: None,
         archived_at: None,
         revoked_at: None,
-        rotated_from_id: rotated_from,
+        rotated_from_id: None,
     })
 }
 
@@ -1027,17 +1069,21 @@ fn new_row(
 /// lookup hash and the partial hint stay out of the audit log.
 fn created_event<'a>(
     row: &'a api_keys::Model,
-    key: &'a NewKey,
+    actor: &'a Actor,
     now: DateTime<Utc>,
-) -> NewEvent<'a> {
+) -> Result<NewEvent<'a>, StoreError> {
+    let stored = |what: &str, text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| StoreError::Corrupt(format!("api key {}: {what}: {e}", row.id)))
+    };
     let mut changes = Changes::from([
         ("name", json!(row.name)),
         ("description", json!(row.description)),
         ("kind", json!(row.kind)),
         ("environment", json!(row.environment)),
         ("prefix", json!(row.prefix)),
-        ("scopes", scopes_value(&key.scopes)),
-        ("metadata", json!(key.metadata.as_map())),
+        ("scopes", stored("scopes", &row.scopes)?),
+        ("metadata", stored("metadata", &row.metadata)?),
     ]);
     let optional = [
         ("workspace_id", &row.workspace_id),
@@ -1053,14 +1099,14 @@ fn created_event<'a>(
     if row.expires_at.is_some() {
         changes.insert("expires_at", time_value(row.expires_at.map(time::utc)));
     }
-    NewEvent {
+    Ok(NewEvent {
         key_id: &row.id,
         event_type: EventType::Created.as_str(),
-        actor_type: key.created_by.kind.as_str(),
-        actor_id: &key.created_by.id,
+        actor_type: actor.kind.as_str(),
+        actor_id: &actor.id,
         at: now,
         changes,
-    }
+    })
 }
 
 /// Splits `limit + 1` fetched rows into a page and whether more exist, and

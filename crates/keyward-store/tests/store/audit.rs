@@ -3,7 +3,7 @@
 use keyward_store::{KeyPatch, Store};
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{events, new_key, user};
+use crate::helpers::{events, material, new_key, user};
 
 /// Some history in two organizations; returns the seqs of `acme`'s events, oldest first.
 async fn history(store: &Store) -> Vec<i64> {
@@ -28,7 +28,7 @@ async fn history(store: &Store) -> Vec<i64> {
             .await
             .expect("update");
         store
-            .rotate_key(org, &b.id, new_key(org, "b"), std::time::Duration::ZERO)
+            .rotate_key(org, &b.id, material(), &admin, std::time::Duration::ZERO)
             .await
             .expect("rotate");
         store.delete_key(org, &a.id, &admin).await.expect("delete");

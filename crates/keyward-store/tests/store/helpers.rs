@@ -7,7 +7,7 @@ use keyward_core::{
     Actor, ActorKind, ApiKeySecret, Description, Environment, KeyKind, KeyName, LookupHasher,
     Metadata, OrganizationId, Scopes,
 };
-use keyward_store::{EventQuery, KeyEvent, NewKey, Store};
+use keyward_store::{EventQuery, KeyEvent, KeyMaterial, NewKey, Store};
 
 /// A user actor.
 pub fn user(id: &str) -> Actor {
@@ -23,20 +23,22 @@ pub fn new_key(org: &str, name: &str) -> NewKey {
     NewKey {
         organization_id: OrganizationId::parse(org).expect("test organization ids are valid"),
         workspace_id: None,
-        kind: KeyKind::Standard,
-        environment: Environment::Live,
         name: KeyName::parse(name).expect("test names are valid"),
         description: Description::default(),
         scopes: Scopes::parse(&["orders:read"]).expect("test scopes are valid"),
         metadata: Metadata::default(),
-        lookup_hash: LookupHasher::derived().hash(&secret),
-        prefix: secret.display_prefix(),
-        partial_key_hint: secret.partial_hint(),
+        secret: KeyMaterial::new(&LookupHasher::derived(), &secret),
         created_by: user("creator"),
         user_id: None,
         service_account_id: None,
         expires_at: None,
     }
+}
+
+/// The material of a fresh standard live secret, for rotations.
+pub fn material() -> KeyMaterial {
+    let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+    KeyMaterial::new(&LookupHasher::derived(), &secret)
 }
 
 /// Every event of `org`, newest first.

@@ -54,8 +54,8 @@ keyward_store::store_test!(create_get_and_cross_org_not_found, |store| async mov
 keyward_store::store_test!(every_field_round_trips, |store| async move {
     let mut key = new_key("acme", &"é".repeat(128));
     key.workspace_id = Some("ws_1".into());
-    key.kind = KeyKind::Admin;
-    key.environment = Environment::Test;
+    key.secret.kind = KeyKind::Admin;
+    key.secret.environment = Environment::Test;
     key.description = Description::parse("two\nlines\tand ünïcode 🔑").expect("valid");
     key.scopes = Scopes::parse(&["orders:*", "billing:read"]).expect("valid");
     key.metadata = Metadata::from_trusted(BTreeMap::from([
@@ -80,8 +80,8 @@ keyward_store::store_test!(every_field_round_trips, |store| async move {
     assert_eq!(created.user_id.as_deref(), Some("user@example.com"));
     assert_eq!(created.service_account_id.as_deref(), Some("sa:deployer"));
     assert_eq!(created.expires_at, Some(micros(expires)));
-    assert_eq!(created.prefix, key.prefix);
-    assert_eq!(created.partial_key_hint, key.partial_key_hint);
+    assert_eq!(created.prefix, key.secret.prefix);
+    assert_eq!(created.partial_key_hint, key.secret.partial_key_hint);
     assert_eq!(created.created_by, key.created_by);
     assert_eq!(created.rotated_from_id, None);
 
@@ -98,7 +98,7 @@ keyward_store::store_test!(every_field_round_trips, |store| async move {
 
 keyward_store::store_test!(find_by_lookup_hash, |store| async move {
     let key = new_key("acme", "validated");
-    let hash = key.lookup_hash;
+    let hash = key.secret.lookup_hash;
     let created = store.create_key(key).await.expect("create");
     let found = store
         .find_by_lookup_hash(&hash)

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyward_core::{KeyName, KeyStatus, Metadata, Scopes};
+use keyward_core::{Environment, KeyKind, KeyName, KeyStatus, Metadata, Scopes};
 use keyward_store::{EventType, KeyPatch, StoreError};
 
-use crate::helpers::{close, events, new_key, user};
+use crate::helpers::{close, events, material, new_key, user};
 
 const SLACK: Duration = Duration::from_secs(60);
 
@@ -272,7 +272,7 @@ keyward_store::store_test!(other_organizations_get_not_found, |store| async move
             .err(),
         store.delete_key("globex", &key.id, &mallory).await.err(),
         store
-            .rotate_key("globex", &key.id, new_key("globex", "k"), Duration::ZERO)
+            .rotate_key("globex", &key.id, material(), &mallory, Duration::ZERO)
             .await
             .err(),
     ];
@@ -329,13 +329,14 @@ keyward_store::store_test!(
             .create_key(new_key("acme", "service"))
             .await
             .expect("create");
-        let mut replacement = new_key("acme", "service");
-        replacement.created_by = user("rotator");
+        let replacement = material();
+        let rotator = user("rotator");
         let (new, old_after) = store
             .rotate_key(
                 "acme",
                 &old.id,
                 replacement.clone(),
+                &rotator,
                 Duration::from_secs(3600),
             )
             .await
@@ -370,7 +371,7 @@ keyward_store::store_test!(
         assert_eq!(log[1].changes["rotated_from_id"], format!("\"{}\"", old.id));
         assert_eq!(log[0].event_type, EventType::Rotated);
         assert_eq!(log[0].key_id, old.id);
-        assert_eq!(log[0].actor, replacement.created_by);
+        assert_eq!(log[0].actor, rotator);
         assert_eq!(log[0].changes["replaced_by"], format!("\"{}\"", new.id));
         assert!(log[0].changes["expires_at"].starts_with('"'));
 
@@ -379,7 +380,8 @@ keyward_store::store_test!(
             .rotate_key(
                 "acme",
                 &old.id,
-                new_key("acme", "service"),
+                material(),
+                &rotator,
                 Duration::from_secs(86_400),
             )
             .await
@@ -388,7 +390,7 @@ keyward_store::store_test!(
 
         // Grace zero: the old key expires at once.
         let (_, expired) = store
-            .rotate_key("acme", &new.id, new_key("acme", "service"), Duration::ZERO)
+            .rotate_key("acme", &new.id, material(), &rotator, Duration::ZERO)
             .await
             .expect("rotate with no grace");
         assert_eq!(expired.status(Utc::now()), KeyStatus::Expired);
@@ -400,6 +402,69 @@ keyward_store::store_test!(
                 .broken
                 .is_empty()
         );
+    }
+);
+
+keyward_store::store_test!(
+    rotate_refuses_a_secret_of_another_kind_or_environment,
+    |store| async move {
+        let admin = user("admin");
+        let key = store
+            .create_key(new_key("acme", "live standard"))
+            .await
+            .expect("create");
+        let before = events(&store, "acme").await.len();
+        for (kind, environment) in [
+            (KeyKind::Admin, Environment::Live),
+            (KeyKind::Standard, Environment::Test),
+        ] {
+            let mut replacement = material();
+            replacement.kind = kind;
+            replacement.environment = environment;
+            let hash = replacement.lookup_hash;
+            let result = store
+                .rotate_key("acme", &key.id, replacement, &admin, Duration::ZERO)
+                .await;
+            assert!(
+                matches!(result, Err(StoreError::FailedPrecondition(_))),
+                "{kind:?} {environment:?}: {result:?}"
+            );
+            assert_eq!(
+                store.find_by_lookup_hash(&hash).await.expect("lookup"),
+                None
+            );
+        }
+        assert_eq!(events(&store, "acme").await.len(), before);
+        assert_eq!(store.get_key("acme", &key.id).await.expect("get"), key);
+    }
+);
+
+keyward_store::store_test!(
+    rotate_copies_the_key_as_it_is_when_rotated,
+    |store| async move {
+        let admin = user("admin");
+        let old = store
+            .create_key(new_key("acme", "before"))
+            .await
+            .expect("create");
+        let patch = KeyPatch {
+            name: Some(KeyName::parse("after").expect("name")),
+            scopes: Some(Scopes::parse(&["orders:write"]).expect("scopes")),
+            ..KeyPatch::default()
+        };
+        let updated = store
+            .update_key("acme", &old.id, patch, &admin)
+            .await
+            .expect("update");
+        let (new, _) = store
+            .rotate_key("acme", &old.id, material(), &admin, Duration::ZERO)
+            .await
+            .expect("rotate");
+        assert_eq!(new.name, updated.name);
+        assert_eq!(new.scopes, updated.scopes);
+        assert_eq!(new.kind, updated.kind);
+        assert_eq!(new.environment, updated.environment);
+        assert_eq!(new.created_by, admin);
     }
 );
 
@@ -426,10 +491,10 @@ keyward_store::store_test!(
         let before = events(&store, "acme").await.len();
 
         for id in [&revoked.id, &archived.id] {
-            let replacement = new_key("acme", "new");
+            let replacement = material();
             let hash = replacement.lookup_hash;
             let result = store
-                .rotate_key("acme", id, replacement, Duration::from_secs(60))
+                .rotate_key("acme", id, replacement, &admin, Duration::from_secs(60))
                 .await;
             assert!(
                 matches!(result, Err(StoreError::FailedPrecondition(_))),
