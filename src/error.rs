@@ -30,6 +30,9 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound => Self::NotFound,
             StoreError::FailedPrecondition(reason) => Self::FailedPrecondition(reason),
+            too_many @ StoreError::TooManyKeys { .. } => {
+                Self::FailedPrecondition(too_many.to_string())
+            }
             StoreError::Unavailable(_) => Self::Unavailable,
             other @ (StoreError::HasherMismatch
             | StoreError::Database(_)

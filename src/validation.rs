@@ -350,16 +350,15 @@ async fn sync_once(
     let mut from = state.history.front().map_or(state.cursor, |(_, seq)| *seq);
     state.applied = state.applied.split_off(&(from + 1));
     loop {
-        let events = validator.store.events_after(from, BATCH).await?;
-        for event in &events {
+        let batch = validator.store.events_after(from, BATCH).await?;
+        for event in &batch.events {
             if state.applied.insert(event.seq) {
                 validator.apply(event);
             }
         }
-        let Some(last) = events.last() else { break };
-        from = last.seq;
-        state.cursor = state.cursor.max(last.seq);
-        if events.len() < BATCH as usize {
+        from = batch.last_seq;
+        state.cursor = state.cursor.max(batch.last_seq);
+        if !batch.has_more {
             break;
         }
     }

@@ -26,6 +26,7 @@
 //! events breaks `head_hash`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -36,7 +37,8 @@ use sea_orm::{
 };
 
 use crate::entity::{key_events, organizations};
-use crate::error::StoreError;
+use crate::error::Error;
+use crate::repo::deadline;
 use crate::time;
 
 /// The result of `Store::verify_audit`.
@@ -134,11 +136,11 @@ impl Chain {
     /// `SQLITE_BUSY` instead of waiting. The `UPDATE` changes no value
     /// (`event_count = event_count`): each append counts its own event, and
     /// a mutation that turns out to change nothing rolls back with no trace.
-    pub(crate) async fn lock<C: ConnectionTrait>(txn: &C, org: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn lock<C: ConnectionTrait>(txn: &C, org: &str) -> Result<Self, Error> {
         if !touch(txn, org).await? {
             insert_organization(txn, org).await?;
             if !touch(txn, org).await? {
-                return Err(StoreError::Database(DbErr::RecordNotFound(format!(
+                return Err(Error::Db(DbErr::RecordNotFound(format!(
                     "organization {org} vanished while being created"
                 ))));
             }
@@ -146,9 +148,7 @@ impl Chain {
         let row = organizations::Entity::find_by_id(org.to_owned())
             .one(txn)
             .await?
-            .ok_or_else(|| {
-                StoreError::Database(DbErr::RecordNotFound(format!("organization {org}")))
-            })?;
+            .ok_or_else(|| Error::Db(DbErr::RecordNotFound(format!("organization {org}"))))?;
         Ok(Self {
             organization_id: row.id,
             head: row.head_hash,
@@ -160,9 +160,9 @@ impl Chain {
         &mut self,
         txn: &C,
         event: NewEvent<'_>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let changes = serde_json::to_string(&event.changes)
-            .map_err(|e| StoreError::Corrupt(format!("event changes cannot be serialized: {e}")))?;
+            .map_err(|e| Error::corrupt(format!("event changes cannot be serialized: {e}")))?;
         let at = time::micros(event.at);
         let hash = event_hash(
             &self.head,
@@ -205,7 +205,7 @@ impl Chain {
 }
 
 /// Locks the organization's row without changing it; false if there is none.
-async fn touch<C: ConnectionTrait>(txn: &C, org: &str) -> Result<bool, StoreError> {
+async fn touch<C: ConnectionTrait>(txn: &C, org: &str) -> Result<bool, Error> {
     // Row counts are "rows matched" on every backend (sqlx asks MySQL for
     // CLIENT_FOUND_ROWS), so an unchanged row still counts.
     let result = organizations::Entity::update_many()
@@ -223,7 +223,7 @@ async fn touch<C: ConnectionTrait>(txn: &C, org: &str) -> Result<bool, StoreErro
 pub(crate) async fn insert_organization<C: ConnectionTrait>(
     db: &C,
     org: &str,
-) -> Result<(), StoreError> {
+) -> Result<(), Error> {
     organizations::Entity::insert(organizations::ActiveModel {
         id: Set(org.to_owned()),
         head_hash: Set(GENESIS_HASH.to_owned()),
@@ -237,28 +237,38 @@ pub(crate) async fn insert_organization<C: ConnectionTrait>(
 }
 
 /// Walks the chains of every organization (or only `org`).
+///
+/// Each statement has the deadline `step` rather than the whole walk one: a
+/// long chain legitimately takes long, a database that stops answering does not.
 pub(crate) async fn verify(
     db: &DatabaseConnection,
     org: Option<&str>,
-) -> Result<AuditReport, StoreError> {
+    step: Duration,
+) -> Result<AuditReport, Error> {
     let organizations = match org {
         Some(org) => vec![org.to_owned()],
         None => {
             // Organizations with a row, plus any that only have events (their
             // row was deleted: that is reported as a break).
-            let mut ids: Vec<String> = organizations::Entity::find()
-                .select_only()
-                .column(organizations::Column::Id)
-                .into_tuple()
-                .all(db)
-                .await?;
-            let with_events: Vec<String> = key_events::Entity::find()
-                .select_only()
-                .column(key_events::Column::OrganizationId)
-                .distinct()
-                .into_tuple()
-                .all(db)
-                .await?;
+            let mut ids: Vec<String> = deadline(
+                step,
+                organizations::Entity::find()
+                    .select_only()
+                    .column(organizations::Column::Id)
+                    .into_tuple()
+                    .all(db),
+            )
+            .await?;
+            let with_events: Vec<String> = deadline(
+                step,
+                key_events::Entity::find()
+                    .select_only()
+                    .column(key_events::Column::OrganizationId)
+                    .distinct()
+                    .into_tuple()
+                    .all(db),
+            )
+            .await?;
             ids.extend(with_events);
             ids.sort();
             ids.dedup();
@@ -268,7 +278,7 @@ pub(crate) async fn verify(
 
     let mut report = AuditReport::default();
     for org in organizations {
-        verify_organization(db, &org, &mut report).await?;
+        verify_organization(db, &org, step, &mut report).await?;
     }
     Ok(report)
 }
@@ -278,22 +288,28 @@ pub(crate) async fn verify(
 async fn verify_organization(
     db: &DatabaseConnection,
     org: &str,
+    step: Duration,
     report: &mut AuditReport,
-) -> Result<(), StoreError> {
+) -> Result<(), Error> {
     // SQLite has no isolation levels to set: a read transaction is a snapshot.
     let txn = if db.get_database_backend() == DbBackend::Sqlite {
-        db.begin().await?
+        deadline(step, db.begin()).await?
     } else {
-        db.begin_with_config(
-            Some(IsolationLevel::RepeatableRead),
-            Some(AccessMode::ReadOnly),
+        deadline(
+            step,
+            db.begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            ),
         )
         .await?
     };
 
-    let row = organizations::Entity::find_by_id(org.to_owned())
-        .one(&txn)
-        .await?;
+    let row = deadline(
+        step,
+        organizations::Entity::find_by_id(org.to_owned()).one(&txn),
+    )
+    .await?;
     let mut prev_hash = GENESIS_HASH.to_owned();
     let mut last_seq: Option<i64> = None;
     let mut count: i64 = 0;
@@ -307,7 +323,7 @@ async fn verify_organization(
         if let Some(seq) = last_seq {
             batch = batch.filter(key_events::Column::Seq.gt(seq));
         }
-        let events = batch.all(&txn).await?;
+        let events = deadline(step, batch.all(&txn)).await?;
         let done = (events.len() as u64) < VERIFY_BATCH;
         for event in events {
             report.events_checked += 1;
@@ -349,7 +365,7 @@ async fn verify_organization(
     }
 
     // Commit a read-only transaction: nothing to undo, and it ends the snapshot.
-    txn.commit().await?;
+    deadline(step, txn.commit()).await?;
 
     if row.is_none() && last_seq.is_none() {
         // Neither a row nor events: nothing by that id to check.

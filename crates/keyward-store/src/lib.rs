@@ -15,8 +15,8 @@ pub mod testing;
 mod time;
 
 pub use audit::{AuditReport, BrokenLink};
-pub use error::StoreError;
+pub use error::{Outage, StoreError};
 pub use repo::{
-    EventPage, EventQuery, EventType, KeyEvent, KeyMaterial, KeyPage, KeyPatch, ListQuery,
-    MAX_PAGE, NewKey, Page, Store, UsageRecord,
+    EventPage, EventQuery, EventType, FeedBatch, KeyEvent, KeyMaterial, KeyPage, KeyPatch,
+    ListQuery, MAX_PAGE, NewKey, Page, Store, StoreOptions, UsageRecord,
 };

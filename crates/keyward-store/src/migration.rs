@@ -7,6 +7,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_tables;
+mod m20261201_000001_create_feed;
 
 /// keyward's migrations, in order.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,7 +16,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_create_tables::Migration)]
+        vec![
+            Box::new(m20261123_000001_create_tables::Migration),
+            Box::new(m20261201_000001_create_feed::Migration),
+        ]
     }
 
     // Our own table name, so keyward can share a database with another

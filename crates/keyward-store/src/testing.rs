@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
-use crate::Store;
+use crate::{Store, StoreOptions};
 
 /// Admin URL of the PostgreSQL server used by tests, unless `KEYWARD_TEST_POSTGRES_URL` is set.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -168,10 +168,19 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_with(backend, StoreOptions::default(), body).await;
+}
+
+/// [`run`] with a store opened with `options`.
+pub async fn run_with<F, Fut>(backend: Backend, options: StoreOptions, body: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
-    let store = match Store::connect(&database.url).await {
+    let store = match Store::connect_with(&database.url, options).await {
         Ok(store) => store,
         Err(err) => {
             database.drop_database().await;
@@ -182,7 +191,7 @@ where
         }
     };
     if let Err(err) = store.migrate().await {
-        let _ = store.connection().close_by_ref().await;
+        store.close().await;
         database.drop_database().await;
         panic!(
             "cannot migrate the fresh {} test database: {err}",
@@ -192,7 +201,7 @@ where
     // A task of its own, so a failing assertion comes back as a `JoinError`
     // and the database is still dropped.
     let outcome = tokio::spawn(body(store.clone())).await;
-    let _ = store.connection().close_by_ref().await;
+    store.close().await;
     database.drop_database().await;
     if let Err(err) = outcome {
         match err.try_into_panic() {

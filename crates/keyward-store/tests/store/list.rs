@@ -458,13 +458,17 @@ keyward_store::store_test!(event_pagination, |store| async move {
     assert!(!page.has_more);
 
     // The global feed, oldest first, across organizations.
-    let feed = store.events_after(0, 1000).await.expect("feed");
+    let batch = store.events_after(0, 1000).await.expect("feed");
+    assert!(batch.skipped.is_empty() && !batch.has_more);
+    let feed = batch.events;
+    assert_eq!(batch.last_seq, feed.last().expect("events").seq);
     assert_eq!(feed.len(), seqs.len() + 1);
     assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
     let tail = store
         .events_after(feed[feed.len() - 3].seq, 1000)
         .await
-        .expect("feed");
+        .expect("feed")
+        .events;
     assert_eq!(tail.len(), 2);
     let by_org: BTreeMap<&str, usize> = feed.iter().fold(BTreeMap::new(), |mut m, e| {
         *m.entry(e.organization_id.as_str()).or_default() += 1;

@@ -2,9 +2,14 @@
 //! MariaDB, each on a fresh database (see `keyward_store::testing`).
 
 mod audit;
+mod deadlines;
 mod errors;
+mod feed;
 mod helpers;
 mod keys;
 mod lifecycle;
+mod limits;
 mod list;
+mod migrate;
+mod tcp_proxy;
 mod usage;
