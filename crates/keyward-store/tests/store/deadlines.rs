@@ -47,7 +47,8 @@ async fn unavailable_within<T: std::fmt::Debug>(
     call: impl Future<Output = Result<T, StoreError>>,
 ) {
     let started = Instant::now();
-    let result = tokio::time::timeout(bound, call)
+    // Boxed: the store's futures are large in debug builds.
+    let result = tokio::time::timeout(bound, Box::pin(call))
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {bound:?}"));
     assert!(
