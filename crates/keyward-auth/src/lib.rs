@@ -58,6 +58,6 @@ pub use remote::{
 };
 pub use single_flight::SingleFlight;
 pub use validator::{
-    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    Denial, Identity, IdentityDetails, RedactedKey, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,
 };

@@ -36,7 +36,7 @@ mod pb {
 impl fmt::Debug for pb::ValidateKeyRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValidateKeyRequest")
-            .field("key", &crate::validator::RedactedKey(&self.key))
+            .field("key", &crate::RedactedKey(&self.key))
             .field("required_scopes", &self.required_scopes)
             .field("client_ip", &self.client_ip)
             .field("user_agent", &self.user_agent)

@@ -48,8 +48,10 @@ impl fmt::Debug for ValidationRequest<'_> {
 }
 
 /// A presented credential in `Debug` output: a well-formed keyward key as
-/// its public display prefix, anything else not at all.
-pub(crate) struct RedactedKey<'a>(pub(crate) &'a str);
+/// its public display prefix (`PresentedKey(sk_live_7Gq2...)`), anything
+/// else as `<redacted>`. For hand-written `Debug` impls of types that carry
+/// a raw key.
+pub struct RedactedKey<'a>(pub &'a str);
 
 impl fmt::Debug for RedactedKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
