@@ -79,8 +79,7 @@ mod keys {
 
     use keyward_core::{ApiKey, KeyId};
     use keyward_store::{
-        EventPage, EventQuery, KeyMaterial, KeyPage, KeyPatch, ListQuery, NewKey, Store,
-        StoreError,
+        EventPage, EventQuery, KeyMaterial, KeyPage, KeyPatch, ListQuery, NewKey, Store, StoreError,
     };
 
     use super::Caller;
@@ -154,7 +153,10 @@ mod keys {
             caller: &Caller,
             query: &EventQuery,
         ) -> Result<EventPage, ApiError> {
-            Ok(self.store.list_events(&caller.organization_id, query).await?)
+            Ok(self
+                .store
+                .list_events(&caller.organization_id, query)
+                .await?)
         }
     }
 

@@ -280,7 +280,9 @@ impl Inner {
 pub fn weight(key: &ApiKey) -> usize {
     let text = |s: &str| s.len();
     let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
-    let slots = size_of::<LookupHash>() + size_of::<Entry>() + size_of::<KeyId>() * 2
+    let slots = size_of::<LookupHash>()
+        + size_of::<Entry>()
+        + size_of::<KeyId>() * 2
         + size_of::<LookupHash>();
     // An Arc's two counters and the record itself.
     slots
@@ -505,7 +507,11 @@ mod tests {
         .cache;
         assert_eq!((parsed.capacity, parsed.max_bytes), (7, 4096));
         assert_eq!(parsed.negative_ttl, Duration::from_millis(250));
-        for flag in ["--cache-capacity", "--cache-max-bytes", "--negative-cache-capacity"] {
+        for flag in [
+            "--cache-capacity",
+            "--cache-max-bytes",
+            "--negative-cache-capacity",
+        ] {
             assert!(Flags::try_parse_from(["x", flag, "0"]).is_err(), "{flag} 0");
         }
     }

@@ -5,10 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use keyward_auth::RedactedKey;
 use keyward_core::{
     Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, Metadata, ValidationCode,
 };
-use keyward_auth::RedactedKey;
 use keyward_store::{EventType, KeyEvent};
 
 use crate::pb;

@@ -150,8 +150,8 @@ mod tests {
     use keyward_store::testing::{self, Backend};
 
     use super::*;
-    use crate::validation::test_support::{create_key, validator};
     use crate::validation::ClientInfo;
+    use crate::validation::test_support::{create_key, validator};
 
     #[tokio::test]
     async fn applies_each_event_once_and_advances_its_cursor() {
@@ -159,7 +159,11 @@ mod tests {
             let validator = validator(&store);
             let mut follower = Follower::default();
             let (key, secret) = create_key(&store).await;
-            assert_eq!(follower.sync(&validator).await.ok(), Some(0), "starts at the head");
+            assert_eq!(
+                follower.sync(&validator).await.ok(),
+                Some(0),
+                "starts at the head"
+            );
             let head = follower.cursor().expect("a cursor");
             assert_eq!(head, store.last_event_seq().await.expect("a seq"));
 
@@ -170,7 +174,10 @@ mod tests {
             assert_eq!(valid.code, ValidationCode::Valid);
             // Another replica revokes it: only the feed can tell this one.
             let actor = key.created_by.clone();
-            store.revoke_key("acme", &key.id, &actor).await.expect("revoked");
+            store
+                .revoke_key("acme", &key.id, &actor)
+                .await
+                .expect("revoked");
             let (_, other) = create_key(&store).await;
             assert_eq!(follower.sync(&validator).await.ok(), Some(2));
             assert_eq!(
@@ -183,7 +190,11 @@ mod tests {
                 .await
                 .expect("a verdict");
             assert_eq!(revoked.code, ValidationCode::Revoked);
-            assert_eq!(follower.sync(&validator).await.ok(), Some(0), "nothing twice");
+            assert_eq!(
+                follower.sync(&validator).await.ok(),
+                Some(0),
+                "nothing twice"
+            );
             let created = validator
                 .validate(other.expose(), &[], ClientInfo::default())
                 .await

@@ -354,7 +354,6 @@ pub fn identity(key: &ApiKey) -> Identity {
     })
 }
 
-
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Keys in a real store, for the validation modules' tests.
@@ -454,16 +453,37 @@ mod tests {
         assert_eq!(parsed.stale_if_error, Duration::ZERO);
         assert_eq!(parsed.cache.max_age, Duration::from_secs(2));
         for bad in [["--sync-interval", "0ms"], ["--lookup-timeout", "1h"]] {
-            assert!(Flags::try_parse_from(["x", bad[0], bad[1]]).is_err(), "{bad:?}");
+            assert!(
+                Flags::try_parse_from(["x", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn a_feed_event_means_what_the_same_local_write_means() {
         let id = KeyId::generate();
-        assert_eq!(Change::created(), Change { created: true, key: None });
-        assert_eq!(Change::key(&id), Change { created: false, key: Some(&id) });
-        assert_eq!(Change::rotated(&id), Change { created: true, key: Some(&id) });
+        assert_eq!(
+            Change::created(),
+            Change {
+                created: true,
+                key: None
+            }
+        );
+        assert_eq!(
+            Change::key(&id),
+            Change {
+                created: false,
+                key: Some(&id)
+            }
+        );
+        assert_eq!(
+            Change::rotated(&id),
+            Change {
+                created: true,
+                key: Some(&id)
+            }
+        );
     }
 
     #[tokio::test]
@@ -472,23 +492,38 @@ mod tests {
             let validator = validator(&store);
             let (key, secret) = create_key(&store).await;
             let check = || validator.validate(secret.expose(), &[], ClientInfo::default());
-            assert_eq!(check().await.expect("a verdict").code, ValidationCode::Valid);
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Valid
+            );
             assert_eq!(validator.database_lookups(), 1);
-            assert_eq!(check().await.expect("a verdict").code, ValidationCode::Valid);
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Valid
+            );
             assert_eq!(validator.database_lookups(), 1, "the second is a hit");
             store
                 .archive_key("acme", &key.id, &key.created_by)
                 .await
                 .expect("archived");
             validator.announce(Change::key(&key.id));
-            assert_eq!(check().await.expect("a verdict").code, ValidationCode::Archived);
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Archived
+            );
 
             // An unknown hash is remembered until a key is created.
             let unknown = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
             let ask = || validator.validate(unknown.expose(), &[], ClientInfo::default());
-            assert_eq!(ask().await.expect("a verdict").code, ValidationCode::NotFound);
+            assert_eq!(
+                ask().await.expect("a verdict").code,
+                ValidationCode::NotFound
+            );
             let lookups = validator.database_lookups();
-            assert_eq!(ask().await.expect("a verdict").code, ValidationCode::NotFound);
+            assert_eq!(
+                ask().await.expect("a verdict").code,
+                ValidationCode::NotFound
+            );
             assert_eq!(validator.database_lookups(), lookups);
             validator.announce(Change::created());
             ask().await.expect("a verdict");
@@ -531,7 +566,8 @@ mod tests {
             while validator.database_lookups() < 8 {
                 assert!(Instant::now() < deadline, "lookups never started");
                 for miss in &mut misses {
-                    let polled = tokio::time::timeout(Duration::from_millis(1), miss.as_mut()).await;
+                    let polled =
+                        tokio::time::timeout(Duration::from_millis(1), miss.as_mut()).await;
                     assert!(polled.is_err(), "a blocked lookup never answers");
                 }
             }

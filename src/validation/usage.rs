@@ -189,7 +189,10 @@ mod tests {
             assert_eq!(a.last_used_ip.as_deref(), Some("10.0.0.99"));
             assert!(a.last_used_at.is_some());
             // Nothing pending: nothing written.
-            assert_eq!(recorder.flush(&store, &clock, FLUSH_TIMEOUT).await.ok(), Some(0));
+            assert_eq!(
+                recorder.flush(&store, &clock, FLUSH_TIMEOUT).await.ok(),
+                Some(0)
+            );
         })
         .await;
     }
@@ -211,29 +214,29 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_or_timed_out_flush_puts_its_batch_back() {
         testing::run(Backend::Sqlite, |store| async move {
-        let key = create_key(&store).await.0;
-        let (recorder, clock) = (UsageRecorder::default(), Clock::new());
-        recorder.record(&key, client("10.0.0.1"), Instant::now());
-        // Dropped mid-write, as an aborted flusher task would be.
-        let mut flush = Box::pin(recorder.flush_to(&clock, |_| std::future::pending()));
-        let polled = tokio::time::timeout(Duration::ZERO, flush.as_mut()).await;
-        assert!(polled.is_err(), "the write never finishes");
-        assert_eq!(recorder.pending(), 0, "the batch is taken while writing");
-        // A use noted meanwhile wins over the taken one.
-        recorder.record(&key, client("10.0.0.2"), Instant::now());
-        drop(flush);
-        assert_eq!(recorder.pending(), 1);
-        assert_eq!(
-            lock(&recorder.pending)[&key.id].ip.as_deref(),
-            Some("10.0.0.2")
-        );
-        let timed_out = recorder
-            .flush_to(&clock, |_| async {
-                Err(FlushError::Timeout(Duration::ZERO))
-            })
-            .await;
-        assert!(timed_out.is_err());
-        assert_eq!(recorder.pending(), 1);
+            let key = create_key(&store).await.0;
+            let (recorder, clock) = (UsageRecorder::default(), Clock::new());
+            recorder.record(&key, client("10.0.0.1"), Instant::now());
+            // Dropped mid-write, as an aborted flusher task would be.
+            let mut flush = Box::pin(recorder.flush_to(&clock, |_| std::future::pending()));
+            let polled = tokio::time::timeout(Duration::ZERO, flush.as_mut()).await;
+            assert!(polled.is_err(), "the write never finishes");
+            assert_eq!(recorder.pending(), 0, "the batch is taken while writing");
+            // A use noted meanwhile wins over the taken one.
+            recorder.record(&key, client("10.0.0.2"), Instant::now());
+            drop(flush);
+            assert_eq!(recorder.pending(), 1);
+            assert_eq!(
+                lock(&recorder.pending)[&key.id].ip.as_deref(),
+                Some("10.0.0.2")
+            );
+            let timed_out = recorder
+                .flush_to(&clock, |_| async {
+                    Err(FlushError::Timeout(Duration::ZERO))
+                })
+                .await;
+            assert!(timed_out.is_err());
+            assert_eq!(recorder.pending(), 1);
         })
         .await;
     }
