@@ -689,3 +689,55 @@ impl KeyAdminService for AdminApi {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::ValidationCode;
+    use keyward_store::testing::{self, Backend};
+
+    use super::*;
+    use crate::error::ApiError;
+    use crate::validation::ClientInfo;
+    use crate::validation::test_support::{create_key, validator};
+
+    #[tokio::test]
+    async fn every_write_is_announced_whatever_its_outcome() {
+        testing::run(Backend::Sqlite, |store| async move {
+            let validator = Arc::new(validator(&store));
+            let keys = Keys::new(store.clone(), Arc::clone(&validator));
+            let (key, secret) = create_key(&store).await;
+            let caller = Caller {
+                organization_id: key.organization_id.clone(),
+                actor: key.created_by.clone(),
+            };
+            let check = || validator.validate(secret.expose(), &[], ClientInfo::default());
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Valid
+            );
+
+            // Shown at once, with no feed follower running.
+            keys.write(&caller, Revoke(key.id.clone()))
+                .await
+                .expect("revoked");
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Revoked
+            );
+
+            // A failed write is announced too: its outcome may be unknown.
+            let lookups = validator.database_lookups();
+            let refused = keys
+                .write(&caller, Reactivate(key.id.clone()))
+                .await
+                .expect_err("a revoked key cannot be reactivated");
+            assert!(
+                matches!(refused, ApiError::FailedPrecondition(_)),
+                "{refused:?}"
+            );
+            check().await.expect("a verdict");
+            assert_eq!(validator.database_lookups(), lookups + 1, "read again");
+        })
+        .await;
+    }
+}
