@@ -107,10 +107,10 @@ fn via_validator(path: &str, secrets: &str, keys: usize) {
                 .expect("validate");
             assert_eq!(validation.code, ValidationCode::Valid);
             if (i + 1) % 1000 == 0 {
-                validator.flush_usage().await;
+                validator.flush_usage().await.expect("usage flushed");
             }
         }
-        validator.flush_usage().await;
+        validator.flush_usage().await.expect("usage flushed");
         let rss_after = support::rss_bytes();
         report(
             "validator",

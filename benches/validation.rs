@@ -34,7 +34,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use keyward::validation::{ClientInfo, KeyValidator, ValidatorSettings};
+use keyward::validation::{Change, ClientInfo, KeyValidator, ValidatorSettings};
 use keyward_core::{ApiKeySecret, KeyId, LookupHasher, PresentedKey, Scope, ValidationCode};
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase};
@@ -105,7 +105,7 @@ where
 
 /// One miss: invalidate (untimed), then a timed `validate`.
 async fn miss(fixture: &Fixture, raw: &str, required: &[Scope]) -> Duration {
-    fixture.validator.invalidate(&fixture.id);
+    fixture.validator.announce(Change::key(&fixture.id));
     let start = Instant::now();
     let validation = fixture
         .validator

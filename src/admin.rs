@@ -14,6 +14,7 @@ use keyward_core::{
 use keyward_store::{EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
 use tonic::{Request, Response, Status};
 
+use self::keys::{Archive, Create, Delete, Keys, Reactivate, Revoke, Rotate, Update, Write};
 use crate::convert::{self, from_timestamp};
 use crate::error::{ApiError, PARSED, Violations};
 use crate::pb::{self, key_admin_service_server::KeyAdminService};
@@ -33,21 +34,234 @@ const UPDATABLE: &[&str] = &[
 ];
 
 /// The admin API over a store. Every change is also told to the validator,
-/// so it shows in verdicts on this replica at once.
+/// so it shows in verdicts on this replica at once: the handlers reach the
+/// store only through [`Keys`], whose one write path announces each change.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
-    store: Store,
+    keys: Keys,
     hasher: LookupHasher,
-    validator: Arc<KeyValidator>,
 }
 
 impl AdminApi {
-    /// An admin API over `store`, hashing new keys with `hasher`.
+    /// An admin API over `store`, hashing new keys with `hasher`, announcing
+    /// its changes to `validator`.
     pub fn new(store: Store, hasher: LookupHasher, validator: Arc<KeyValidator>) -> Self {
         Self {
-            store,
+            keys: Keys::new(store, validator),
             hasher,
-            validator,
+        }
+    }
+
+    /// The one path of the RPCs that act on one key by `id`: the caller and
+    /// the parsed id (the shared prologue), then `write` of that id.
+    async fn write_key<T, W: Write>(
+        &self,
+        request: &Request<T>,
+        raw_id: &str,
+        write: impl FnOnce(KeyId) -> W,
+    ) -> Result<W::Output, Status> {
+        let (caller, id) = caller_and_id(request, raw_id)?;
+        Ok(self.keys.write(&caller, write(id)).await?)
+    }
+}
+
+/// The admin API's only handle on the store. Reads pass through; a write is
+/// a [`Write`] value, which names its store call and the [`Change`] it makes,
+/// and [`Keys::write`] is the only way to run one: it runs the call and then
+/// announces the change to this replica's validator, on every outcome. The
+/// store is private to this module, so a handler cannot write without the
+/// announcement, and a new mutation is a new `Write` (its `change` required).
+///
+/// [`Change`]: crate::validation::Change
+mod keys {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use keyward_core::{ApiKey, KeyId};
+    use keyward_store::{
+        EventPage, EventQuery, KeyMaterial, KeyPage, KeyPatch, ListQuery, NewKey, Store, StoreError,
+    };
+
+    use super::Caller;
+    use crate::error::ApiError;
+    use crate::validation::{Change, KeyValidator};
+
+    /// The store behind the admin API, and the validator its writes are
+    /// announced to.
+    #[derive(Debug, Clone)]
+    pub(super) struct Keys {
+        store: Store,
+        validator: Arc<KeyValidator>,
+    }
+
+    /// One mutation: its store call and what it changes for cached verdicts.
+    pub(super) trait Write: Send {
+        /// What the store call returns.
+        type Output;
+        /// What the write changes, known before it runs (a new key's id is
+        /// not needed: creation forgets unknown hashes).
+        fn change(&self) -> Change<'_>;
+        /// The store call, made by `caller`.
+        fn run(
+            self,
+            store: &Store,
+            caller: &Caller,
+        ) -> impl Future<Output = Result<Self::Output, StoreError>> + Send;
+    }
+
+    impl Keys {
+        pub(super) fn new(store: Store, validator: Arc<KeyValidator>) -> Self {
+            Self { store, validator }
+        }
+
+        /// Runs `write`, then announces its change. Also on failure and when
+        /// this future is dropped mid-way: the outcome of a write that timed
+        /// out or was cancelled is unknown, and a needless announcement
+        /// costs one cache miss.
+        pub(super) async fn write<W: Write>(
+            &self,
+            caller: &Caller,
+            write: W,
+        ) -> Result<W::Output, ApiError> {
+            let announce = Announce {
+                validator: &self.validator,
+                created: write.change().created,
+                key: write.change().key.cloned(),
+            };
+            let output = write.run(&self.store, caller).await;
+            drop(announce);
+            Ok(output?)
+        }
+
+        /// A key of the caller's organization.
+        pub(super) async fn get(&self, caller: &Caller, id: &KeyId) -> Result<ApiKey, ApiError> {
+            Ok(self.store.get_key(&caller.organization_id, id).await?)
+        }
+
+        /// A page of the caller's keys.
+        pub(super) async fn list(
+            &self,
+            caller: &Caller,
+            query: &ListQuery,
+        ) -> Result<KeyPage, ApiError> {
+            Ok(self.store.list_keys(&caller.organization_id, query).await?)
+        }
+
+        /// A page of the caller's audit log.
+        pub(super) async fn events(
+            &self,
+            caller: &Caller,
+            query: &EventQuery,
+        ) -> Result<EventPage, ApiError> {
+            Ok(self
+                .store
+                .list_events(&caller.organization_id, query)
+                .await?)
+        }
+    }
+
+    /// Announces a write's change when dropped: after the store call,
+    /// whatever its outcome.
+    struct Announce<'a> {
+        validator: &'a KeyValidator,
+        created: bool,
+        key: Option<KeyId>,
+    }
+
+    impl Drop for Announce<'_> {
+        fn drop(&mut self) {
+            self.validator.announce(Change {
+                created: self.created,
+                key: self.key.as_ref(),
+            });
+        }
+    }
+
+    /// CreateKey.
+    pub(super) struct Create(pub(super) NewKey);
+    /// UpdateKey.
+    pub(super) struct Update(pub(super) KeyId, pub(super) KeyPatch);
+    /// ArchiveKey.
+    pub(super) struct Archive(pub(super) KeyId);
+    /// ReactivateKey.
+    pub(super) struct Reactivate(pub(super) KeyId);
+    /// RevokeKey.
+    pub(super) struct Revoke(pub(super) KeyId);
+    /// DeleteKey: its output is the deleted key's id.
+    pub(super) struct Delete(pub(super) KeyId);
+    /// RotateKey: its output is (new key, updated old key).
+    pub(super) struct Rotate {
+        pub(super) id: KeyId,
+        pub(super) material: KeyMaterial,
+        pub(super) grace: Duration,
+    }
+
+    impl Write for Create {
+        type Output = ApiKey;
+        fn change(&self) -> Change<'_> {
+            Change::created()
+        }
+        async fn run(self, store: &Store, _: &Caller) -> Result<ApiKey, StoreError> {
+            store.create_key(self.0).await
+        }
+    }
+
+    impl Write for Update {
+        type Output = ApiKey;
+        fn change(&self) -> Change<'_> {
+            Change::key(&self.0)
+        }
+        async fn run(self, store: &Store, by: &Caller) -> Result<ApiKey, StoreError> {
+            store
+                .update_key(&by.organization_id, &self.0, self.1, &by.actor)
+                .await
+        }
+    }
+
+    /// The lifecycle steps: same shape, one store method each.
+    macro_rules! lifecycle {
+        ($($write:ident => $method:ident),* $(,)?) => {$(
+            impl Write for $write {
+                type Output = ApiKey;
+                fn change(&self) -> Change<'_> {
+                    Change::key(&self.0)
+                }
+                async fn run(self, store: &Store, by: &Caller) -> Result<ApiKey, StoreError> {
+                    store.$method(&by.organization_id, &self.0, &by.actor).await
+                }
+            }
+        )*};
+    }
+    lifecycle!(Archive => archive_key, Reactivate => reactivate_key, Revoke => revoke_key);
+
+    impl Write for Delete {
+        type Output = KeyId;
+        fn change(&self) -> Change<'_> {
+            Change::key(&self.0)
+        }
+        async fn run(self, store: &Store, by: &Caller) -> Result<KeyId, StoreError> {
+            store
+                .delete_key(&by.organization_id, &self.0, &by.actor)
+                .await?;
+            Ok(self.0)
+        }
+    }
+
+    impl Write for Rotate {
+        type Output = (ApiKey, ApiKey);
+        fn change(&self) -> Change<'_> {
+            Change::rotated(&self.id)
+        }
+        async fn run(self, store: &Store, by: &Caller) -> Result<(ApiKey, ApiKey), StoreError> {
+            store
+                .rotate_key(
+                    &by.organization_id,
+                    &self.id,
+                    self.material,
+                    &by.actor,
+                    self.grace,
+                )
+                .await
         }
     }
 }
@@ -197,16 +411,12 @@ impl KeyAdminService for AdminApi {
             scopes: scopes.expect(PARSED),
             metadata: metadata.expect(PARSED),
             secret: KeyMaterial::new(&self.hasher, &secret),
-            created_by: caller.actor,
+            created_by: caller.actor.clone(),
             user_id: user_id.expect(PARSED),
             service_account_id: service_account_id.expect(PARSED),
             expires_at,
         };
-        let key = self
-            .store
-            .create_key(new_key)
-            .await
-            .map_err(ApiError::from)?;
+        let key = self.keys.write(&caller, Create(new_key)).await?;
         tracing::info!(key_id = %key.id, organization_id = %key.organization_id, "key created");
         Ok(Response::new(pb::CreateKeyResponse {
             api_key: api_key(key),
@@ -219,11 +429,7 @@ impl KeyAdminService for AdminApi {
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
         let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
-        let key = self
-            .store
-            .get_key(&caller.organization_id, &id)
-            .await
-            .map_err(ApiError::from)?;
+        let key = self.keys.get(&caller, &id).await?;
         Ok(Response::new(pb::GetKeyResponse {
             api_key: api_key(key),
         }))
@@ -285,11 +491,7 @@ impl KeyAdminService for AdminApi {
             service_account_id: service_account_id.expect(PARSED),
             last_used_before,
         };
-        let page = self
-            .store
-            .list_keys(&caller.organization_id, &query)
-            .await
-            .map_err(ApiError::from)?;
+        let page = self.keys.list(&caller, &query).await?;
         let now = Utc::now();
         let keys: Vec<pb::ApiKey> = page
             .items
@@ -350,16 +552,9 @@ impl KeyAdminService for AdminApi {
         }
         v.finish()?;
         let key = self
-            .store
-            .update_key(
-                &caller.organization_id,
-                &id.expect(PARSED),
-                patch,
-                &caller.actor,
-            )
-            .await
-            .map_err(ApiError::from)?;
-        self.validator.invalidate(&key.id);
+            .keys
+            .write(&caller, Update(id.expect(PARSED), patch))
+            .await?;
         Ok(Response::new(pb::UpdateKeyResponse {
             api_key: api_key(key),
         }))
@@ -369,13 +564,9 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::ArchiveKeyRequest>,
     ) -> Result<Response<pb::ArchiveKeyResponse>, Status> {
-        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
-            .store
-            .archive_key(&caller.organization_id, &id, &caller.actor)
-            .await
-            .map_err(ApiError::from)?;
-        self.validator.invalidate(&key.id);
+            .write_key(&request, &request.get_ref().id, Archive)
+            .await?;
         Ok(Response::new(pb::ArchiveKeyResponse {
             api_key: api_key(key),
         }))
@@ -385,13 +576,9 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::ReactivateKeyRequest>,
     ) -> Result<Response<pb::ReactivateKeyResponse>, Status> {
-        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
-            .store
-            .reactivate_key(&caller.organization_id, &id, &caller.actor)
-            .await
-            .map_err(ApiError::from)?;
-        self.validator.invalidate(&key.id);
+            .write_key(&request, &request.get_ref().id, Reactivate)
+            .await?;
         Ok(Response::new(pb::ReactivateKeyResponse {
             api_key: api_key(key),
         }))
@@ -401,13 +588,9 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
         let key = self
-            .store
-            .revoke_key(&caller.organization_id, &id, &caller.actor)
-            .await
-            .map_err(ApiError::from)?;
-        self.validator.invalidate(&key.id);
+            .write_key(&request, &request.get_ref().id, Revoke)
+            .await?;
         Ok(Response::new(pb::RevokeKeyResponse {
             api_key: api_key(key),
         }))
@@ -417,12 +600,9 @@ impl KeyAdminService for AdminApi {
         &self,
         request: Request<pb::DeleteKeyRequest>,
     ) -> Result<Response<pb::DeleteKeyResponse>, Status> {
-        let (caller, id) = caller_and_id(&request, &request.get_ref().id)?;
-        self.store
-            .delete_key(&caller.organization_id, &id, &caller.actor)
-            .await
-            .map_err(ApiError::from)?;
-        self.validator.invalidate(&id);
+        let id = self
+            .write_key(&request, &request.get_ref().id, Delete)
+            .await?;
         Ok(Response::new(pb::DeleteKeyResponse {
             id: id.to_string(),
             deleted: true,
@@ -455,27 +635,16 @@ impl KeyAdminService for AdminApi {
         };
         v.finish()?;
         let id = id.expect(PARSED);
-        let old = self
-            .store
-            .get_key(&caller.organization_id, &id)
-            .await
-            .map_err(ApiError::from)?;
+        let old = self.keys.get(&caller, &id).await?;
         // Kind and environment never change, so reading them outside the
         // store's transaction is safe; every other field is copied there.
         let secret = ApiKeySecret::generate(old.kind, old.environment);
-        let (new_key, old_key) = self
-            .store
-            .rotate_key(
-                &caller.organization_id,
-                &id,
-                KeyMaterial::new(&self.hasher, &secret),
-                &caller.actor,
-                grace,
-            )
-            .await
-            .map_err(ApiError::from)?;
-        self.validator.invalidate(&old_key.id);
-        self.validator.key_created();
+        let rotate = Rotate {
+            id,
+            material: KeyMaterial::new(&self.hasher, &secret),
+            grace,
+        };
+        let (new_key, old_key) = self.keys.write(&caller, rotate).await?;
         tracing::info!(key_id = %new_key.id, rotated_from = %old_key.id, "key rotated");
         Ok(Response::new(pb::RotateKeyResponse {
             api_key: api_key(new_key),
@@ -510,11 +679,7 @@ impl KeyAdminService for AdminApi {
             before_seq: req.before_seq,
             key_id,
         };
-        let page = self
-            .store
-            .list_events(&caller.organization_id, &query)
-            .await
-            .map_err(ApiError::from)?;
+        let page = self.keys.events(&caller, &query).await?;
         let events: Vec<pb::KeyEvent> = page.items.into_iter().map(convert::key_event).collect();
         Ok(Response::new(pb::ListKeyEventsResponse {
             first_seq: events.first().map_or(0, |e| e.seq),
@@ -522,5 +687,57 @@ impl KeyAdminService for AdminApi {
             has_more: page.has_more,
             events,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::ValidationCode;
+    use keyward_store::testing::{self, Backend};
+
+    use super::*;
+    use crate::error::ApiError;
+    use crate::validation::ClientInfo;
+    use crate::validation::test_support::{create_key, validator};
+
+    #[tokio::test]
+    async fn every_write_is_announced_whatever_its_outcome() {
+        testing::run(Backend::Sqlite, |store| async move {
+            let validator = Arc::new(validator(&store));
+            let keys = Keys::new(store.clone(), Arc::clone(&validator));
+            let (key, secret) = create_key(&store).await;
+            let caller = Caller {
+                organization_id: key.organization_id.clone(),
+                actor: key.created_by.clone(),
+            };
+            let check = || validator.validate(secret.expose(), &[], ClientInfo::default());
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Valid
+            );
+
+            // Shown at once, with no feed follower running.
+            keys.write(&caller, Revoke(key.id.clone()))
+                .await
+                .expect("revoked");
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Revoked
+            );
+
+            // A failed write is announced too: its outcome may be unknown.
+            let lookups = validator.database_lookups();
+            let refused = keys
+                .write(&caller, Reactivate(key.id.clone()))
+                .await
+                .expect_err("a revoked key cannot be reactivated");
+            assert!(
+                matches!(refused, ApiError::FailedPrecondition(_)),
+                "{refused:?}"
+            );
+            check().await.expect("a verdict");
+            assert_eq!(validator.database_lookups(), lookups + 1, "read again");
+        })
+        .await;
     }
 }

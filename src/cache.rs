@@ -3,36 +3,79 @@
 //! invalidation by key id (from this replica's mutations and the change feed).
 
 use std::collections::HashMap;
+use std::mem::size_of;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use foldhash::fast::RandomState;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
+use keyward_auth::sync::lock;
 use keyward_core::{ApiKey, KeyId, LookupHash};
 
-/// Cache limits.
-#[derive(Debug, Clone, Copy)]
+use crate::config::parse_interval;
+
+/// Cache limits: `keyward serve` flags, with `KEYWARD_*` environment
+/// equivalents; `Default` is the flags' defaults.
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct CacheSettings {
-    /// Most keys held; inserting beyond it evicts.
+    /// Most keys held in the validation cache (eviction beyond it).
+    #[arg(
+        id = "cache_capacity",
+        long = "cache-capacity",
+        env = "KEYWARD_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        value_parser = at_least_one()
+    )]
     pub capacity: usize,
-    /// Most unknown hashes remembered.
+    /// Most memory the cached keys may hold, in bytes, as estimated from each
+    /// key's strings, scopes and metadata (eviction beyond it): one key can
+    /// weigh ~80 KB, so the key count alone does not bound memory.
+    #[arg(
+        id = "cache_max_bytes",
+        long = "cache-max-bytes",
+        env = "KEYWARD_CACHE_MAX_BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        value_parser = at_least_one()
+    )]
+    pub max_bytes: usize,
+    /// Most unknown key hashes remembered (so floods of random keys stay off the database).
+    #[arg(
+        id = "negative_cache_capacity",
+        long = "negative-cache-capacity",
+        env = "KEYWARD_NEGATIVE_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        value_parser = at_least_one()
+    )]
     pub negative_capacity: usize,
-    /// How long an unknown hash is remembered.
+    /// How long an unknown key hash is remembered.
+    #[arg(
+        id = "negative_cache_ttl",
+        long = "negative-cache-ttl",
+        env = "KEYWARD_NEGATIVE_CACHE_TTL",
+        default_value = "5s",
+        value_parser = parse_interval
+    )]
     pub negative_ttl: Duration,
-    /// How long a key is served from memory at most before it is read again:
-    /// a safety net under the change feed.
+    /// Longest a cached key is served before it is read again: a safety net
+    /// under the change feed.
+    #[arg(
+        id = "cache_max_age",
+        long = "cache-max-age",
+        env = "KEYWARD_CACHE_MAX_AGE",
+        default_value = "30s",
+        value_parser = parse_interval
+    )]
     pub max_age: Duration,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self {
-            capacity: 100_000,
-            negative_capacity: 100_000,
-            negative_ttl: Duration::from_secs(5),
-            max_age: Duration::from_secs(30),
-        }
+        crate::clap_defaults()
     }
+}
+
+/// A count that must be at least one (a capacity).
+pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// What the cache knows of a hash.
@@ -55,6 +98,8 @@ pub struct Generation(u64);
 struct Entry {
     key: Arc<ApiKey>,
     read_at: Instant,
+    /// [`weight`] of this entry, kept so that removal needs no recount.
+    weight: usize,
 }
 
 /// The maps use foldhash, seeded per process: a lookup hash is already
@@ -65,6 +110,8 @@ struct Inner {
     by_id: HashMap<KeyId, LookupHash, RandomState>,
     unknown: HashMap<LookupHash, Instant, RandomState>,
     generation: u64,
+    /// Sum of the cached keys' weights.
+    bytes: usize,
 }
 
 /// The key cache. All operations take one short lock.
@@ -84,11 +131,8 @@ impl KeyCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Every critical section leaves the maps consistent, so a panic
-        // elsewhere while holding the lock cannot corrupt them.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every critical section leaves the maps consistent.
+        lock(&self.inner)
     }
 
     /// Looks a hash up as of `now`.
@@ -112,22 +156,35 @@ impl KeyCache {
     }
 
     /// Caches what a database read found, unless something was invalidated
-    /// since `read` was taken (the read may predate the change).
+    /// since `read` was taken (the read may predate the change). Evicts
+    /// until both the key count and the byte budget hold the new key; a key
+    /// heavier than the whole budget is not cached.
     pub fn insert(&self, hash: LookupHash, key: Arc<ApiKey>, read: Generation) {
+        let weight = weight(&key);
         let mut inner = self.lock();
         if inner.generation != read.0 {
             return;
         }
         inner.unknown.remove(&hash);
-        if inner.by_hash.len() >= self.settings.capacity && !inner.by_hash.contains_key(&hash) {
-            evict_one(&mut inner);
+        inner.remove(&hash);
+        if weight > self.settings.max_bytes {
+            return;
         }
+        while inner.by_hash.len() >= self.settings.capacity
+            || inner.bytes + weight > self.settings.max_bytes
+        {
+            if !inner.evict_one() {
+                break;
+            }
+        }
+        inner.bytes += weight;
         inner.by_id.insert(key.id.clone(), hash);
         inner.by_hash.insert(
             hash,
             Entry {
                 key,
                 read_at: Instant::now(),
+                weight,
             },
         );
     }
@@ -158,9 +215,19 @@ impl KeyCache {
     pub fn invalidate(&self, id: &KeyId) {
         let mut inner = self.lock();
         inner.generation += 1;
-        if let Some(hash) = inner.by_id.remove(id) {
-            inner.by_hash.remove(&hash);
+        if let Some(hash) = inner.by_id.get(id).copied() {
+            inner.remove(&hash);
         }
+    }
+
+    /// Forgets every cached key: a change happened that cannot be tied to
+    /// one key (an unreadable feed event).
+    pub fn invalidate_all(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.by_hash.clear();
+        inner.by_id.clear();
+        inner.bytes = 0;
     }
 
     /// Forgets every unknown hash: a key was created, and it may be one of them.
@@ -176,21 +243,73 @@ impl KeyCache {
         (inner.by_hash.len(), inner.unknown.len())
     }
 
+    /// The estimated memory held by cached keys (their [`weight`]s), in bytes.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == (0, 0)
     }
 }
 
-/// Evicts one entry. HashMap iteration order is effectively random, which
-/// makes this random eviction: no bookkeeping on the hot path.
-fn evict_one(inner: &mut Inner) {
-    let Some(hash) = inner.by_hash.keys().next().copied() else {
-        return;
-    };
-    if let Some(entry) = inner.by_hash.remove(&hash) {
-        inner.by_id.remove(&entry.key.id);
+impl Inner {
+    /// Removes the key cached under `hash`, if any, from both maps.
+    fn remove(&mut self, hash: &LookupHash) {
+        if let Some(entry) = self.by_hash.remove(hash) {
+            self.by_id.remove(&entry.key.id);
+            self.bytes -= entry.weight;
+        }
     }
+
+    /// Evicts one entry; `false` if there is none. The maps' order is
+    /// randomly seeded, which makes this random eviction: no bookkeeping on
+    /// the hot path.
+    fn evict_one(&mut self) -> bool {
+        let Some(hash) = self.by_hash.keys().next().copied() else {
+            return false;
+        };
+        self.remove(&hash);
+        true
+    }
+}
+
+/// An estimate of the memory one cached key holds: its entries in both maps,
+/// the shared `ApiKey` and every string, scope and metadata entry it owns.
+pub fn weight(key: &ApiKey) -> usize {
+    let text = |s: &str| s.len();
+    let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
+    let slots = size_of::<LookupHash>()
+        + size_of::<Entry>()
+        + size_of::<KeyId>() * 2
+        + size_of::<LookupHash>();
+    // An Arc's two counters and the record itself.
+    slots
+        + 2 * size_of::<usize>()
+        + size_of::<ApiKey>()
+        + text(key.id.as_str()) * 2
+        + text(&key.organization_id)
+        + optional(&key.workspace_id)
+        + text(&key.name)
+        + text(&key.description)
+        + key.scopes.as_slice().len() * size_of::<String>()
+        + key.scopes.as_slice().iter().map(|s| text(s.as_str())).sum::<usize>()
+        // A B-tree entry: the pair, plus about a pointer of node overhead.
+        + key
+            .metadata
+            .as_map()
+            .iter()
+            .map(|(k, v)| 2 * size_of::<String>() + size_of::<usize>() + k.len() + v.len())
+            .sum::<usize>()
+        + text(&key.prefix)
+        + text(&key.partial_key_hint)
+        + text(&key.created_by.id)
+        + optional(&key.user_id)
+        + optional(&key.service_account_id)
+        + optional(&key.last_used_ip)
+        + optional(&key.last_used_user_agent)
+        + key.rotated_from_id.as_ref().map_or(0, |id| text(id.as_str()))
 }
 
 #[cfg(test)]
@@ -202,6 +321,28 @@ mod tests {
     };
 
     fn key() -> (LookupHash, Arc<ApiKey>) {
+        keyed(Scopes::default(), Metadata::default())
+    }
+
+    /// A key with every field at its longest: what an attacker with an admin
+    /// key would create to fill a cache.
+    fn maximal_key() -> (LookupHash, Arc<ApiKey>) {
+        let scopes: Vec<String> = (0..64).map(|i| format!("{i:0128}")).collect();
+        let metadata: std::collections::HashMap<String, String> = (0..32)
+            .map(|i| (format!("{i:064}"), "v".repeat(512)))
+            .collect();
+        let (hash, key) = keyed(
+            Scopes::parse(&scopes).expect("maximal scopes are valid"),
+            Metadata::parse(&metadata).expect("maximal metadata is valid"),
+        );
+        let mut key = Arc::unwrap_or_clone(key);
+        key.name = "n".repeat(128);
+        key.description = "d".repeat(1024);
+        key.last_used_user_agent = Some("u".repeat(512));
+        (hash, Arc::new(key))
+    }
+
+    fn keyed(scopes: Scopes, metadata: Metadata) -> (LookupHash, Arc<ApiKey>) {
         let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
         let now = Utc::now();
         let key = ApiKey {
@@ -212,8 +353,8 @@ mod tests {
             environment: Environment::Live,
             name: "n".into(),
             description: String::new(),
-            scopes: Scopes::default(),
-            metadata: Metadata::default(),
+            scopes,
+            metadata,
             prefix: secret.display_prefix(),
             partial_key_hint: secret.partial_hint(),
             disabled: false,
@@ -279,6 +420,99 @@ mod tests {
                 keys <= 10 && unknowns <= 10,
                 "{keys} keys, {unknowns} unknown"
             );
+        }
+    }
+
+    #[test]
+    fn maximal_keys_stay_within_the_byte_budget() {
+        let one = weight(&maximal_key().1);
+        assert!(one > 30_000, "a maximal key weighs {one} bytes");
+        // Room for about eight by bytes; the key cap (1,000) and the load
+        // (100) are far above that, so only the byte bound can hold it.
+        let budget = one * 8 + one / 2;
+        let cache = KeyCache::new(CacheSettings {
+            capacity: 1_000,
+            max_bytes: budget,
+            ..CacheSettings::default()
+        });
+        let mut last = None;
+        for _ in 0..100 {
+            let (hash, key) = maximal_key();
+            cache.insert(hash, key, cache.generation());
+            let (keys, _) = cache.len();
+            let bytes = cache.bytes();
+            assert!(bytes <= budget, "{bytes} bytes cached, budget {budget}");
+            assert!(keys <= 8, "{keys} maximal keys cached");
+            assert_eq!(bytes, keys * one, "the running total matches the weigher");
+            last = Some(hash);
+        }
+        let last = last.expect("keys were inserted");
+        assert!(matches!(cache.get(&last, Instant::now()), Cached::Key(_)));
+
+        // Small keys are far lighter: many more fit the same budget.
+        let (hash, key) = self::key();
+        assert!(weight(&key) * 20 < one);
+        cache.insert(hash, key, cache.generation());
+        assert!(cache.bytes() <= budget);
+
+        // A key heavier than the whole budget is not cached at all.
+        let tiny = KeyCache::new(CacheSettings {
+            max_bytes: one - 1,
+            ..CacheSettings::default()
+        });
+        let (hash, key) = maximal_key();
+        tiny.insert(hash, key, tiny.generation());
+        assert_eq!((tiny.len(), tiny.bytes()), ((0, 0), 0));
+    }
+
+    #[test]
+    fn invalidation_returns_the_bytes() {
+        let cache = KeyCache::new(CacheSettings::default());
+        let (hash, key) = maximal_key();
+        let id = key.id.clone();
+        cache.insert(hash, key, cache.generation());
+        assert!(cache.bytes() > 0);
+        cache.invalidate(&id);
+        assert_eq!(cache.bytes(), 0);
+        let (hash, key) = maximal_key();
+        cache.insert(hash, key, cache.generation());
+        cache.invalidate_all();
+        assert_eq!((cache.len(), cache.bytes()), ((0, 0), 0));
+    }
+
+    #[test]
+    fn settings_come_from_flags_with_the_documented_defaults() {
+        use clap::Parser;
+
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            cache: CacheSettings,
+        }
+        let defaults = CacheSettings::default();
+        assert_eq!(defaults.capacity, 100_000);
+        assert_eq!(defaults.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(defaults.negative_ttl, Duration::from_secs(5));
+        assert_eq!(defaults.max_age, Duration::from_secs(30));
+        let parsed = Flags::try_parse_from([
+            "x",
+            "--cache-capacity",
+            "7",
+            "--cache-max-bytes",
+            "4096",
+            "--negative-cache-ttl",
+            "250ms",
+        ])
+        .expect("valid flags")
+        .cache;
+        assert_eq!((parsed.capacity, parsed.max_bytes), (7, 4096));
+        assert_eq!(parsed.negative_ttl, Duration::from_millis(250));
+        for flag in [
+            "--cache-capacity",
+            "--cache-max-bytes",
+            "--negative-cache-capacity",
+        ] {
+            assert!(Flags::try_parse_from(["x", flag, "0"]).is_err(), "{flag} 0");
         }
     }
 }

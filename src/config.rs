@@ -143,6 +143,7 @@ impl ServeArgs {
                 negative_capacity: self.negative_cache_capacity,
                 negative_ttl: self.negative_cache_ttl,
                 max_age: self.cache_max_age,
+                ..CacheSettings::default()
             },
             sync_interval: self.sync_interval,
             stale_if_error: self.stale_if_error,

@@ -1,9 +1,11 @@
 //! Conversions between wire types (`pb`) and domain types. Wire types stop here.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use keyward_auth::RedactedKey;
 use keyward_core::{
     Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, Metadata, ValidationCode,
 };
@@ -11,6 +13,39 @@ use keyward_store::{EventType, KeyEvent};
 
 use crate::pb;
 use crate::validation::Validation;
+
+// The messages that carry a raw key derive no `Debug` (see build.rs): these
+// show everything but the key.
+
+impl fmt::Debug for pb::ValidateKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidateKeyRequest")
+            .field("key", &RedactedKey(&self.key))
+            .field("required_scopes", &self.required_scopes)
+            .field("client_ip", &self.client_ip)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::CreateKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateKeyResponse")
+            .field("api_key", &self.api_key)
+            .field("secret", &RedactedKey(&self.secret))
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::RotateKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateKeyResponse")
+            .field("api_key", &self.api_key)
+            .field("secret", &RedactedKey(&self.secret))
+            .field("previous_key", &self.previous_key)
+            .finish()
+    }
+}
 
 /// A domain time as a protobuf timestamp.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -188,5 +223,46 @@ pub fn key_event(event: KeyEvent) -> pb::KeyEvent {
         actor: Some(actor(&event.actor)),
         at: Some(timestamp(event.at)),
         changes: event.changes.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::{ApiKeySecret, Environment, KeyKind};
+
+    use super::*;
+
+    #[test]
+    fn no_message_debugs_a_raw_key() {
+        let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+        let raw = secret.expose().to_owned();
+        let shown = [
+            format!(
+                "{:?}",
+                pb::ValidateKeyRequest {
+                    key: raw.clone(),
+                    required_scopes: vec!["orders:read".to_owned()],
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:#?}",
+                pb::CreateKeyResponse {
+                    secret: raw.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                pb::RotateKeyResponse {
+                    secret: raw.clone(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for shown in shown {
+            assert!(!shown.contains(&raw), "{shown}");
+            assert!(shown.contains(&secret.display_prefix()), "{shown}");
+        }
     }
 }

@@ -45,16 +45,19 @@
 mod layer;
 #[cfg(feature = "remote")]
 mod remote;
+pub mod single_flight;
+pub mod sync;
 mod validator;
 
 pub use keyward_core::Scope;
 pub use layer::{CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
 #[cfg(feature = "remote")]
 pub use remote::{
-    DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_CACHE_TTL, DEFAULT_TIMEOUT, RemoteValidator,
-    RemoteValidatorBuilder,
+    DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_CACHE_TTL, DEFAULT_TIMEOUT,
+    RemoteValidator, RemoteValidatorBuilder,
 };
+pub use single_flight::SingleFlight;
 pub use validator::{
-    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    Denial, Identity, IdentityDetails, RedactedKey, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,
 };

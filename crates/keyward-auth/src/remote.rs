@@ -13,7 +13,7 @@ use std::time::Duration;
 use keyward_core::{MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, PresentedKey};
 use tonic::transport::Channel;
 
-use self::cache::{VerdictCache, cache_key};
+use self::cache::{Limits, VerdictCache, cache_key};
 use self::pb::key_validation_service_client::KeyValidationServiceClient;
 use crate::validator::{
     Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
@@ -32,19 +32,35 @@ mod pb {
     tonic::include_proto!("keyward.v1");
 }
 
+// The generated request derives no `Debug` (see build.rs): it holds the raw key.
+impl fmt::Debug for pb::ValidateKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidateKeyRequest")
+            .field("key", &crate::RedactedKey(&self.key))
+            .field("required_scopes", &self.required_scopes)
+            .field("client_ip", &self.client_ip)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
+}
+
 /// How long one `ValidateKey` call may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default cap on how long a verdict is reused, whatever keyward hints.
 pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(5);
 /// The default number of cached verdicts.
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+/// The default memory budget of the verdict cache: 16 MiB, estimated per
+/// verdict from its identity's strings, scopes and metadata.
+pub const DEFAULT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// A [`Validator`] that asks a keyward server, for product services.
 ///
 /// - Verdicts are cached locally for the `cache_ttl` keyward sends with each
 ///   answer, capped by [`RemoteValidatorBuilder::max_cache_ttl`]; a zero or
-///   missing hint means the verdict is not cached. The cache is bounded
-///   ([`RemoteValidatorBuilder::cache_capacity`]) and keyed by a BLAKE3 hash
+///   missing hint means the verdict is not cached. The cache is bounded in
+///   verdicts ([`RemoteValidatorBuilder::cache_capacity`]) and in bytes
+///   ([`RemoteValidatorBuilder::cache_max_bytes`]), and keyed by a BLAKE3 hash
 ///   of the key and the required scopes, never by the raw key.
 /// - Concurrent lookups of the same key with the same scopes share one
 ///   `ValidateKey` call (the first request's client IP and user agent are
@@ -78,6 +94,7 @@ impl RemoteValidator {
             timeout: DEFAULT_TIMEOUT,
             max_cache_ttl: DEFAULT_MAX_CACHE_TTL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
     }
 
@@ -169,6 +186,7 @@ pub struct RemoteValidatorBuilder {
     timeout: Duration,
     max_cache_ttl: Duration,
     cache_capacity: usize,
+    cache_max_bytes: usize,
 }
 
 impl RemoteValidatorBuilder {
@@ -193,11 +211,25 @@ impl RemoteValidatorBuilder {
         self
     }
 
+    /// The most memory cached verdicts may hold, as estimated from each
+    /// verdict's identity (strings, scopes, metadata; default 16 MiB): one
+    /// verdict of a key with many long scopes and metadata weighs tens of
+    /// kilobytes, so the verdict count alone does not bound memory. When
+    /// full, expired and then arbitrary verdicts are evicted.
+    pub fn cache_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.cache_max_bytes = max_bytes;
+        self
+    }
+
     /// The validator.
     pub fn build(self) -> RemoteValidator {
         RemoteValidator {
             client: KeyValidationServiceClient::new(self.channel),
-            cache: VerdictCache::new(self.cache_capacity, self.max_cache_ttl),
+            cache: VerdictCache::new(Limits {
+                capacity: self.cache_capacity,
+                max_bytes: self.cache_max_bytes,
+                max_ttl: self.max_cache_ttl,
+            }),
             timeout: self.timeout,
             calls: AtomicU64::new(0),
         }
@@ -357,5 +389,100 @@ mod tests {
             assert_eq!(verdict, Verdict::Deny(Denial::Unauthenticated));
         }
         assert_eq!(validator.calls(), 0);
+    }
+
+    #[test]
+    fn the_wire_request_debug_hides_the_key() {
+        let key = ApiKeySecret::generate(
+            keyward_core::KeyKind::Standard,
+            keyward_core::Environment::Live,
+        );
+        let request = pb::ValidateKeyRequest {
+            key: key.expose().to_owned(),
+            required_scopes: vec!["orders:read".to_owned()],
+            ..Default::default()
+        };
+        let shown = format!("{request:?}");
+        assert!(!shown.contains(key.expose()), "{shown}");
+        assert!(shown.contains("orders:read"), "{shown}");
+    }
+
+    /// A keyward that accepts every `ValidateKey` call and never answers it.
+    #[derive(Clone)]
+    struct Silent;
+
+    impl tonic::server::NamedService for Silent {
+        const NAME: &'static str = "keyward.v1.KeyValidationService";
+    }
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Silent {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Pending<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_requests_to_a_keyward_that_never_answers_leave_nothing_in_flight() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Silent)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_lazy();
+        let validator = RemoteValidator::builder(channel)
+            .timeout(Duration::from_secs(3600))
+            .build();
+        let keys: Vec<ApiKeySecret> = (0..16)
+            .map(|_| {
+                ApiKeySecret::generate(
+                    keyward_core::KeyKind::Standard,
+                    keyward_core::Environment::Live,
+                )
+            })
+            .collect();
+        let mut requests: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                validator.validate(ValidationRequest {
+                    key: key.expose(),
+                    required_scopes: &[],
+                    client_ip: None,
+                    user_agent: None,
+                })
+            })
+            .collect();
+        // Every call reaches the server and hangs there.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while validator.calls() < 16 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "calls never started"
+            );
+            for request in &mut requests {
+                let polled = tokio::time::timeout(Duration::from_millis(1), request.as_mut()).await;
+                assert!(polled.is_err(), "a silent keyward never answers");
+            }
+        }
+        assert_eq!(validator.cache.in_flight(), 16);
+        drop(requests);
+        assert_eq!(validator.cache.in_flight(), 0);
+        server.abort();
     }
 }

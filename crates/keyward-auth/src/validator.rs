@@ -1,12 +1,13 @@
 //! What the layer asks, and what it is told.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use keyward_core::Scope;
+use keyward_core::{PresentedKey, Scope};
 
 /// The future a [`Validator`] returns.
 pub type ValidationFuture<'a> =
@@ -21,8 +22,9 @@ pub trait Validator: Send + Sync + 'static {
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a>;
 }
 
-/// One question to a [`Validator`].
-#[derive(Debug, Clone, Copy)]
+/// One question to a [`Validator`]. Its `Debug` shows only the display
+/// prefix of a well-formed key (`sk_live_7Gq2...`), never the key.
+#[derive(Clone, Copy)]
 pub struct ValidationRequest<'a> {
     /// The raw key exactly as presented (not yet parsed).
     pub key: &'a str,
@@ -32,6 +34,32 @@ pub struct ValidationRequest<'a> {
     pub client_ip: Option<&'a str>,
     /// The client's user agent, if known.
     pub user_agent: Option<&'a str>,
+}
+
+impl fmt::Debug for ValidationRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidationRequest")
+            .field("key", &RedactedKey(self.key))
+            .field("required_scopes", &self.required_scopes)
+            .field("client_ip", &self.client_ip)
+            .field("user_agent", &self.user_agent)
+            .finish()
+    }
+}
+
+/// A presented credential in `Debug` output: a well-formed keyward key as
+/// its public display prefix (`PresentedKey(sk_live_7Gq2...)`), anything
+/// else as `<redacted>`. For hand-written `Debug` impls of types that carry
+/// a raw key.
+pub struct RedactedKey<'a>(pub &'a str);
+
+impl fmt::Debug for RedactedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match PresentedKey::parse(self.0) {
+            Ok(key) => fmt::Debug::fmt(&key, f),
+            Err(_) => f.write_str("<redacted>"),
+        }
+    }
 }
 
 /// A validator's answer.
@@ -114,5 +142,43 @@ impl ValidatorError {
         Self {
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::{ApiKeySecret, Environment, KeyKind};
+
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+        let scopes = [Scope::parse("orders:read").expect("a valid scope")];
+        for key in [
+            secret.expose(),
+            "not-a-keyward-key-but-still-secret",
+            "s3cr3t",
+        ] {
+            let request = ValidationRequest {
+                key,
+                required_scopes: &scopes,
+                client_ip: Some("10.0.0.1"),
+                user_agent: None,
+            };
+            let shown = format!("{request:?} {request:#?}");
+            assert!(!shown.contains(key), "{shown}");
+            assert!(shown.contains("orders:read") && shown.contains("10.0.0.1"));
+        }
+        let shown = format!(
+            "{:?}",
+            ValidationRequest {
+                key: secret.expose(),
+                required_scopes: &[],
+                client_ip: None,
+                user_agent: None,
+            }
+        );
+        assert!(shown.contains(&secret.display_prefix()), "{shown}");
     }
 }

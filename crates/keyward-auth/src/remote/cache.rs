@@ -6,23 +6,22 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::mem::size_of;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
 use keyward_core::Scope;
-use tokio::sync::OnceCell;
 
-use crate::validator::{ValidatorError, Verdict};
+use crate::single_flight::SingleFlight;
+use crate::sync::lock;
+use crate::validator::{IdentityDetails, ValidatorError, Verdict};
 
 /// What the cache and the in-flight map are keyed by: a hash, never the key.
 pub(crate) type CacheKey = [u8; 32];
 
 /// A fetch's answer: the verdict, or why there is none.
 pub(crate) type Outcome = Result<Verdict, ValidatorError>;
-
-/// One lookup in progress; every caller asking for the same entry awaits it.
-type Flight = Arc<OnceCell<Outcome>>;
 
 /// The cache key of `key` with `scopes`. Scopes are hashed as a sorted set so
 /// that their order does not matter; every part is length-prefixed so that
@@ -51,174 +50,237 @@ pub(crate) fn cache_key(key: &str, scopes: &[Scope]) -> CacheKey {
     *hasher.finalize().as_bytes()
 }
 
-/// A bounded map of verdicts, each living for its own (capped) time, plus the
-/// lookups in flight.
+/// How much the cache may hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most verdicts.
+    pub(crate) capacity: usize,
+    /// Most bytes, as [`weight`] estimates them.
+    pub(crate) max_bytes: usize,
+    /// Longest a verdict is kept, whatever its hint.
+    pub(crate) max_ttl: Duration,
+}
+
+/// A map of verdicts bounded in entries and in bytes, each living for its
+/// own (capped) time, plus the lookups in flight.
 #[derive(Debug)]
 pub(crate) struct VerdictCache {
-    capacity: usize,
-    max_ttl: Duration,
+    limits: Limits,
     state: Mutex<State>,
+    flights: SingleFlight<CacheKey, Outcome>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     verdicts: HashMap<CacheKey, Cached, RandomState>,
-    flights: HashMap<CacheKey, Flight, RandomState>,
+    /// Sum of the cached verdicts' weights.
+    bytes: usize,
 }
 
 #[derive(Debug)]
 struct Cached {
     verdict: Verdict,
     expires_at: Instant,
-}
-
-/// What a lookup found.
-enum Lookup {
-    /// A live cached verdict.
-    Hit(Verdict),
-    /// No live verdict: the flight to wait on (new, or already under way).
-    Miss(Flight),
+    /// [`weight`] of this entry, kept so that removal needs no recount.
+    weight: usize,
 }
 
 impl VerdictCache {
-    /// A cache of at most `capacity` verdicts, none kept longer than `max_ttl`.
-    pub(crate) fn new(capacity: usize, max_ttl: Duration) -> Self {
+    /// An empty cache within `limits`.
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
-            capacity,
-            max_ttl,
+            limits,
             state: Mutex::default(),
+            flights: SingleFlight::new(),
         }
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding the lock (only map operations run
-        // under it), so a poisoned lock still holds consistent maps.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The cached verdict for `key`, or the outcome of `fetch`, which returns
     /// a verdict with how long it may be reused. Concurrent callers for the
-    /// same `key` share one `fetch`: only one of them runs it (if that caller
-    /// goes away mid-way, a waiting one takes over). Errors are shared with
-    /// the callers waiting at that moment but never cached.
+    /// same `key` share one `fetch` ([`SingleFlight`]: if every caller goes
+    /// away, the fetch is dropped and nothing stays in flight). Errors are
+    /// shared with the callers waiting at that moment but never cached.
     pub(crate) async fn get_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Verdict, Duration), ValidatorError>>,
     {
-        let flight = match self.lookup(&key, Instant::now()) {
-            Lookup::Hit(verdict) => return Ok(verdict),
-            Lookup::Miss(flight) => flight,
-        };
-        flight
-            .get_or_init(|| async {
-                let fetched = fetch().await;
-                // Runs without an await in between, so it cannot be cancelled
-                // half-way: the flight is always retired with its answer.
-                self.land(&key, &flight, fetched.as_ref().ok(), Instant::now());
-                fetched.map(|(verdict, _)| verdict)
+        if let Some(verdict) = self.get(&key, Instant::now()) {
+            return Ok(verdict);
+        }
+        self.flights
+            .run(key, || async {
+                // A flight that landed between the miss and joining.
+                if let Some(verdict) = self.get(&key, Instant::now()) {
+                    return Ok(verdict);
+                }
+                let (verdict, hint) = fetch().await?;
+                self.insert(key, &verdict, hint, Instant::now());
+                Ok(verdict)
             })
             .await
-            .clone()
     }
 
-    /// A live verdict for `key`, or the flight to wait on (joining the one
-    /// under way, if any). One lock for both, so concurrent misses share a flight.
-    fn lookup(&self, key: &CacheKey, now: Instant) -> Lookup {
-        let mut state = self.state();
+    /// A live verdict for `key`; an expired one is dropped.
+    fn get(&self, key: &CacheKey, now: Instant) -> Option<Verdict> {
+        let mut state = lock(&self.state);
         match state.verdicts.get(key) {
-            Some(cached) if cached.expires_at > now => return Lookup::Hit(cached.verdict.clone()),
+            Some(cached) if cached.expires_at > now => Some(cached.verdict.clone()),
             Some(_) => {
-                state.verdicts.remove(key);
+                state.remove(key);
+                None
             }
-            None => {}
+            None => None,
         }
-        Lookup::Miss(Arc::clone(state.flights.entry(*key).or_default()))
     }
 
-    /// Retires `flight` and caches what it fetched, if anything, for the
-    /// hinted time capped at `max_ttl`. A zero time means "do not cache".
-    fn land(
-        &self,
-        key: &CacheKey,
-        flight: &Flight,
-        fetched: Option<&(Verdict, Duration)>,
-        now: Instant,
-    ) {
-        let mut state = self.state();
-        if state
-            .flights
-            .get(key)
-            .is_some_and(|current| Arc::ptr_eq(current, flight))
-        {
-            state.flights.remove(key);
-        }
-        let Some((verdict, hint)) = fetched else {
-            return;
-        };
-        let ttl = (*hint).min(self.max_ttl);
-        if ttl.is_zero() || self.capacity == 0 {
+    /// Caches `verdict` for `hint` capped at `max_ttl`. A zero time means
+    /// "do not cache"; so does a verdict heavier than the whole budget.
+    fn insert(&self, key: CacheKey, verdict: &Verdict, hint: Duration, now: Instant) {
+        let ttl = hint.min(self.limits.max_ttl);
+        let weight = weight(verdict);
+        if ttl.is_zero() || self.limits.capacity == 0 || weight > self.limits.max_bytes {
             return;
         }
         let Some(expires_at) = now.checked_add(ttl) else {
             return;
         };
-        if !state.verdicts.contains_key(key) && state.verdicts.len() >= self.capacity {
-            state.make_room(self.capacity, now);
-        }
+        let mut state = lock(&self.state);
+        state.remove(&key);
+        state.make_room(self.limits, weight, now);
+        state.bytes += weight;
         state.verdicts.insert(
-            *key,
+            key,
             Cached {
                 verdict: verdict.clone(),
                 expires_at,
+                weight,
             },
         );
     }
 
-    /// How many verdicts are cached (live or not yet purged).
+    /// How many verdicts are cached (live or not yet purged) and their weight.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.state().verdicts.len()
+    fn usage(&self) -> (usize, usize) {
+        let state = lock(&self.state);
+        (state.verdicts.len(), state.bytes)
     }
 
     /// How many lookups are in flight.
     #[cfg(test)]
-    fn in_flight(&self) -> usize {
-        self.state().flights.len()
+    pub(crate) fn in_flight(&self) -> usize {
+        self.flights.in_flight()
     }
 }
 
 impl State {
-    /// Frees at least one slot below `capacity`: expired verdicts go first;
-    /// if that is not enough, about a tenth of the cache goes, picked by the
-    /// map's (randomly seeded) order. Evicting in batches keeps the full scan
-    /// rare when the cache is full of live verdicts.
-    fn make_room(&mut self, capacity: usize, now: Instant) {
-        self.verdicts.retain(|_, cached| cached.expires_at > now);
-        if self.verdicts.len() < capacity {
+    fn remove(&mut self, key: &CacheKey) {
+        if let Some(cached) = self.verdicts.remove(key) {
+            self.bytes -= cached.weight;
+        }
+    }
+
+    fn fits(&self, limits: Limits, incoming: usize) -> bool {
+        self.verdicts.len() < limits.capacity && self.bytes + incoming <= limits.max_bytes
+    }
+
+    /// Makes room for one more verdict of `incoming` bytes: expired verdicts
+    /// go first; if that is not enough, arbitrary ones (the map's randomly
+    /// seeded order) until a tenth of the limits is free as well. Evicting in
+    /// batches keeps the full scan rare when the cache is full of live verdicts.
+    fn make_room(&mut self, limits: Limits, incoming: usize, now: Instant) {
+        if self.fits(limits, incoming) {
             return;
         }
-        let excess = self.verdicts.len() + 1 - capacity + capacity / 10;
-        let victims: Vec<CacheKey> = self.verdicts.keys().take(excess).copied().collect();
+        let mut freed = 0;
+        self.verdicts.retain(|_, cached| {
+            let live = cached.expires_at > now;
+            if !live {
+                freed += cached.weight;
+            }
+            live
+        });
+        self.bytes -= freed;
+        if self.fits(limits, incoming) {
+            return;
+        }
+        let slack = Limits {
+            capacity: limits.capacity - limits.capacity / 10,
+            max_bytes: limits.max_bytes - limits.max_bytes / 10,
+            ..limits
+        };
+        let mut victims = Vec::new();
+        let (mut len, mut bytes) = (self.verdicts.len(), self.bytes);
+        for (key, cached) in &self.verdicts {
+            if len < slack.capacity.max(1) && bytes + incoming <= slack.max_bytes.max(incoming) {
+                break;
+            }
+            victims.push(*key);
+            len -= 1;
+            bytes -= cached.weight;
+        }
         for victim in &victims {
-            self.verdicts.remove(victim);
+            self.remove(victim);
         }
     }
 }
 
+/// An estimate of the memory one cached verdict holds: the entry, its map
+/// slot and key, and an allowed identity's strings, scopes and metadata.
+fn weight(verdict: &Verdict) -> usize {
+    let entry = size_of::<CacheKey>() + size_of::<Cached>();
+    let Verdict::Allow(identity) = verdict else {
+        return entry;
+    };
+    let details: &IdentityDetails = identity;
+    let text = |s: &String| s.capacity();
+    let optional = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+    // An Arc's two counters, the details, and every owned string.
+    entry
+        + 2 * size_of::<usize>()
+        + size_of::<IdentityDetails>()
+        + text(&details.key_id)
+        + text(&details.organization_id)
+        + optional(&details.workspace_id)
+        + text(&details.name)
+        + optional(&details.user_id)
+        + optional(&details.service_account_id)
+        + details.scopes.capacity() * size_of::<String>()
+        + details.scopes.iter().map(text).sum::<usize>()
+        // A B-tree entry: the pair, plus about a pointer of node overhead.
+        + details
+            .metadata
+            .iter()
+            .map(|(k, v)| 2 * size_of::<String>() + size_of::<usize>() + k.capacity() + v.capacity())
+            .sum::<usize>()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use keyward_core::MAX_SCOPES;
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::validator::Denial;
+    use crate::validator::{Denial, Identity};
+
+    // keyward-core's field limits (not exported): the largest identity keyward sends.
+    const MAX_SCOPE_CHARS: usize = 128;
+    const MAX_METADATA_ENTRIES: usize = 32;
+    const MAX_METADATA_VALUE_CHARS: usize = 512;
 
     const DENY: Verdict = Verdict::Deny(Denial::Unauthenticated);
     const HINT: Duration = Duration::from_secs(1);
+
+    fn limits(capacity: usize, max_ttl: Duration) -> Limits {
+        Limits {
+            capacity,
+            max_bytes: usize::MAX,
+            max_ttl,
+        }
+    }
 
     fn scopes(raw: &[&str]) -> Vec<Scope> {
         raw.iter()
@@ -259,93 +321,125 @@ mod tests {
 
     #[test]
     fn a_verdict_lives_for_its_hint() {
-        let cache = VerdictCache::new(10, Duration::from_secs(5));
+        let cache = VerdictCache::new(limits(10, Duration::from_secs(5)));
         let now = Instant::now();
-        let Lookup::Miss(flight) = cache.lookup(&key(1), now) else {
-            panic!("an empty cache misses");
-        };
-        cache.land(&key(1), &flight, Some(&(DENY, HINT)), now);
-        assert_eq!(cache.in_flight(), 0);
-        assert!(matches!(
-            cache.lookup(&key(1), now + HINT / 2),
-            Lookup::Hit(_)
-        ));
-        assert!(matches!(cache.lookup(&key(1), now + HINT), Lookup::Miss(_)));
-        assert_eq!(cache.len(), 0, "an expired verdict is dropped when seen");
+        assert!(cache.get(&key(1), now).is_none());
+        cache.insert(key(1), &DENY, HINT, now);
+        assert_eq!(cache.get(&key(1), now + HINT / 2), Some(DENY));
+        assert_eq!(cache.get(&key(1), now + HINT), None);
+        assert_eq!(
+            cache.usage(),
+            (0, 0),
+            "an expired verdict is dropped when seen"
+        );
     }
 
     #[test]
     fn the_hint_is_capped_by_max_ttl() {
-        let cache = VerdictCache::new(10, Duration::from_millis(100));
+        let cache = VerdictCache::new(limits(10, Duration::from_millis(100)));
         let now = Instant::now();
-        let Lookup::Miss(flight) = cache.lookup(&key(1), now) else {
-            panic!("an empty cache misses");
-        };
-        cache.land(
-            &key(1),
-            &flight,
-            Some(&(DENY, Duration::from_secs(3600))),
-            now,
+        cache.insert(key(1), &DENY, Duration::from_secs(3600), now);
+        assert!(
+            cache
+                .get(&key(1), now + Duration::from_millis(50))
+                .is_some()
         );
-        assert!(matches!(
-            cache.lookup(&key(1), now + Duration::from_millis(50)),
-            Lookup::Hit(_)
-        ));
-        assert!(matches!(
-            cache.lookup(&key(1), now + Duration::from_millis(100)),
-            Lookup::Miss(_)
-        ));
+        assert!(
+            cache
+                .get(&key(1), now + Duration::from_millis(100))
+                .is_none()
+        );
     }
 
     #[test]
     fn a_zero_hint_or_capacity_caches_nothing() {
         let now = Instant::now();
         for (capacity, hint) in [(10, Duration::ZERO), (0, HINT)] {
-            let cache = VerdictCache::new(capacity, Duration::from_secs(5));
-            let Lookup::Miss(flight) = cache.lookup(&key(1), now) else {
-                panic!("an empty cache misses");
-            };
-            cache.land(&key(1), &flight, Some(&(DENY, hint)), now);
-            assert_eq!(cache.len(), 0);
-            assert_eq!(cache.in_flight(), 0);
+            let cache = VerdictCache::new(limits(capacity, Duration::from_secs(5)));
+            cache.insert(key(1), &DENY, hint, now);
+            assert_eq!(cache.usage(), (0, 0));
         }
     }
 
     #[test]
     fn a_full_cache_evicts_expired_verdicts_first_and_never_grows() {
-        let cache = VerdictCache::new(20, Duration::from_secs(5));
+        let cache = VerdictCache::new(limits(20, Duration::from_secs(5)));
         let now = Instant::now();
         for n in 0..20 {
             let hint = if n < 5 { HINT } else { HINT * 4 };
-            let Lookup::Miss(flight) = cache.lookup(&key(n), now) else {
-                panic!("an empty cache misses");
-            };
-            cache.land(&key(n), &flight, Some(&(DENY, hint)), now);
+            cache.insert(key(n), &DENY, hint, now);
         }
-        assert_eq!(cache.len(), 20);
+        assert_eq!(cache.usage().0, 20);
         let later = now + HINT * 2;
-        let Lookup::Miss(flight) = cache.lookup(&key(100), later) else {
-            panic!("an unknown key misses");
-        };
-        cache.land(&key(100), &flight, Some(&(DENY, HINT)), later);
-        assert_eq!(cache.len(), 16, "the five expired verdicts made room");
+        cache.insert(key(100), &DENY, HINT, later);
+        assert_eq!(cache.usage().0, 16, "the five expired verdicts made room");
         for n in 5..20 {
-            assert!(matches!(cache.lookup(&key(n), later), Lookup::Hit(_)));
+            assert!(cache.get(&key(n), later).is_some());
         }
-
         for n in 101..200 {
-            let Lookup::Miss(flight) = cache.lookup(&key(n), later) else {
-                panic!("an unknown key misses");
-            };
-            cache.land(&key(n), &flight, Some(&(DENY, HINT)), later);
-            assert!(cache.len() <= 20);
+            cache.insert(key(n), &DENY, HINT, later);
+            assert!(cache.usage().0 <= 20);
         }
-        assert!(matches!(cache.lookup(&key(199), later), Lookup::Hit(_)));
+        assert!(cache.get(&key(199), later).is_some());
+    }
+
+    /// The heaviest identity keyward can send: every scope and metadata
+    /// entry at its longest.
+    fn maximal_identity(n: usize) -> Verdict {
+        Verdict::Allow(Identity::new(IdentityDetails {
+            key_id: format!("key_{n:026}"),
+            organization_id: "o".repeat(64),
+            workspace_id: Some("w".repeat(128)),
+            name: "n".repeat(128),
+            scopes: (0..MAX_SCOPES)
+                .map(|i| format!("{i:0width$}", width = MAX_SCOPE_CHARS))
+                .collect(),
+            metadata: (0..MAX_METADATA_ENTRIES)
+                .map(|i| (format!("{i:064}"), "v".repeat(MAX_METADATA_VALUE_CHARS)))
+                .collect(),
+            user_id: Some("u".repeat(128)),
+            service_account_id: Some("s".repeat(128)),
+        }))
+    }
+
+    #[test]
+    fn maximal_verdicts_stay_within_the_byte_budget() {
+        let one = weight(&maximal_identity(0));
+        assert!(one > 20_000, "a maximal identity weighs {one} bytes");
+        // Room for about ten by bytes, while the entry cap (1,000) and the
+        // load (200) are far above that: only the byte bound holds it.
+        let budget = one * 10 + one / 2;
+        let cache = VerdictCache::new(Limits {
+            capacity: 1_000,
+            max_bytes: budget,
+            max_ttl: Duration::from_secs(60),
+        });
+        let now = Instant::now();
+        for n in 0..200 {
+            cache.insert(key(n), &maximal_identity(usize::from(n)), HINT * 30, now);
+            let (entries, bytes) = cache.usage();
+            assert!(bytes <= budget, "{bytes} bytes cached, budget {budget}");
+            assert!(entries <= 10, "{entries} maximal verdicts cached");
+            assert_eq!(
+                bytes,
+                entries * one,
+                "the running total matches the weigher"
+            );
+        }
+        assert!(cache.get(&key(199), now).is_some(), "the newest is cached");
+        // A verdict heavier than the whole budget is not cached at all.
+        let tiny = VerdictCache::new(Limits {
+            capacity: 10,
+            max_bytes: one - 1,
+            max_ttl: Duration::from_secs(60),
+        });
+        tiny.insert(key(1), &maximal_identity(1), HINT, now);
+        assert_eq!(tiny.usage(), (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_fetch() {
-        let cache = Arc::new(VerdictCache::new(10, Duration::from_secs(5)));
+        let cache = Arc::new(VerdictCache::new(limits(10, Duration::from_secs(5))));
         let fetches = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Notify::new());
         let mut tasks = Vec::new();
@@ -365,17 +459,10 @@ mod tests {
                     .await
             }));
         }
-        // Every task has joined the flight once the map holds one flight
-        // whose cell is shared by all 50 tasks and the map.
-        loop {
-            let joined = cache
-                .state()
-                .flights
-                .get(&key(1))
-                .map_or(0, Arc::strong_count);
-            if joined == 51 {
-                break;
-            }
+        // Every task has joined once the flight counts 50 waiters.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.flights.waiting(&key(1)) < 50 {
+            assert!(Instant::now() < deadline, "tasks never joined");
             tokio::task::yield_now().await;
         }
         release.notify_one();
@@ -396,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_returned_but_never_cached() {
-        let cache = VerdictCache::new(10, Duration::from_secs(5));
+        let cache = VerdictCache::new(limits(10, Duration::from_secs(5)));
         let fetches = AtomicUsize::new(0);
         for _ in 0..3 {
             let outcome = cache
@@ -408,24 +495,30 @@ mod tests {
             assert!(outcome.is_err());
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 3);
-        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.usage(), (0, 0));
         assert_eq!(cache.in_flight(), 0);
     }
 
     #[tokio::test]
-    async fn a_cancelled_fetch_is_taken_over_by_the_next_caller() {
-        let cache = VerdictCache::new(10, Duration::from_secs(5));
-        let abandoned = cache.get_or_fetch(key(1), std::future::pending);
-        // Poll the first caller once so that it starts its fetch, then drop it.
-        let polled = tokio::time::timeout(Duration::ZERO, abandoned).await;
-        assert!(polled.is_err(), "a pending fetch does not finish");
-        assert_eq!(cache.in_flight(), 1);
+    async fn dropped_callers_of_fetches_that_never_answer_leave_nothing_in_flight() {
+        let cache = VerdictCache::new(limits(10, Duration::from_secs(5)));
+        let mut callers: Vec<_> = (0..32)
+            .map(|n| Box::pin(cache.get_or_fetch(key(n), std::future::pending)))
+            .collect();
+        for caller in &mut callers {
+            let polled = tokio::time::timeout(Duration::ZERO, caller.as_mut()).await;
+            assert!(polled.is_err(), "a pending fetch does not finish");
+        }
+        assert_eq!(cache.in_flight(), 32);
+        drop(callers);
+        assert_eq!(cache.in_flight(), 0);
 
+        // The next caller starts afresh.
         let verdict = cache
             .get_or_fetch(key(1), || async { Ok((DENY, HINT)) })
             .await;
         assert_eq!(verdict.expect("a verdict"), DENY);
         assert_eq!(cache.in_flight(), 0);
-        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.usage().0, 1);
     }
 }

@@ -1,0 +1,105 @@
+//! [`AdminValidator`]: the admin API's [`Validator`] for the auth layer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use keyward_auth::{
+    Denial, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
+};
+use keyward_core::{KeyKind, PresentedKey, ValidationCode};
+
+use super::{ClientInfo, KeyValidator, identity};
+
+/// Authenticates admin API calls: an active admin key is allowed as its
+/// organization; a valid standard key is forbidden; anything else is unknown.
+#[derive(Debug, Clone)]
+pub struct AdminValidator(pub Arc<KeyValidator>);
+
+impl Validator for AdminValidator {
+    fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
+        Box::pin(async move {
+            let Ok(presented) = PresentedKey::parse(request.key) else {
+                return Ok(Verdict::Deny(Denial::Unauthenticated));
+            };
+            let mut at = Instant::now();
+            let key = self.0.lookup(presented, &mut at).await.map_err(|error| {
+                tracing::warn!(%error, "admin authentication unavailable");
+                ValidatorError::unavailable(error.to_string())
+            })?;
+            let Some(key) = key else {
+                return Ok(Verdict::Deny(Denial::Unauthenticated));
+            };
+            let now = self.0.clock.utc(at);
+            if key.authorizes_admin(now) {
+                let client = ClientInfo {
+                    ip: request.client_ip,
+                    user_agent: request.user_agent,
+                };
+                self.0.usage.record(&key, client, at);
+                return Ok(Verdict::Allow(identity(&key)));
+            }
+            if key.kind == KeyKind::Standard && key.verdict(&[], || now) == ValidationCode::Valid {
+                return Ok(Verdict::Deny(Denial::Forbidden));
+            }
+            Ok(Verdict::Deny(Denial::Unauthenticated))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::{ApiKeySecret, Environment};
+    use keyward_store::testing::{self, Backend};
+
+    use super::*;
+    use crate::validation::Change;
+    use crate::validation::test_support::{create_admin_key, create_key, validator};
+
+    fn ask(key: &str) -> ValidationRequest<'_> {
+        ValidationRequest {
+            key,
+            required_scopes: &[],
+            client_ip: Some("10.0.0.1"),
+            user_agent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn admin_keys_allowed_standard_keys_forbidden_others_unknown() {
+        testing::run(Backend::Sqlite, |store| async move {
+            let admin = AdminValidator(Arc::new(validator(&store)));
+            let (admin_key, admin_secret) = create_admin_key(&store).await;
+            let Ok(Verdict::Allow(identity)) = admin.validate(ask(admin_secret.expose())).await
+            else {
+                panic!("an active admin key is allowed");
+            };
+            assert_eq!(identity.key_id, admin_key.id.as_str());
+            assert_eq!(identity.organization_id, "acme");
+            assert_eq!(admin.0.usage.pending(), 1, "its use is noted");
+
+            let (_, standard) = create_key(&store).await;
+            assert_eq!(
+                admin.validate(ask(standard.expose())).await.ok(),
+                Some(Verdict::Deny(Denial::Forbidden))
+            );
+            let unknown = ApiKeySecret::generate(KeyKind::Admin, Environment::Live);
+            for key in [unknown.expose(), "not a key"] {
+                assert_eq!(
+                    admin.validate(ask(key)).await.ok(),
+                    Some(Verdict::Deny(Denial::Unauthenticated))
+                );
+            }
+
+            store
+                .revoke_key("acme", &admin_key.id, &admin_key.created_by)
+                .await
+                .expect("revoked");
+            admin.0.announce(Change::key(&admin_key.id));
+            assert_eq!(
+                admin.validate(ask(admin_secret.expose())).await.ok(),
+                Some(Verdict::Deny(Denial::Unauthenticated))
+            );
+        })
+        .await;
+    }
+}

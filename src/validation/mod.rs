@@ -1,0 +1,589 @@
+//! The validation path shared by `ValidateKey`, Envoy's `Check` and the admin
+//! API's auth layer: parse (shape and checksum, no lookup) → BLAKE3 lookup
+//! hash → in-memory cache → on a miss, one indexed database lookup → cache.
+//!
+//! The cache stays current through [`KeyValidator::announce`] (this
+//! replica's changes, at once) and [`follow_changes`] (other replicas'
+//! changes, through the KeyEvent feed). When the database is unreachable,
+//! cached verdicts are served for `stale_if_error` after the last successful
+//! feed sync; anything else is UNAVAILABLE, never valid.
+//!
+//! One job per module: this one is the validator; `feed` follows the change
+//! feed; `usage` coalesces last-used data; `clock` reads wall-clock time off
+//! the monotonic clock; `admin_validator` authenticates the admin API.
+
+mod admin_validator;
+mod clock;
+mod feed;
+mod usage;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use keyward_auth::{Identity, IdentityDetails, SingleFlight};
+use keyward_core::{ApiKey, KeyId, LookupHash, LookupHasher, PresentedKey, Scope, ValidationCode};
+use keyward_store::{EventType, KeyEvent, Store};
+
+pub use self::admin_validator::AdminValidator;
+use self::clock::{Clock, micros};
+pub use self::feed::follow_changes;
+pub use self::usage::FlushError;
+use self::usage::{FLUSH_TIMEOUT, UsageRecorder};
+use crate::cache::{CacheSettings, Cached, KeyCache};
+use crate::config::{parse_duration, parse_interval};
+use crate::error::ApiError;
+
+/// The bound on how long a change takes to show in verdicts, here and through
+/// a caller's cache: the feed interval plus the cache hint stays within it.
+pub const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
+
+/// How the validator caches and stays current: `keyward serve` flags, with
+/// `KEYWARD_*` environment equivalents; `Default` is the flags' defaults.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ValidatorSettings {
+    /// Cache limits.
+    #[command(flatten)]
+    pub cache: CacheSettings,
+    /// How often the change feed is read, so other replicas' changes show here
+    /// (keep it well under 1s: changes must show within 1s).
+    #[arg(
+        id = "sync_interval",
+        long = "sync-interval",
+        env = "KEYWARD_SYNC_INTERVAL",
+        default_value = "250ms",
+        value_parser = parse_interval
+    )]
+    pub sync_interval: Duration,
+    /// While the database is unreachable, how long cached verdicts are still
+    /// served after the last successful sync.
+    #[arg(
+        id = "stale_if_error",
+        long = "stale-if-error",
+        env = "KEYWARD_STALE_IF_ERROR",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub stale_if_error: Duration,
+    /// Longest a cache miss or one read of the change feed waits for the
+    /// database before giving up (a miss answers UNAVAILABLE; callers such
+    /// as Envoy give up after about a second).
+    #[arg(
+        id = "lookup_timeout",
+        long = "lookup-timeout",
+        env = "KEYWARD_LOOKUP_TIMEOUT",
+        default_value = "1s",
+        value_parser = parse_interval
+    )]
+    pub lookup_timeout: Duration,
+}
+
+impl Default for ValidatorSettings {
+    fn default() -> Self {
+        crate::clap_defaults()
+    }
+}
+
+/// What a committed change means for cached verdicts: the one rule for this
+/// replica's own writes (announced by the admin API) and for the feed's
+/// events (from other replicas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change<'a> {
+    /// A key was created: its hash may be remembered as unknown.
+    pub created: bool,
+    /// This key changed or was deleted: its cached copy is stale.
+    pub key: Option<&'a KeyId>,
+}
+
+impl<'a> Change<'a> {
+    /// A new key. A copy cached since its creation is current, so none is
+    /// dropped; unknown hashes are forgotten.
+    pub fn created() -> Self {
+        Self {
+            created: true,
+            key: None,
+        }
+    }
+
+    /// A change to (or the deletion of) `id`.
+    pub fn key(id: &'a KeyId) -> Self {
+        Self {
+            created: false,
+            key: Some(id),
+        }
+    }
+
+    /// A rotation of `old`: `old` changed and a new key exists.
+    pub fn rotated(old: &'a KeyId) -> Self {
+        Self {
+            created: true,
+            key: Some(old),
+        }
+    }
+
+    /// What a feed event means.
+    pub fn of(event: &'a KeyEvent) -> Self {
+        match event.event_type {
+            EventType::Created => Self::created(),
+            _ => Self::key(&event.key_id),
+        }
+    }
+}
+
+/// The outcome of validating one presented key.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// The verdict.
+    pub code: ValidationCode,
+    /// The key, when one was found and may be described to the caller
+    /// (VALID and INSUFFICIENT_SCOPE).
+    pub key: Option<Arc<ApiKey>>,
+}
+
+/// Where a presented key came from, recorded as last-used data on success.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientInfo<'a> {
+    /// The client's IP address.
+    pub ip: Option<&'a str>,
+    /// The client's user agent.
+    pub user_agent: Option<&'a str>,
+}
+
+/// Validates presented keys against the cache and the store.
+#[derive(Debug)]
+pub struct KeyValidator {
+    store: Store,
+    hasher: LookupHasher,
+    settings: ValidatorSettings,
+    cache: KeyCache,
+    usage: UsageRecorder,
+    clock: Clock,
+    /// Microseconds after the clock's start of the last successful feed sync.
+    synced_at: AtomicI64,
+    /// Lookups that reached the database.
+    database_lookups: AtomicU64,
+    /// Misses being read from the database: concurrent misses of one hash
+    /// wait for the same read, which is dropped when they all go away.
+    in_flight: SingleFlight<LookupHash, Read>,
+}
+
+/// One database read shared by concurrent misses: `None` if it failed.
+type Read = Option<Option<Arc<ApiKey>>>;
+
+impl KeyValidator {
+    /// A validator over `store`, hashing with `hasher`.
+    pub fn new(store: Store, hasher: LookupHasher, settings: ValidatorSettings) -> Self {
+        Self {
+            store,
+            hasher,
+            cache: KeyCache::new(settings.cache),
+            settings,
+            usage: UsageRecorder::default(),
+            clock: Clock::new(),
+            synced_at: AtomicI64::new(0),
+            database_lookups: AtomicU64::new(0),
+            in_flight: SingleFlight::new(),
+        }
+    }
+
+    /// How many lookups reached the database (cache misses) so far.
+    pub fn database_lookups(&self) -> u64 {
+        self.database_lookups.load(Ordering::Relaxed)
+    }
+
+    /// How long a caller may reuse a verdict: what the propagation bound
+    /// leaves after this replica's own feed delay.
+    pub fn cache_hint(&self) -> Duration {
+        PROPAGATION_BOUND.saturating_sub(self.settings.sync_interval)
+    }
+
+    /// The cache, for inspection.
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    /// How many distinct missed hashes are being read from the database.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.in_flight()
+    }
+
+    fn mark_synced(&self) {
+        let now = self.clock.since_start(Instant::now());
+        self.synced_at.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether cached verdicts are past `stale_if_error` at `now` (the feed
+    /// has not synced for that long: the database is unreachable).
+    fn is_stale(&self, now: Instant) -> bool {
+        let synced = self.synced_at.load(Ordering::Relaxed);
+        self.clock.since_start(now) - synced > micros(self.settings.stale_if_error)
+    }
+
+    /// Looks a well-formed key up as of `now`: `None` if it is unknown. A
+    /// database read moves `now` to when the read finished.
+    async fn lookup(
+        &self,
+        presented: PresentedKey<'_>,
+        now: &mut Instant,
+    ) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let hash = self.hasher.hash(presented);
+        let key = match self.cache.get(&hash, *now) {
+            Cached::Key(key) if !self.is_stale(*now) => Some(key),
+            Cached::Unknown if !self.is_stale(*now) => None,
+            Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
+            Cached::Miss => {
+                let key = self.read_through(hash).await?;
+                *now = Instant::now();
+                key
+            }
+        };
+        // The prefix says which kind the key was issued as; a mismatch means a
+        // forged prefix on a real body, which cannot happen without the body.
+        Ok(key.filter(|key| key.kind == presented.kind()))
+    }
+
+    /// Reads a missed hash from the database and caches the answer; concurrent
+    /// misses of the same hash share one read.
+    async fn read_through(&self, hash: LookupHash) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        let read = self.in_flight.run(hash, || async {
+            self.database_lookups.fetch_add(1, Ordering::Relaxed);
+            let read = self.cache.generation();
+            let found = tokio::time::timeout(
+                self.settings.lookup_timeout,
+                self.store.find_by_lookup_hash(&hash),
+            )
+            .await;
+            match found {
+                Ok(Ok(Some(key))) => {
+                    let key = Arc::new(key);
+                    self.cache.insert(hash, Arc::clone(&key), read);
+                    Some(Some(key))
+                }
+                Ok(Ok(None)) => {
+                    self.cache.insert_unknown(hash, read);
+                    Some(None)
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "key lookup failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.settings.lookup_timeout, "key lookup timed out");
+                    None
+                }
+            }
+        });
+        read.await.ok_or(ApiError::Unavailable)
+    }
+
+    /// Makes a committed change visible in this replica's verdicts at once:
+    /// the admin API announces its own writes here, and the feed follower
+    /// every event from other replicas.
+    pub fn announce(&self, change: Change<'_>) {
+        if let Some(id) = change.key {
+            self.cache.invalidate(id);
+        }
+        if change.created {
+            self.cache.forget_unknown();
+        }
+    }
+
+    /// Validates a product (standard) key with the scopes it must hold.
+    pub async fn validate(
+        &self,
+        raw: &str,
+        required: &[Scope],
+        client: ClientInfo<'_>,
+    ) -> Result<Validation, ApiError> {
+        let Ok(presented) = PresentedKey::parse(raw) else {
+            return Ok(Validation {
+                code: ValidationCode::Malformed,
+                key: None,
+            });
+        };
+        // The one clock read of a warm validation.
+        let mut now = Instant::now();
+        let Some(key) = self.lookup(presented, &mut now).await? else {
+            return Ok(Validation {
+                code: ValidationCode::NotFound,
+                key: None,
+            });
+        };
+        let code = key.verdict(required, || self.clock.utc(now));
+        if code == ValidationCode::Valid {
+            self.usage.record(&key, client, now);
+        }
+        let described = matches!(
+            code,
+            ValidationCode::Valid | ValidationCode::InsufficientScope
+        );
+        Ok(Validation {
+            code,
+            key: described.then_some(key),
+        })
+    }
+
+    /// Writes pending last-used data to the database, waiting at most
+    /// [`FLUSH_TIMEOUT`](usage::FLUSH_TIMEOUT): how many keys were written.
+    /// A failure is logged here; its batch stays pending for the next flush,
+    /// also when this future is dropped mid-way (a shutdown that gives up),
+    /// so the periodic flusher can be aborted and a final flush still sends it.
+    pub async fn flush_usage(&self) -> Result<usize, FlushError> {
+        let flushed = self
+            .usage
+            .flush(&self.store, &self.clock, FLUSH_TIMEOUT)
+            .await;
+        if let Err(error) = &flushed {
+            tracing::warn!(%error, keys = self.usage.pending(), "key usage not recorded; will retry");
+        }
+        flushed
+    }
+}
+
+/// The identity a key grants, as the auth layer hands it to handlers.
+pub fn identity(key: &ApiKey) -> Identity {
+    Identity::new(IdentityDetails {
+        key_id: key.id.to_string(),
+        organization_id: key.organization_id.clone(),
+        workspace_id: key.workspace_id.clone(),
+        name: key.name.clone(),
+        scopes: key.scopes.to_strings(),
+        metadata: key.metadata.as_map().clone(),
+        user_id: key.user_id.clone(),
+        service_account_id: key.service_account_id.clone(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Keys in a real store, for the validation modules' tests.
+
+    use keyward_core::{
+        Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyKind, KeyName,
+        LookupHasher, Metadata, OrganizationId, Scopes,
+    };
+    use keyward_store::{KeyMaterial, NewKey, Store};
+
+    use super::{KeyValidator, ValidatorSettings};
+
+    /// A validator over `store` with the default settings.
+    pub(crate) fn validator(store: &Store) -> KeyValidator {
+        KeyValidator::new(
+            store.clone(),
+            LookupHasher::derived(),
+            ValidatorSettings::default(),
+        )
+    }
+
+    /// A standard key of organization `acme`, and its secret.
+    pub(crate) async fn create_key(store: &Store) -> (ApiKey, ApiKeySecret) {
+        create(store, KeyKind::Standard).await
+    }
+
+    /// An admin key of organization `acme`, and its secret.
+    pub(crate) async fn create_admin_key(store: &Store) -> (ApiKey, ApiKeySecret) {
+        create(store, KeyKind::Admin).await
+    }
+
+    async fn create(store: &Store, kind: KeyKind) -> (ApiKey, ApiKeySecret) {
+        let organization = OrganizationId::parse("acme").expect("a valid organization");
+        store
+            .ensure_organization(&organization)
+            .await
+            .expect("an organization");
+        let secret = ApiKeySecret::generate(kind, Environment::Live);
+        let key = store
+            .create_key(NewKey {
+                organization_id: organization,
+                workspace_id: None,
+                name: KeyName::parse("k").expect("a valid name"),
+                description: Description::default(),
+                scopes: Scopes::default(),
+                metadata: Metadata::default(),
+                secret: KeyMaterial::new(&LookupHasher::derived(), &secret),
+                created_by: Actor {
+                    kind: ActorKind::User,
+                    id: "u".to_owned(),
+                },
+                user_id: None,
+                service_account_id: None,
+                expires_at: None,
+            })
+            .await
+            .expect("a key");
+        (key, secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::{ApiKeySecret, Environment, KeyKind};
+    use keyward_store::testing::{self, Backend};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    use super::test_support::{create_key, validator};
+    use super::*;
+
+    #[test]
+    fn settings_come_from_flags_with_the_documented_defaults() {
+        use clap::Parser;
+
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            validator: ValidatorSettings,
+        }
+        let defaults = ValidatorSettings::default();
+        assert_eq!(defaults.sync_interval, Duration::from_millis(250));
+        assert_eq!(defaults.stale_if_error, Duration::from_secs(60));
+        assert_eq!(defaults.lookup_timeout, Duration::from_secs(1));
+        assert_eq!(defaults.cache.capacity, 100_000);
+        let parsed = Flags::try_parse_from([
+            "x",
+            "--sync-interval",
+            "100ms",
+            "--stale-if-error",
+            "0s",
+            "--cache-max-age",
+            "2s",
+        ])
+        .expect("valid flags")
+        .validator;
+        assert_eq!(parsed.sync_interval, Duration::from_millis(100));
+        assert_eq!(parsed.stale_if_error, Duration::ZERO);
+        assert_eq!(parsed.cache.max_age, Duration::from_secs(2));
+        for bad in [["--sync-interval", "0ms"], ["--lookup-timeout", "1h"]] {
+            assert!(
+                Flags::try_parse_from(["x", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_feed_event_means_what_the_same_local_write_means() {
+        let id = KeyId::generate();
+        assert_eq!(
+            Change::created(),
+            Change {
+                created: true,
+                key: None
+            }
+        );
+        assert_eq!(
+            Change::key(&id),
+            Change {
+                created: false,
+                key: Some(&id)
+            }
+        );
+        assert_eq!(
+            Change::rotated(&id),
+            Change {
+                created: true,
+                key: Some(&id)
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn announced_changes_show_at_once() {
+        testing::run(Backend::Sqlite, |store| async move {
+            let validator = validator(&store);
+            let (key, secret) = create_key(&store).await;
+            let check = || validator.validate(secret.expose(), &[], ClientInfo::default());
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Valid
+            );
+            assert_eq!(validator.database_lookups(), 1);
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Valid
+            );
+            assert_eq!(validator.database_lookups(), 1, "the second is a hit");
+            store
+                .archive_key("acme", &key.id, &key.created_by)
+                .await
+                .expect("archived");
+            validator.announce(Change::key(&key.id));
+            assert_eq!(
+                check().await.expect("a verdict").code,
+                ValidationCode::Archived
+            );
+
+            // An unknown hash is remembered until a key is created.
+            let unknown = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+            let ask = || validator.validate(unknown.expose(), &[], ClientInfo::default());
+            assert_eq!(
+                ask().await.expect("a verdict").code,
+                ValidationCode::NotFound
+            );
+            let lookups = validator.database_lookups();
+            assert_eq!(
+                ask().await.expect("a verdict").code,
+                ValidationCode::NotFound
+            );
+            assert_eq!(validator.database_lookups(), lookups);
+            validator.announce(Change::created());
+            ask().await.expect("a verdict");
+            assert_eq!(validator.database_lookups(), lookups + 1);
+        })
+        .await;
+    }
+
+    /// Misses against a database that never answers (every read of
+    /// `api_keys` waits behind another transaction's exclusive lock), whose
+    /// callers all go away (reset streams, expired `grpc-timeout`s), leave
+    /// nothing in flight; concurrent misses of one key share one read.
+    #[tokio::test]
+    async fn dropped_misses_against_a_store_that_never_answers_leave_nothing_in_flight() {
+        testing::run(Backend::Postgres, |store| async move {
+            let validator = KeyValidator::new(
+                store.clone(),
+                LookupHasher::derived(),
+                ValidatorSettings {
+                    lookup_timeout: Duration::from_secs(3600),
+                    ..ValidatorSettings::default()
+                },
+            );
+            let blocker = store.connection().begin().await.expect("a transaction");
+            blocker
+                .execute_unprepared("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+                .await
+                .expect("the lock");
+            let secrets: Vec<ApiKeySecret> = (0..8)
+                .map(|_| ApiKeySecret::generate(KeyKind::Standard, Environment::Live))
+                .collect();
+            let mut misses: Vec<_> = secrets
+                .iter()
+                .chain(std::iter::repeat_n(&secrets[0], 4))
+                .map(|secret| {
+                    Box::pin(validator.validate(secret.expose(), &[], ClientInfo::default()))
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while validator.database_lookups() < 8 {
+                assert!(Instant::now() < deadline, "lookups never started");
+                for miss in &mut misses {
+                    let polled =
+                        tokio::time::timeout(Duration::from_millis(1), miss.as_mut()).await;
+                    assert!(polled.is_err(), "a blocked lookup never answers");
+                }
+            }
+            assert_eq!(validator.in_flight(), 8);
+            assert_eq!(validator.database_lookups(), 8, "one read per distinct key");
+            drop(misses);
+            assert_eq!(validator.in_flight(), 0);
+            blocker.rollback().await.expect("released");
+            // The database answers again: a new miss reads afresh.
+            let verdict = validator
+                .validate(secrets[0].expose(), &[], ClientInfo::default())
+                .await
+                .expect("a verdict");
+            assert_eq!(verdict.code, ValidationCode::NotFound);
+            assert_eq!(validator.in_flight(), 0);
+        })
+        .await;
+    }
+}
