@@ -11,27 +11,26 @@ use std::time::{Duration, Instant};
 use keyward_core::{ApiKey, KeyId, LookupHash};
 
 /// Cache limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct CacheSettings {
-    /// Most keys held; inserting beyond it evicts.
+    /// Most keys held in the validation cache (eviction beyond it).
+    #[arg(long = "cache-capacity", env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000, value_parser = crate::config::at_least_one())]
     pub capacity: usize,
-    /// Most unknown hashes remembered.
+    /// Most unknown key hashes remembered (so floods of random keys stay off the database).
+    #[arg(long = "negative-cache-capacity", env = "KEYWARD_NEGATIVE_CACHE_CAPACITY", default_value_t = 100_000, value_parser = crate::config::at_least_one())]
     pub negative_capacity: usize,
-    /// How long an unknown hash is remembered.
+    /// How long an unknown key hash is remembered.
+    #[arg(long = "negative-cache-ttl", env = "KEYWARD_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = crate::config::parse_interval)]
     pub negative_ttl: Duration,
-    /// How long a key is served from memory at most before it is read again:
-    /// a safety net under the change feed.
+    /// Longest a cached key is served before it is read again: a safety net
+    /// under the change feed.
+    #[arg(long = "cache-max-age", env = "KEYWARD_CACHE_MAX_AGE", default_value = "30s", value_parser = crate::config::parse_interval)]
     pub max_age: Duration,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self {
-            capacity: 100_000,
-            negative_capacity: 100_000,
-            negative_ttl: Duration::from_secs(5),
-            max_age: Duration::from_secs(30),
-        }
+        crate::config::clap_defaults()
     }
 }
 

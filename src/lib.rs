@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod convert;
 pub mod error;
 pub mod ext_authz;

@@ -37,28 +37,28 @@ pub const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 const REREAD_WINDOW: Duration = Duration::from_secs(2);
 
 /// How the validator caches and stays current.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct ValidatorSettings {
     /// Cache limits.
+    #[command(flatten)]
     pub cache: CacheSettings,
-    /// How often the change feed is read.
+    /// How often the change feed is read, so other replicas' changes show here
+    /// (keep it well under 1s: changes must show within 1s).
+    #[arg(long, env = "KEYWARD_SYNC_INTERVAL", default_value = "250ms", value_parser = crate::config::parse_interval)]
     pub sync_interval: Duration,
-    /// How long cached verdicts are served after the last successful feed
-    /// sync while the database is unreachable.
+    /// While the database is unreachable, how long cached verdicts are still
+    /// served after the last successful sync (at least the sync interval).
+    #[arg(long, env = "KEYWARD_STALE_IF_ERROR", default_value = "60s", value_parser = crate::config::parse_duration)]
     pub stale_if_error: Duration,
     /// Longest a cache miss waits for the database before answering
     /// UNAVAILABLE (callers such as Envoy give up after about a second).
+    #[arg(long, env = "KEYWARD_LOOKUP_TIMEOUT", default_value = "1s", value_parser = crate::config::parse_interval)]
     pub lookup_timeout: Duration,
 }
 
 impl Default for ValidatorSettings {
     fn default() -> Self {
-        Self {
-            cache: CacheSettings::default(),
-            sync_interval: Duration::from_millis(250),
-            stale_if_error: Duration::from_secs(60),
-            lookup_timeout: Duration::from_secs(1),
-        }
+        crate::config::clap_defaults()
     }
 }
 
