@@ -207,7 +207,7 @@ mod tests {
             status.message().len()
         );
         assert!(
-            status.details().len() < 6 * 1024,
+            status.details().len() < 5 * 1024,
             "{}",
             status.details().len()
         );

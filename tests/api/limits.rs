@@ -54,18 +54,23 @@ fn validation_client(channel: Channel) -> KeyValidationServiceClient<Channel> {
         .max_decoding_message_size(CLIENT_LIMIT)
 }
 
-/// Checks that `status` is a small refusal: RESOURCE_EXHAUSTED (over the
-/// message size) or INVALID_ARGUMENT with exactly one violation, of `field`.
+/// Whether `status` refuses a message over the size limit before decoding it
+/// (tonic answers OUT_OF_RANGE, "decoded message length too large"; other
+/// gRPC servers RESOURCE_EXHAUSTED).
+fn too_large(status: &Status) -> bool {
+    matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
+}
+
+/// Checks that `status` is a small refusal: over the message size, or
+/// INVALID_ARGUMENT with exactly one violation, of `field`.
 fn assert_bounded(status: &Status, field: &str) {
     let weight = status.message().len() + status.details().len();
     assert!(
         weight <= MAX_ERROR_BYTES,
         "{field}: the error weighs {weight} bytes"
     );
-    match status.code() {
-        Code::ResourceExhausted => {}
-        Code::InvalidArgument => assert_one_violation(status, field),
-        other => panic!("{field}: {other:?} {}", status.message()),
+    if !too_large(status) {
+        assert_one_violation(status, field);
     }
 }
 
@@ -210,7 +215,7 @@ async fn count_caps(app: &TestApp) {
         .validate_key(validate_with_scopes(1_900_000))
         .await
         .expect_err("a 3.8 MB request is refused");
-    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(too_large(&refused), "{refused:?}");
     assert!(refused.message().len() + refused.details().len() <= MAX_ERROR_BYTES);
 
     let refused = admin
@@ -304,10 +309,10 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     health(second.clone()).await.expect("it is served");
 
     if let Ok(third) = connect(&app).await {
-        let refused = health(third)
+        // Closed by the server: a transport error (reset or broken pipe).
+        health(third)
             .await
             .expect_err("a third connection is not served");
-        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     }
 
     drop(second);
