@@ -489,6 +489,9 @@ fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
     }
 }
 
+/// Headers sent to Check, headers it must remove, headers it must keep.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+
 async fn ext_authz_strips_every_credential(app: &TestApp) {
     let created = app
         .admin()
@@ -504,8 +507,7 @@ async fn ext_authz_strips_every_credential(app: &TestApp) {
     let mut authz = AuthorizationClient::new(channel);
     let bearer = format!("Bearer {}", created.secret);
     let key = created.secret.as_str();
-    // (headers sent, headers removed, headers kept)
-    let cases: [(&[(&str, &str)], &[&str], &[&str]); 3] = [
+    let cases: [Case<'_>; 3] = [
         (
             &[("authorization", &bearer), ("x-api-key", "sk_live_second")],
             &["authorization", "x-api-key"],
