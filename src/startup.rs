@@ -352,35 +352,31 @@ async fn report_readiness(store: Store, reporter: HealthReporter, stale_if_error
             reached_at = Instant::now();
         }
         let answers_from_cache = reached_at.elapsed() <= stale_if_error;
-        if reachable != admin_serving {
-            admin_serving = reachable;
-            tracing::warn!(
-                serving = reachable,
-                "admin service health changed with the database"
-            );
-            reporter
-                .set_service_status(KEY_ADMIN_SERVICE, serving_status(reachable))
-                .await;
-        }
-        if answers_from_cache != validation_serving {
-            validation_serving = answers_from_cache;
-            tracing::warn!(
-                serving = answers_from_cache,
-                "validation service health changed"
-            );
-            reporter
-                .set_service_status(KEY_VALIDATION_SERVICE, serving_status(answers_from_cache))
-                .await;
-        }
+        report(&reporter, KEY_ADMIN_SERVICE, &mut admin_serving, reachable).await;
+        report(
+            &reporter,
+            KEY_VALIDATION_SERVICE,
+            &mut validation_serving,
+            answers_from_cache,
+        )
+        .await;
     }
 }
 
-fn serving_status(serving: bool) -> ServingStatus {
-    if serving {
+/// Tells `reporter` that `service` is now `serving`, if that is a change.
+async fn report(reporter: &HealthReporter, service: &str, current: &mut bool, serving: bool) {
+    if *current == serving {
+        return;
+    }
+    *current = serving;
+    let status = if serving {
+        tracing::info!(service, "serving again");
         ServingStatus::Serving
     } else {
+        tracing::warn!(service, "not serving: the database is unreachable");
         ServingStatus::NotServing
-    }
+    };
+    reporter.set_service_status(service, status).await;
 }
 
 /// Creates an admin key for `organization` (creating the organization if

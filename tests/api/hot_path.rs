@@ -788,7 +788,7 @@ mod replicas {
 /// refuses new ones (accepts and closes them at once); `restore` lets
 /// connections through again.
 pub(crate) struct Proxy {
-    pub(crate) addr: SocketAddr,
+    addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
     accept: JoinHandle<()>,
 }
@@ -800,7 +800,7 @@ struct ProxyState {
 }
 
 impl Proxy {
-    pub(crate) async fn start(upstream: String) -> Self {
+    async fn start(upstream: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a proxy port");
@@ -833,6 +833,25 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the database server of `url` (of `backend`), and
+    /// the URL of the same database through the proxy.
+    pub(crate) async fn in_front_of(backend: Backend, url: &str) -> (Self, String) {
+        let default_port = if backend == Backend::Postgres {
+            5432
+        } else {
+            3306
+        };
+        let (before, host, after) = split_host(url);
+        let upstream = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:{default_port}")
+        };
+        let proxy = Self::start(upstream).await;
+        let proxied_url = format!("{before}{}{after}", proxy.addr);
+        (proxy, proxied_url)
+    }
+
     pub(crate) fn cut(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.cut = true;
@@ -857,7 +876,7 @@ impl Drop for Proxy {
 }
 
 /// Splits a database URL around its host and port: (before, host:port, after).
-pub(crate) fn split_host(url: &str) -> (&str, &str, &str) {
+fn split_host(url: &str) -> (&str, &str, &str) {
     let scheme_end = url.find("://").expect("a URL with a scheme") + 3;
     let authority_end = url[scheme_end..]
         .find(['/', '?'])
@@ -879,15 +898,7 @@ async fn cached_verdicts_outlive_an_outage_for_stale_if_error(backend: Backend) 
     use pb::ValidationCode::{NotFound, Valid};
 
     on_fresh_database(backend, |url| async move {
-        let default_port = if backend == Backend::Postgres { 5432 } else { 3306 };
-        let (before, host, after) = split_host(&url);
-        let upstream = if host.contains(':') {
-            host.to_owned()
-        } else {
-            format!("{host}:{default_port}")
-        };
-        let proxy = Proxy::start(upstream).await;
-        let proxied_url = format!("{before}{}{after}", proxy.addr);
+        let (proxy, proxied_url) = Proxy::in_front_of(backend, &url).await;
         let server = Server::start(
             &proxied_url,
             FLUSH_INTERVAL,

@@ -33,9 +33,7 @@ use tonic_types::StatusExt;
 use crate::helpers::{
     TestApp, TestBody, eventually, record_secret, spawn_app_with, with_app, with_key,
 };
-use crate::hot_path::{
-    Proxy, Replica, bootstrap_with_cli, keyward_command, on_fresh_database, split_host,
-};
+use crate::hot_path::{Proxy, Replica, bootstrap_with_cli, keyward_command, on_fresh_database};
 
 /// The most an error may weigh: message plus `grpc-status-details-bin`.
 const MAX_ERROR_BYTES: usize = 8 * 1024;
@@ -91,6 +89,30 @@ fn assert_one_violation(status: &Status, field: &str) {
     );
 }
 
+/// Creates a standard key through `admin` as `admin_key`.
+async fn create_key_with(
+    mut admin: KeyAdminServiceClient<Channel>,
+    admin_key: &str,
+    name: &str,
+) -> pb::CreateKeyResponse {
+    let request = pb::CreateKeyRequest {
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    let created = admin
+        .create_key(with_key(admin_key, request))
+        .await
+        .expect("CreateKey succeeds")
+        .into_inner();
+    record_secret(&created.secret);
+    created
+}
+
+/// Creates a standard key of `acme`.
+async fn create_key(app: &TestApp, name: &str) -> pb::CreateKeyResponse {
+    create_key_with(app.admin(), &app.acme_key, name).await
+}
+
 fn update_with_paths(id: &str, paths: usize) -> pb::UpdateKeyRequest {
     pb::UpdateKeyRequest {
         id: id.to_owned(),
@@ -141,18 +163,7 @@ async fn huge_repeated_fields_cost_a_small_error_and_little_memory() {
     let channel = replica.wait_until_serving(&admin_key).await;
     let pid = replica.child.id();
 
-    let created = admin_client(channel.clone())
-        .create_key(with_key(
-            &admin_key,
-            pb::CreateKeyRequest {
-                name: "target".to_owned(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&created.secret);
+    let created = create_key_with(admin_client(channel.clone()), &admin_key, "target").await;
     let id = created.api_key.expect("the key").id;
 
     let validate = validate_with_scopes(1_900_000);
@@ -224,15 +235,7 @@ async fn count_caps(app: &TestApp) {
         .expect_err("1,000 statuses are refused");
     assert_one_violation(&refused, "statuses");
 
-    let created = admin
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "target".to_owned(),
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&created.secret);
+    let created = create_key(app, "target").await;
     let id = created.api_key.expect("the key").id;
     let refused = admin
         .update_key(app.acme(update_with_paths(&id, 1_000)))
@@ -343,19 +346,8 @@ const STALE_IF_ERROR: Duration = Duration::from_secs(5);
 
 async fn health_follows_the_database(backend: Backend) {
     on_fresh_database(backend, |url| async move {
-        let default_port = if backend == Backend::Postgres {
-            5432
-        } else {
-            3306
-        };
-        let (before, host, after) = split_host(&url);
-        let upstream = if host.contains(':') {
-            host.to_owned()
-        } else {
-            format!("{host}:{default_port}")
-        };
-        let proxy = Proxy::start(upstream).await;
-        let mut settings = Settings::for_database(format!("{before}{}{after}", proxy.addr));
+        let (proxy, proxied_url) = Proxy::in_front_of(backend, &url).await;
+        let mut settings = Settings::for_database(proxied_url);
         settings.validator.stale_if_error = STALE_IF_ERROR;
         let app = Application::build(settings).await.expect("keyward starts");
         let addr = app.local_addr();
@@ -456,17 +448,10 @@ async fn health_follows_the_database(backend: Backend) {
     .await;
 }
 
-mod health {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        health_follows_the_database(Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mariadb() {
-        health_follows_the_database(Backend::MariaDb).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_on_postgres_and_mariadb() {
+    for backend in [Backend::Postgres, Backend::MariaDb] {
+        health_follows_the_database(backend).await;
     }
 }
 
@@ -493,16 +478,7 @@ fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
 type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
 
 async fn ext_authz_strips_every_credential(app: &TestApp) {
-    let created = app
-        .admin()
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "envoy".to_owned(),
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&created.secret);
+    let created = create_key(app, "envoy").await;
     let channel = connect(app).await.expect("keyward accepts connections");
     let mut authz = AuthorizationClient::new(channel);
     let bearer = format!("Bearer {}", created.secret);
@@ -653,16 +629,7 @@ async fn shutdown_writes_pending_last_used_data() {
     else {
         return;
     };
-    let created = app
-        .admin()
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "used once".to_owned(),
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&created.secret);
+    let created = create_key(&app, "used once").await;
     let answer = app
         .validation()
         .validate_key(pb::ValidateKeyRequest {
