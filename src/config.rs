@@ -426,9 +426,15 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
     }
 
+    /// `keyward serve ARGS`, with no `KEYWARD_*` variable of the test's
+    /// environment taken into account.
     fn serve(args: &[&str]) -> Result<Settings, clap::Error> {
+        use clap::CommandFactory;
+        let command = Cli::command()
+            .mut_subcommand("serve", |serve| serve.mut_args(|arg| arg.env(None::<&str>)));
         let command_line = ["keyward", "serve"].iter().chain(args);
-        match Cli::try_parse_from(command_line)?.command {
+        let matches = command.try_get_matches_from(command_line)?;
+        match Cli::from_arg_matches(&matches)?.command {
             Command::Serve(settings) => Ok(*settings),
             other => panic!("not serve: {other:?}"),
         }

@@ -2,7 +2,9 @@
 //! - huge repeated fields from a real client get one small error, and a real
 //!   `keyward serve` process barely grows while answering them;
 //! - a list over its count cap is ONE field violation;
-//! - connections beyond the cap are closed at once;
+//! - connections beyond the cap are closed at once; requests beyond the
+//!   in-flight cap are RESOURCE_EXHAUSTED at once; a stuck request ends at
+//!   the request timeout;
 //! - health follows the database: NOT_SERVING while it is away, SERVING after;
 //! - ext_authz strips every credential header; `x-forwarded-for` counts only
 //!   from trusted proxies; `--stale-if-error` below the sync interval is
@@ -649,5 +651,73 @@ async fn shutdown_writes_pending_last_used_data() {
     let after = app.store.get_key("acme", &id).await.expect("the key");
     assert!(after.last_used_at.is_some(), "written at shutdown");
     assert_eq!(after.last_used_ip.as_deref(), Some("198.51.100.9"));
+    db.drop_database().await;
+}
+
+/// A ValidateKey call whose message never comes: it holds a slot of
+/// `--max-in-flight` until `--request-timeout` ends it.
+async fn hold_a_slot(channel: Channel) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("the channel is ready");
+    let codec =
+        tonic_prost::ProstCodec::<pb::ValidateKeyRequest, pb::ValidateKeyResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/keyward.v1.KeyValidationService/ValidateKey");
+    let never = futures_util::stream::pending::<pb::ValidateKeyRequest>();
+    grpc.client_streaming(tonic::Request::new(never), path, codec)
+        .await
+        .expect_err("a call without its message does not succeed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_in_flight_cap_are_shed_and_slow_ones_time_out() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let Some((mut app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
+        settings.limits.max_in_flight = 1;
+        settings.limits.request_timeout = TIMEOUT;
+    })
+    .await
+    else {
+        return;
+    };
+    let validate = || {
+        let mut client = app.validation();
+        async move {
+            client
+                .validate_key(pb::ValidateKeyRequest {
+                    key: "sk_live_nope".to_owned(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    validate().await.expect("served while nothing is in flight");
+
+    let started = std::time::Instant::now();
+    let held = tokio::spawn(hold_a_slot(
+        connect(&app).await.expect("keyward accepts connections"),
+    ));
+    let shed = eventually(TIMEOUT / 2, || async {
+        validate()
+            .await
+            .err()
+            .filter(|status| status.code() == Code::ResourceExhausted)
+    })
+    .await;
+    assert!(
+        shed.is_some(),
+        "a second request is RESOURCE_EXHAUSTED at once"
+    );
+
+    let held = held.await.expect("no panic");
+    assert_eq!(
+        held.code(),
+        Code::Cancelled,
+        "ended by the server's timeout: {held:?}"
+    );
+    assert!(started.elapsed() >= TIMEOUT, "not before the timeout");
+    validate()
+        .await
+        .expect("served again once the slot is free");
+    app.stop().await;
     db.drop_database().await;
 }
