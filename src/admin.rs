@@ -9,7 +9,7 @@ use chrono::{DateTime, Datelike, Utc};
 use keyward_auth::Identity;
 use keyward_core::{
     Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
-    LookupHasher, Metadata, OptionalRef, OrganizationId, Scopes,
+    LookupHasher, MAX_METADATA_ENTRIES, Metadata, OptionalRef, OrganizationId, Scopes,
 };
 use keyward_store::{EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
 use tonic::{Request, Response, Status};
@@ -24,6 +24,10 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_YEAR: i32 = 9999;
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Most entries of ListKeys' `statuses` and of an update mask (each names one
+/// of a handful of values; more is an attack, answered with one violation).
+const MAX_STATUSES: usize = 16;
+const MAX_MASK_PATHS: usize = 16;
 const UPDATABLE: &[&str] = &[
     "name",
     "description",
@@ -326,6 +330,9 @@ fn parse_metadata(
     violations: &mut Violations,
     raw: &std::collections::HashMap<String, String>,
 ) -> Option<Metadata> {
+    if !violations.check_count("metadata", raw.len(), MAX_METADATA_ENTRIES, "entries") {
+        return None;
+    }
     Metadata::parse(raw)
         .map_err(|(key, error)| match key {
             Some(key) => violations.add(format!("metadata[{key:?}]"), error.description()),
@@ -453,7 +460,8 @@ impl KeyAdminService for AdminApi {
             .then(|| parse_id(&mut v, "before_id", &req.before_id))
             .flatten();
         let mut statuses = Vec::new();
-        for (i, raw) in req.statuses.iter().enumerate() {
+        let counted = v.check_count("statuses", req.statuses.len(), MAX_STATUSES, "statuses");
+        for (i, raw) in req.statuses.iter().enumerate().filter(|_| counted) {
             let field = format!("statuses[{i}]");
             if let Some(status) = parse_enum::<pb::KeyStatus>(&mut v, &field, *raw) {
                 match convert::status_from_wire(status) {
@@ -523,7 +531,8 @@ impl KeyAdminService for AdminApi {
             );
         }
         let mut patch = KeyPatch::default();
-        for (i, path) in paths.iter().enumerate() {
+        let counted = v.check_count("update_mask.paths", paths.len(), MAX_MASK_PATHS, "paths");
+        for (i, path) in paths.iter().enumerate().filter(|_| counted) {
             match path.as_str() {
                 "name" => patch.name = v.check("name", KeyName::parse(&req.name)),
                 "description" => {

@@ -15,7 +15,7 @@ use crate::config::parse_interval;
 
 /// Cache limits: `keyward serve` flags, with `KEYWARD_*` environment
 /// equivalents; `Default` is the flags' defaults.
-#[derive(Debug, Clone, Copy, clap::Args)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct CacheSettings {
     /// Most keys held in the validation cache (eviction beyond it).
     #[arg(

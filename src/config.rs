@@ -1,14 +1,13 @@
 //! Typed configuration: the command line, with `KEYWARD_*` environment equivalents.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use keyward_core::LookupHasher;
 
-use crate::cache::CacheSettings;
 use crate::validation::ValidatorSettings;
 
 /// The embedded default: a SQLite file in the working directory, created on first start.
@@ -30,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the gRPC server (applies pending migrations first).
-    Serve(ServeArgs),
+    Serve(Box<Settings>),
     /// Applies pending database migrations and exits.
     Migrate(DatabaseArgs),
     /// Creates an admin key for an organization and prints only the raw key on stdout.
@@ -92,9 +91,12 @@ impl DatabaseArgs {
     }
 }
 
-/// Arguments of `keyward serve`.
+/// Everything `keyward serve` (and [`crate::Application::build`]) needs. The
+/// command line is the settings: every default is written once, in a
+/// `#[arg]` attribute, and `Default` and [`Settings::for_database`] are built
+/// from those same defaults.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub struct Settings {
     /// The database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -104,51 +106,160 @@ pub struct ServeArgs {
     /// How often coalesced last-used data is written, e.g. 1s or 500ms.
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
-    /// Most keys held in the validation cache (eviction beyond it).
-    #[arg(long, env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000, value_parser = at_least_one())]
-    pub cache_capacity: usize,
-    /// Longest a cached key is served before it is read again.
-    #[arg(long, env = "KEYWARD_CACHE_MAX_AGE", default_value = "30s", value_parser = parse_interval)]
-    pub cache_max_age: Duration,
-    /// Most unknown key hashes remembered (so floods of random keys stay off the database).
-    #[arg(
-        long,
-        env = "KEYWARD_NEGATIVE_CACHE_CAPACITY",
-        default_value_t = 100_000,
-        value_parser = at_least_one()
-    )]
-    pub negative_cache_capacity: usize,
-    /// How long an unknown key hash is remembered.
-    #[arg(long, env = "KEYWARD_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = parse_interval)]
-    pub negative_cache_ttl: Duration,
-    /// How often the change feed is read, so other replicas' changes show here
-    /// (keep it well under 1s: changes must show within 1s).
-    #[arg(long, env = "KEYWARD_SYNC_INTERVAL", default_value = "250ms", value_parser = parse_interval)]
-    pub sync_interval: Duration,
-    /// While the database is unreachable, how long cached verdicts are still
-    /// served after the last successful sync.
-    #[arg(long, env = "KEYWARD_STALE_IF_ERROR", default_value = "60s", value_parser = parse_duration)]
-    pub stale_if_error: Duration,
-    /// Longest a cache miss waits for the database before answering UNAVAILABLE.
-    #[arg(long, env = "KEYWARD_LOOKUP_TIMEOUT", default_value = "1s", value_parser = parse_interval)]
-    pub lookup_timeout: Duration,
+    /// Proxies whose `x-forwarded-for` is believed, as CIDRs separated by
+    /// commas (e.g. 10.0.0.0/8,::1). Without any, a client's address is the
+    /// connection's peer address and forwarded headers are ignored.
+    #[arg(long, env = "KEYWARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Cache, change-feed and outage settings of the validation path.
+    #[command(flatten)]
+    pub validator: ValidatorSettings,
+    /// What one request or connection may cost.
+    #[command(flatten)]
+    pub limits: LimitSettings,
 }
 
-impl ServeArgs {
-    /// The validation path's settings.
-    pub fn validator_settings(&self) -> ValidatorSettings {
-        ValidatorSettings {
-            cache: CacheSettings {
-                capacity: self.cache_capacity,
-                negative_capacity: self.negative_cache_capacity,
-                negative_ttl: self.negative_cache_ttl,
-                max_age: self.cache_max_age,
-                ..CacheSettings::default()
-            },
-            sync_interval: self.sync_interval,
-            stale_if_error: self.stale_if_error,
-            lookup_timeout: self.lookup_timeout,
+impl Default for Settings {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl Settings {
+    /// The defaults, over `database_url`, listening on a free port of
+    /// 127.0.0.1 (for tests and tools; set fields to override).
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        let mut settings = Self::default();
+        settings.database.database_url = DatabaseUrl(database_url.into());
+        settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings
+    }
+
+    /// Refuses combinations that would break a healthy server.
+    pub fn check(&self) -> Result<(), String> {
+        let validator = &self.validator;
+        if validator.stale_if_error < validator.sync_interval {
+            // Between two successful syncs the cache would count as stale
+            // and every cached verdict would be UNAVAILABLE.
+            return Err(format!(
+                "--stale-if-error ({:?}) must be at least --sync-interval ({:?})",
+                validator.stale_if_error, validator.sync_interval
+            ));
         }
+        Ok(())
+    }
+}
+
+/// What one request or connection may cost (SPEC §11): decoded message sizes
+/// per service, HTTP/2 limits, a per-request timeout, keepalive, and caps on
+/// connections and on requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct LimitSettings {
+    /// Largest ValidateKey request accepted (bytes, or with KiB/MiB);
+    /// a larger one is RESOURCE_EXHAUSTED before it is decoded.
+    #[arg(long, env = "KEYWARD_MAX_VALIDATION_MESSAGE_SIZE", default_value = "16KiB", value_parser = parse_size)]
+    pub max_validation_message_size: usize,
+    /// Largest Envoy Check request accepted (it carries the HTTP request's headers).
+    #[arg(long, env = "KEYWARD_MAX_CHECK_MESSAGE_SIZE", default_value = "128KiB", value_parser = parse_size)]
+    pub max_check_message_size: usize,
+    /// Largest admin request accepted (about twice the largest valid CreateKey).
+    #[arg(long, env = "KEYWARD_MAX_ADMIN_MESSAGE_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_admin_message_size: usize,
+    /// Largest HTTP/2 header list (request metadata) accepted.
+    #[arg(long, env = "KEYWARD_MAX_HEADER_LIST_SIZE", default_value = "16KiB", value_parser = parse_size_u32)]
+    pub max_header_list_size: u32,
+    /// Most HTTP/2 streams (requests) open at once on one connection.
+    #[arg(long, env = "KEYWARD_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+    /// Most requests handled at once over all connections; beyond it a
+    /// request is RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "KEYWARD_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = at_least_one())]
+    pub max_in_flight: usize,
+    /// Most open connections; a connection beyond it is closed at once.
+    #[arg(long, env = "KEYWARD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = at_least_one())]
+    pub max_connections: usize,
+    /// Longest a request may run (a shorter `grpc-timeout` wins).
+    #[arg(long, env = "KEYWARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub request_timeout: Duration,
+    /// How often a connection is probed (HTTP/2 PING and TCP keepalive).
+    #[arg(long, env = "KEYWARD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    pub keepalive_interval: Duration,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed.
+    #[arg(long, env = "KEYWARD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// Settings built from their `#[arg]` defaults alone: no command line and no
+/// `KEYWARD_*` environment. The one way a `Default` of a settings struct is made,
+/// so a default is written once.
+pub fn clap_defaults<T: Args + FromArgMatches>() -> T {
+    let command =
+        T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every setting has a default");
+    T::from_arg_matches(&matches).expect("defaults parse into their own settings")
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address
+/// is a network of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (address, prefix) = match raw.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (raw, None),
+        };
+        let network: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{raw:?} is not an IP address or CIDR such as 10.0.0.0/8"))?;
+        let network = network.to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= max)
+                .ok_or_else(|| format!("{raw:?} has a prefix length outside 0..={max}"))?,
+        };
+        Ok(Self { network, prefix })
     }
 }
 
@@ -251,8 +362,33 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a size in bytes: `16384`, `16KiB`, `1MiB`.
+pub fn parse_size(raw: &str) -> Result<usize, String> {
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size such as 16384, 16KiB or 1MiB"))?;
+    let unit = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        _ => return Err(format!("{raw:?} has an unknown unit; use KiB or MiB")),
+    };
+    match n.checked_mul(unit) {
+        Some(0) => Err(format!("{raw:?} must be more than zero")),
+        Some(size) => Ok(size),
+        None => Err(format!("{raw:?} is too large")),
+    }
+}
+
+/// Like [`parse_size`], for sizes HTTP/2 carries in 32 bits.
+fn parse_size_u32(raw: &str) -> Result<u32, String> {
+    u32::try_from(parse_size(raw)?).map_err(|_| format!("{raw:?} is too large"))
+}
+
 /// A count that must be at least one (a capacity).
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
@@ -288,6 +424,113 @@ mod tests {
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_interval("0ms").is_err());
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    /// `keyward serve ARGS`, with no `KEYWARD_*` variable of the test's
+    /// environment taken into account.
+    fn serve(args: &[&str]) -> Result<Settings, clap::Error> {
+        use clap::CommandFactory;
+        let command = Cli::command()
+            .mut_subcommand("serve", |serve| serve.mut_args(|arg| arg.env(None::<&str>)));
+        let command_line = ["keyward", "serve"].iter().chain(args);
+        let matches = command.try_get_matches_from(command_line)?;
+        match Cli::from_arg_matches(&matches)?.command {
+            Command::Serve(settings) => Ok(*settings),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_command_line_gives_the_defaults() {
+        let settings = serve(&[]).expect("no flag is required");
+        assert_eq!(settings.validator, ValidatorSettings::default());
+        assert_eq!(settings.limits, LimitSettings::default());
+        assert_eq!(settings.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(settings.database.database_url.0, DEFAULT_DATABASE_URL);
+        assert!(settings.trusted_proxies.is_empty());
+        // The documented values (README's flag table).
+        assert_eq!(settings.usage_flush_interval, Duration::from_secs(1));
+        assert_eq!(settings.validator.sync_interval, Duration::from_millis(250));
+        assert_eq!(settings.validator.stale_if_error, Duration::from_secs(60));
+        assert_eq!(settings.validator.cache.max_age, Duration::from_secs(30));
+        assert_eq!(settings.limits.max_validation_message_size, 16 * 1024);
+        assert_eq!(settings.limits.max_check_message_size, 128 * 1024);
+        assert_eq!(settings.limits.max_admin_message_size, 64 * 1024);
+        assert_eq!(settings.limits.request_timeout, Duration::from_secs(10));
+        assert_eq!(settings.limits.max_connections, 1024);
+
+        let test = Settings::for_database("sqlite::memory:");
+        assert_eq!(test.database.database_url.0, "sqlite::memory:");
+        assert_eq!(test.listen.port(), 0);
+        assert_eq!(test.limits, settings.limits);
+    }
+
+    #[test]
+    fn flags_reach_the_settings() {
+        let settings = serve(&[
+            "--max-validation-message-size",
+            "1MiB",
+            "--trusted-proxies",
+            "10.0.0.0/8,::1",
+            "--sync-interval",
+            "100ms",
+            "--cache-capacity",
+            "7",
+        ])
+        .expect("valid flags");
+        assert_eq!(settings.limits.max_validation_message_size, 1 << 20);
+        assert_eq!(settings.trusted_proxies.len(), 2);
+        assert_eq!(settings.validator.sync_interval, Duration::from_millis(100));
+        assert_eq!(settings.validator.cache.capacity, 7);
+    }
+
+    #[test]
+    fn stale_if_error_below_the_sync_interval_is_refused() {
+        let settings = serve(&["--stale-if-error", "100ms"]).expect("parses");
+        let error = settings.check().expect_err("shorter than the 250ms sync");
+        assert!(error.contains("--stale-if-error"), "{error}");
+        assert!(
+            serve(&["--stale-if-error", "250ms"])
+                .unwrap()
+                .check()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16384"), Ok(16384));
+        assert_eq!(parse_size("16KiB"), Ok(16384));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        for bad in [
+            "",
+            "0",
+            "0KiB",
+            "1KB",
+            "-1",
+            "KiB",
+            "99999999999999999999MiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        let net = |raw: &str| raw.parse::<Cidr>().unwrap();
+        let ip = |raw: &str| raw.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.20.30.40")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(net("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!net("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(net("0.0.0.0/0").contains(ip("192.0.2.1")));
+        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(net("fd00::/8").contains(ip("fd12::1")));
+        assert!(net("::1").contains(ip("::1")));
+        for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Allowed: OK, with `x-keyward-key-id`, `-organization-id`, `-workspace-id`
 //! and `-scopes` set on the upstream request (overwriting anything the client
-//! sent), the credential header removed, and the same data as dynamic
+//! sent), every credential header removed, and the same data as dynamic
 //! metadata. Denied: 401 with `www-authenticate` (403 when a required scope is
 //! missing). Required scopes come from the route's `context_extensions`
 //! (`required_scopes`, separated by commas or spaces).
@@ -20,7 +20,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::HeaderName;
 use keyward_auth::{CredentialSource, presented_key};
-use keyward_core::{Scope, ValidationCode};
+use keyward_core::{MAX_SCOPES, Scope, ValidationCode};
 use tonic::{Code, Request, Response, Status};
 
 use crate::validation::{ClientInfo, KeyValidator};
@@ -56,6 +56,21 @@ fn credential(headers: &HashMap<String, String>) -> Option<(HeaderName, &str)> {
     })
 }
 
+/// Every header that carries a credential keyward recognizes: `authorization:
+/// Bearer …` and `x-api-key`, whichever was used. All of them are removed from
+/// the upstream request, so an ignored second key never reaches it.
+fn credential_headers(headers: &HashMap<String, String>) -> Vec<String> {
+    [CredentialSource::Bearer, CredentialSource::ApiKey]
+        .into_iter()
+        .filter_map(|source| {
+            presented_key(source, |name| {
+                headers.get(name.as_str()).map(String::as_str)
+            })
+        })
+        .map(|(header, _)| header.as_str().to_owned())
+        .collect()
+}
+
 fn required_scopes(request: &CheckRequest) -> Result<Vec<Scope>, Status> {
     let Some(raw) = request
         .attributes
@@ -64,8 +79,13 @@ fn required_scopes(request: &CheckRequest) -> Result<Vec<Scope>, Status> {
     else {
         return Ok(Vec::new());
     };
-    raw.split([',', ' '])
-        .filter(|scope| !scope.is_empty())
+    let scopes = raw.split([',', ' ']).filter(|scope| !scope.is_empty());
+    if scopes.clone().count() > MAX_SCOPES {
+        return Err(Status::invalid_argument(format!(
+            "context_extensions {REQUIRED_SCOPES} must hold at most {MAX_SCOPES} scopes"
+        )));
+    }
+    scopes
         .map(|scope| {
             Scope::parse(scope).map_err(|error| {
                 // A route misconfiguration: deny, and tell the operator why.
@@ -135,7 +155,7 @@ impl Authorization for ExtAuthz {
         let request = request.into_inner();
         let empty = HashMap::new();
         let headers = request.get_client_headers().unwrap_or(&empty);
-        let Some((header, key)) = credential(headers) else {
+        let Some((_, key)) = credential(headers) else {
             return Ok(Response::new(denied(
                 Code::Unauthenticated,
                 HttpStatusCode::Unauthorized,
@@ -168,7 +188,7 @@ impl Authorization for ExtAuthz {
                     set_header(ORGANIZATION_ID, &key.organization_id),
                     set_header(SCOPES, &scopes),
                 ];
-                let mut remove = vec![header.as_str().to_owned()];
+                let mut remove = credential_headers(headers);
                 let mut fields = HashMap::from([
                     ("key_id".to_owned(), string_value(&key_id)),
                     (
@@ -238,5 +258,20 @@ mod tests {
         );
         assert_eq!(found(&[("authorization", "Bearer ")]), None);
         assert_eq!(found(&[]), None);
+
+        let removed = |pairs: &[(&str, &str)]| credential_headers(&headers(pairs));
+        assert_eq!(
+            removed(&[("authorization", "Bearer sk_1"), ("x-api-key", "sk_2")]),
+            ["authorization", "x-api-key"]
+        );
+        assert_eq!(
+            removed(&[("authorization", "Basic x"), ("x-api-key", "sk_2")]),
+            ["x-api-key"],
+            "a non-bearer authorization belongs to the upstream"
+        );
+        assert_eq!(
+            removed(&[("authorization", "bearer sk_1")]),
+            ["authorization"]
+        );
     }
 }

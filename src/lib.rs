@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod convert;
 pub mod error;
 pub mod ext_authz;
@@ -24,15 +25,4 @@ pub use cache::CacheSettings;
 pub use startup::{Application, Settings, StartupError, bootstrap, open_store};
 pub use validation::ValidatorSettings;
 
-/// The defaults of a clap argument group, as its flags declare them, with
-/// the `KEYWARD_*` environment ignored: `Default` of a settings struct, so
-/// that each default is written once, in its `#[arg]` attribute.
-fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
-    let command = T::augment_args(clap::Command::new("defaults"))
-        .mut_args(|arg| arg.env(None::<&'static str>))
-        .no_binary_name(true);
-    let matches = command
-        .try_get_matches_from(std::iter::empty::<&str>())
-        .expect("every setting has a valid default");
-    T::from_arg_matches(&matches).expect("every setting has a valid default")
-}
+pub(crate) use config::clap_defaults;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keyward::config::{AuditCommand, Cli, Command, DatabaseArgs};
-use keyward::{Application, Settings, bootstrap, open_store, telemetry};
+use keyward::{Application, bootstrap, open_store, telemetry};
 use keyward_core::{KeyName, LookupHasher, OrganizationId};
 
 #[tokio::main]
@@ -23,15 +23,8 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match command {
-        Command::Serve(args) => {
-            let app = Application::build(Settings {
-                database_url: args.database.database_url.0.clone(),
-                listen: args.listen,
-                hasher: args.database.hasher()?,
-                usage_flush_interval: args.usage_flush_interval,
-                validator: args.validator_settings(),
-            })
-            .await?;
+        Command::Serve(settings) => {
+            let app = Application::build(*settings).await?;
             app.run_until(shutdown_signal()).await?;
         }
         Command::Migrate(args) => {

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyward_auth::KeywardAuthLayer;
@@ -16,20 +16,27 @@ use keyward_store::{KeyMaterial, NewKey, Store, StoreError};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 
 use crate::admin::AdminApi;
+pub use crate::config::Settings;
+use crate::config::{Cidr, LimitSettings};
+use crate::connection::{ClientAddrLayer, LimitedIncoming};
 use crate::ext_authz::ExtAuthz;
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
-use crate::validation::{AdminValidator, KeyValidator, ValidatorSettings, follow_changes};
+use crate::validation::{AdminValidator, KeyValidator, follow_changes};
 use crate::validation_api::ValidationApi;
 
 /// Every service on keyward's port, as server reflection lists them.
 pub const ADVERTISED_SERVICES: &[&str] = &[
-    "keyward.v1.KeyAdminService",
-    "keyward.v1.KeyValidationService",
+    KEY_ADMIN_SERVICE,
+    KEY_VALIDATION_SERVICE,
     "envoy.service.auth.v3.Authorization",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
@@ -38,6 +45,19 @@ pub const ADVERTISED_SERVICES: &[&str] = &[
 
 /// How long a shutdown waits for open requests and connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a shutdown waits for the periodic flusher to finish, and then for
+/// the last flush of pending last-used data.
+pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Largest admin response: a full ListKeys page of keys with every field at
+/// its maximum is about 27 MB.
+const MAX_ADMIN_RESPONSE: usize = 32 << 20;
+/// Largest ValidateKey or Check response: one key's scopes and metadata.
+const MAX_VALIDATION_RESPONSE: usize = 64 << 10;
+
+const KEY_ADMIN_SERVICE: &str = "keyward.v1.KeyAdminService";
+const KEY_VALIDATION_SERVICE: &str = "keyward.v1.KeyValidationService";
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -59,21 +79,12 @@ pub enum StartupError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// What `Application::build` needs.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Database URL.
-    pub database_url: String,
-    /// Listen address; port 0 picks a free one.
-    pub listen: SocketAddr,
-    /// The lookup hasher.
-    pub hasher: LookupHasher,
-    /// How often last-used data is flushed.
-    pub usage_flush_interval: Duration,
-    /// Cache, change-feed and outage settings of the validation path.
-    pub validator: ValidatorSettings,
+    /// The settings contradict each other.
+    #[error("{0}")]
+    Config(String),
+    /// The lookup secret file could not be read.
+    #[error("cannot read the lookup secret: {0}")]
+    LookupSecret(std::io::Error),
 }
 
 /// A built, bound, not yet running server.
@@ -82,6 +93,9 @@ pub struct Application {
     store: Store,
     hasher: LookupHasher,
     usage_flush_interval: Duration,
+    trusted_proxies: Vec<Cidr>,
+    limits: LimitSettings,
+    stale_if_error: Duration,
     validator: Arc<KeyValidator>,
 }
 
@@ -94,9 +108,14 @@ pub async fn open_store(database_url: &str, hasher: &LookupHasher) -> Result<Sto
 }
 
 impl Application {
-    /// Opens the store and binds the listener.
+    /// Checks the settings, opens the store and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let store = open_store(&settings.database_url, &settings.hasher).await?;
+        settings.check().map_err(StartupError::Config)?;
+        let hasher = settings
+            .database
+            .hasher()
+            .map_err(StartupError::LookupSecret)?;
+        let store = open_store(&settings.database.database_url.0, &hasher).await?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -106,14 +125,17 @@ impl Application {
                 })?;
         let validator = Arc::new(KeyValidator::new(
             store.clone(),
-            settings.hasher.clone(),
+            hasher.clone(),
             settings.validator,
         ));
         Ok(Self {
             listener,
             store,
-            hasher: settings.hasher,
+            hasher,
             usage_flush_interval: settings.usage_flush_interval,
+            trusted_proxies: settings.trusted_proxies,
+            limits: settings.limits,
+            stale_if_error: settings.validator.stale_if_error,
             validator,
         })
     }
@@ -130,19 +152,27 @@ impl Application {
         &self.store
     }
 
+    /// The lookup hasher the settings configured.
+    pub fn hasher(&self) -> &LookupHasher {
+        &self.hasher
+    }
+
     /// The validation path (its cache and counters), for tools and tests.
     pub fn validator(&self) -> &Arc<KeyValidator> {
         &self.validator
     }
 
     /// Serves until `shutdown` completes, lets open requests finish for at
-    /// most [`SHUTDOWN_GRACE`], then flushes pending last-used data.
+    /// most [`SHUTDOWN_GRACE`], then stops the periodic flusher (a batch it
+    /// is writing is finished) and flushes pending last-used data once more,
+    /// each within [`SHUTDOWN_FLUSH_DEADLINE`].
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
         let addr = self.local_addr();
         let validator = self.validator;
+        let limits = self.limits;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<KeyAdminServiceServer<AdminApi>>()
@@ -162,8 +192,12 @@ impl Application {
                 |builder, name| builder.with_service_name(*name),
             )
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // Reflection and health requests are a name or two: the small limit.
+        let small = limits.max_validation_message_size;
+        let reflection_v1 = reflection().build_v1()?.max_decoding_message_size(small);
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(small);
 
         // The admin API is protected by the same layer product services use;
         // everything else on this port is public by design.
@@ -174,11 +208,18 @@ impl Application {
             .public_prefix("/grpc.reflection.v1.ServerReflection/")
             .public_prefix("/grpc.reflection.v1alpha.ServerReflection/");
 
-        let flusher = tokio::spawn(flush_usage_forever(
+        let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(());
+        let mut flusher = tokio::spawn(flush_usage_until(
             Arc::clone(&validator),
             self.usage_flush_interval,
+            flusher_stopped,
         ));
         let follower = tokio::spawn(follow_changes(Arc::clone(&validator)));
+        let readiness = tokio::spawn(report_readiness(
+            self.store.clone(),
+            health_reporter,
+            self.stale_if_error,
+        ));
         tracing::info!(%addr, "keyward listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
@@ -188,27 +229,50 @@ impl Application {
                 stopping.notify_one();
             }
         };
+        // Without TCP_NODELAY a small response waits for the peer's delayed
+        // ACK (~40 ms): every ext_authz check and every unary call pays it.
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(limits.keepalive_interval));
+        // Bounded by construction (SPEC §11): each layer caps a request's
+        // size, time or the number in flight and fails fast with a status.
         let serve = Server::builder()
+            .timeout(limits.request_timeout)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_size)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // One semaphore for the whole server (the stack is built once and
+            // cloned per connection); beyond it, RESOURCE_EXHAUSTED at once.
+            .layer(LoadShedLayer::new())
+            .layer(ConcurrencyLimitLayer::new(limits.max_in_flight))
             .layer(RequestIdLayer)
+            .layer(ClientAddrLayer::new(&self.trusted_proxies))
             .layer(auth)
-            .add_service(KeyAdminServiceServer::new(AdminApi::new(
-                self.store.clone(),
-                self.hasher.clone(),
-                Arc::clone(&validator),
-            )))
-            .add_service(KeyValidationServiceServer::new(ValidationApi::new(
-                Arc::clone(&validator),
-            )))
-            .add_service(AuthorizationServer::new(ExtAuthz::new(Arc::clone(
-                &validator,
-            ))))
-            .add_service(health_service)
+            .add_service(
+                KeyAdminServiceServer::new(AdminApi::new(
+                    self.store.clone(),
+                    self.hasher.clone(),
+                    Arc::clone(&validator),
+                ))
+                .max_decoding_message_size(limits.max_admin_message_size)
+                .max_encoding_message_size(MAX_ADMIN_RESPONSE),
+            )
+            .add_service(
+                KeyValidationServiceServer::new(ValidationApi::new(Arc::clone(&validator)))
+                    .max_decoding_message_size(limits.max_validation_message_size)
+                    .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
+            )
+            .add_service(
+                AuthorizationServer::new(ExtAuthz::new(Arc::clone(&validator)))
+                    .max_decoding_message_size(limits.max_check_message_size)
+                    .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
+            )
+            .add_service(health_service.max_decoding_message_size(small))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            // Without TCP_NODELAY a small response waits for the peer's delayed
-            // ACK (~40 ms): every ext_authz check and every unary call pays it.
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                LimitedIncoming::new(incoming, limits.max_connections),
                 signal,
             );
         // Clients that keep idle connections open would hold a graceful
@@ -223,24 +287,97 @@ impl Application {
                 Ok(())
             }
         };
-        flusher.abort();
         follower.abort();
-        // Aborting the flusher cannot lose a batch it took: the recorder puts
-        // it back. Failures are logged by `flush_usage`.
-        let _ = validator.flush_usage().await;
+        readiness.abort();
+        // Not an abort: a batch the flusher has taken is written, not dropped.
+        let _ = stop_flusher.send(());
+        if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, &mut flusher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the periodic usage flush did not finish in time; abandoning it");
+            flusher.abort();
+        }
+        if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, validator.flush_usage())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "pending last-used data not written: the database did not answer in time"
+            );
+        }
         tracing::info!("keyward stopped");
         Ok(served?)
     }
 }
 
-async fn flush_usage_forever(validator: Arc<KeyValidator>, every: Duration) {
+/// Flushes usage every `every` until `stop` fires. A flush in progress is
+/// never raced against `stop`, so a batch once taken is written (or put back).
+async fn flush_usage_until(
+    validator: Arc<KeyValidator>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        // Logged there; the batch stays pending for the next tick.
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        // Logged there; a batch that failed stays pending for the next tick.
         let _ = validator.flush_usage().await;
     }
+}
+
+/// How often the database is pinged for health, and how long a ping may take.
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1` true to readiness (SPEC §11): the admin service is
+/// NOT_SERVING while a ping of its database fails or takes longer than
+/// [`READINESS_INTERVAL`]; the validation service stays SERVING while it can
+/// answer from cache, i.e. until `stale_if_error` after the last good ping.
+/// Watchers are told only of changes. Runs until aborted.
+async fn report_readiness(store: Store, reporter: HealthReporter, stale_if_error: Duration) {
+    let mut ticker = tokio::time::interval(READINESS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `build` has just opened and migrated the database.
+    let mut reached_at = Instant::now();
+    let (mut admin_serving, mut validation_serving) = (true, true);
+    loop {
+        ticker.tick().await;
+        let ping = tokio::time::timeout(READINESS_INTERVAL, store.connection().ping()).await;
+        let reachable = matches!(ping, Ok(Ok(())));
+        if reachable {
+            reached_at = Instant::now();
+        }
+        let answers_from_cache = reached_at.elapsed() <= stale_if_error;
+        report(&reporter, KEY_ADMIN_SERVICE, &mut admin_serving, reachable).await;
+        report(
+            &reporter,
+            KEY_VALIDATION_SERVICE,
+            &mut validation_serving,
+            answers_from_cache,
+        )
+        .await;
+    }
+}
+
+/// Tells `reporter` that `service` is now `serving`, if that is a change.
+async fn report(reporter: &HealthReporter, service: &str, current: &mut bool, serving: bool) {
+    if *current == serving {
+        return;
+    }
+    *current = serving;
+    let status = if serving {
+        tracing::info!(service, "serving again");
+        ServingStatus::Serving
+    } else {
+        tracing::warn!(service, "not serving: the database is unreachable");
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status(service, status).await;
 }
 
 /// Creates an admin key for `organization` (creating the organization if

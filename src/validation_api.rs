@@ -31,26 +31,30 @@ impl KeyValidationService for ValidationApi {
     ) -> Result<Response<pb::ValidateKeyResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::default();
-        if req.required_scopes.len() > MAX_SCOPES {
-            v.add(
-                "required_scopes",
-                format!("must hold at most {MAX_SCOPES} scopes"),
-            );
-        }
-        let required: Vec<Scope> = req
-            .required_scopes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| match Scope::parse(raw) {
-                Ok(scope) => Some(scope),
-                // The field name is only formatted for a bad scope: this is
-                // the hot path.
-                Err(error) => {
-                    v.add(format!("required_scopes[{i}]"), error.description());
-                    None
-                }
-            })
-            .collect();
+        // Counted before any element is looked at: a request over the cap
+        // gets one violation, not one per element.
+        let required: Vec<Scope> = if v.check_count(
+            "required_scopes",
+            req.required_scopes.len(),
+            MAX_SCOPES,
+            "scopes",
+        ) {
+            req.required_scopes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, raw)| match Scope::parse(raw) {
+                    Ok(scope) => Some(scope),
+                    // The field name is only formatted for a bad scope:
+                    // this is the hot path.
+                    Err(error) => {
+                        v.add(format!("required_scopes[{i}]"), error.description());
+                        None
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if req.client_ip.chars().count() > MAX_CLIENT_IP_CHARS {
             v.add(
                 "client_ip",

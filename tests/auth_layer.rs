@@ -158,15 +158,14 @@ impl Keyward {
 }
 
 async fn build_app(database_url: &str, hasher: &LookupHasher) -> Application {
-    Application::build(Settings {
-        database_url: database_url.to_owned(),
-        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-        hasher: hasher.clone(),
+    let app = Application::build(Settings {
         usage_flush_interval: Duration::from_millis(100),
-        validator: keyward::ValidatorSettings::default(),
+        ..Settings::for_database(database_url)
     })
     .await
-    .expect("keyward starts")
+    .expect("keyward starts");
+    assert_eq!(app.hasher().fingerprint(), hasher.fingerprint());
+    app
 }
 
 /// Serves `app` until the returned sender fires (or is dropped).

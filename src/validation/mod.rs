@@ -40,7 +40,7 @@ pub const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 
 /// How the validator caches and stays current: `keyward serve` flags, with
 /// `KEYWARD_*` environment equivalents; `Default` is the flags' defaults.
-#[derive(Debug, Clone, Copy, clap::Args)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct ValidatorSettings {
     /// Cache limits.
     #[command(flatten)]

@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
 use keyward::{Application, Settings, bootstrap};
-use keyward_core::{KeyName, LookupHasher, OrganizationId};
+use keyward_core::{KeyName, OrganizationId};
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase};
 use tokio::sync::oneshot;
@@ -114,18 +114,26 @@ pub fn with_key<T>(key: &str, message: T) -> Request<T> {
 /// Starts keyward over a fresh database of `backend`; `None` if that database
 /// server is unavailable outside CI (the test then reports that it skipped).
 pub async fn spawn_app(backend: Backend) -> Option<(TestApp, TestDatabase)> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Like [`spawn_app`], with the test's settings: `configure` edits the
+/// defaults (over the fresh database) before the application is built.
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> Option<(TestApp, TestDatabase)> {
     init_logs();
     let db = TestDatabase::create(backend).await?;
-    let hasher = LookupHasher::derived();
-    let app = Application::build(Settings {
-        database_url: db.url.clone(),
-        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-        hasher: hasher.clone(),
+    let mut settings = Settings {
         usage_flush_interval: Duration::from_millis(100),
-        validator: keyward::ValidatorSettings::default(),
-    })
-    .await
-    .expect("the application starts");
+        ..Settings::for_database(db.url.clone())
+    };
+    configure(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the application starts");
+    let hasher = app.hasher().clone();
     let addr = app.local_addr();
     let store = app.store().clone();
     let mut keys = Vec::new();

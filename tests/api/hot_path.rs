@@ -63,16 +63,14 @@ impl Server {
         validator: ValidatorSettings,
     ) -> Self {
         init_logs();
-        let hasher = LookupHasher::derived();
         let app = Application::build(Settings {
-            database_url: database_url.to_owned(),
-            listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-            hasher: hasher.clone(),
             usage_flush_interval,
             validator,
+            ..Settings::for_database(database_url)
         })
         .await
         .expect("the application starts");
+        let hasher = app.hasher().clone();
         let addr = app.local_addr();
         let store = app.store().clone();
         let validator = Arc::clone(app.validator());
@@ -159,7 +157,7 @@ impl Drop for Server {
 /// Runs `body` with the URL of a fresh database of `backend`, then drops the
 /// database, also when `body` panics (the panic is passed on). Skips like
 /// `TestDatabase::create` when the backend is unavailable.
-async fn on_fresh_database<F, Fut>(backend: Backend, body: F)
+pub(crate) async fn on_fresh_database<F, Fut>(backend: Backend, body: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
@@ -436,7 +434,7 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 const GIVE_UP: Duration = Duration::from_secs(10);
 
 /// The `keyward` binary with no `KEYWARD_*` settings from the environment.
-fn keyward_command() -> Command {
+pub(crate) fn keyward_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("KEYWARD_") {
@@ -447,7 +445,7 @@ fn keyward_command() -> Command {
 }
 
 /// `keyward bootstrap`: an admin key of `acme`.
-fn bootstrap_with_cli(database_url: &str) -> String {
+pub(crate) fn bootstrap_with_cli(database_url: &str) -> String {
     let output = keyward_command()
         .args([
             "bootstrap",
@@ -472,15 +470,15 @@ fn bootstrap_with_cli(database_url: &str) -> String {
 }
 
 /// A `keyward serve` process, killed (and its log removed) when dropped.
-struct Replica {
+pub(crate) struct Replica {
     name: &'static str,
-    addr: SocketAddr,
-    child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Replica {
-    fn start(name: &'static str, database_url: &str) -> Self {
+    pub(crate) fn start(name: &'static str, database_url: &str) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let addr = listener.local_addr().expect("an address");
         drop(listener);
@@ -519,7 +517,7 @@ impl Replica {
     }
 
     /// Waits until the replica answers ListKeys with `admin_key`; its channel.
-    async fn wait_until_serving(&mut self, admin_key: &str) -> Channel {
+    pub(crate) async fn wait_until_serving(&mut self, admin_key: &str) -> Channel {
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("the process can be polled") {
@@ -789,7 +787,7 @@ mod replicas {
 /// A TCP proxy the test can cut: `cut` closes every live connection and
 /// refuses new ones (accepts and closes them at once); `restore` lets
 /// connections through again.
-struct Proxy {
+pub(crate) struct Proxy {
     addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
     accept: JoinHandle<()>,
@@ -835,7 +833,26 @@ impl Proxy {
         }
     }
 
-    fn cut(&self) {
+    /// A proxy in front of the database server of `url` (of `backend`), and
+    /// the URL of the same database through the proxy.
+    pub(crate) async fn in_front_of(backend: Backend, url: &str) -> (Self, String) {
+        let default_port = if backend == Backend::Postgres {
+            5432
+        } else {
+            3306
+        };
+        let (before, host, after) = split_host(url);
+        let upstream = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:{default_port}")
+        };
+        let proxy = Self::start(upstream).await;
+        let proxied_url = format!("{before}{}{after}", proxy.addr);
+        (proxy, proxied_url)
+    }
+
+    pub(crate) fn cut(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.cut = true;
         for relay in state.live.drain(..) {
@@ -843,7 +860,7 @@ impl Proxy {
         }
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -881,15 +898,7 @@ async fn cached_verdicts_outlive_an_outage_for_stale_if_error(backend: Backend) 
     use pb::ValidationCode::{NotFound, Valid};
 
     on_fresh_database(backend, |url| async move {
-        let default_port = if backend == Backend::Postgres { 5432 } else { 3306 };
-        let (before, host, after) = split_host(&url);
-        let upstream = if host.contains(':') {
-            host.to_owned()
-        } else {
-            format!("{host}:{default_port}")
-        };
-        let proxy = Proxy::start(upstream).await;
-        let proxied_url = format!("{before}{}{after}", proxy.addr);
+        let (proxy, proxied_url) = Proxy::in_front_of(backend, &url).await;
         let server = Server::start(
             &proxied_url,
             FLUSH_INTERVAL,

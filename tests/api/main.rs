@@ -9,6 +9,7 @@ mod envoy;
 mod grpcurl;
 mod hot_path;
 mod lifecycle;
+mod limits;
 mod list;
 mod secrets;
 mod server;

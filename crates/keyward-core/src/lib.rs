@@ -11,8 +11,8 @@ mod key;
 mod secret;
 
 pub use fields::{
-    Description, FieldError, KeyName, MAX_CLIENT_IP_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS,
-    Metadata, OptionalRef, OrganizationId, Scope, Scopes,
+    Description, FieldError, KeyName, MAX_CLIENT_IP_CHARS, MAX_METADATA_ENTRIES, MAX_SCOPES,
+    MAX_USER_AGENT_CHARS, Metadata, OptionalRef, OrganizationId, Scope, Scopes,
 };
 pub use hash::{LookupHash, LookupHasher};
 pub use id::{KeyId, new_ulid};

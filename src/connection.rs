@@ -1,0 +1,280 @@
+//! What keyward takes from the connection rather than from the client: a cap
+//! on open connections, and the client's address.
+//!
+//! [`LimitedIncoming`] hands tonic accepted TCP connections (with
+//! `TCP_NODELAY`), each holding a permit of a semaphore; a connection beyond
+//! the cap is closed at once, so its client fails fast instead of waiting.
+//! [`ClientAddrLayer`] replaces `x-forwarded-for` with the one address
+//! keyward believes (the peer's, or what trusted proxies forwarded), so the
+//! auth layer records that as `last_used_ip`.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderName, HeaderValue, Request};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::codegen::tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tower::{Layer, Service};
+
+use crate::config::Cidr;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Accepted connections, at most a fixed number open at once.
+#[derive(Debug)]
+pub struct LimitedIncoming {
+    inner: TcpIncoming,
+    permits: Arc<Semaphore>,
+    /// Whether the last connection was refused (logged once per episode).
+    refusing: bool,
+}
+
+impl LimitedIncoming {
+    /// At most `max_connections` of `inner`'s connections open at once.
+    pub fn new(inner: TcpIncoming, max_connections: usize) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            refusing: false,
+        }
+    }
+}
+
+impl Stream for LimitedIncoming {
+    type Item = io::Result<LimitedConnection>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let stream = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(stream)) => stream,
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => return Poll::Ready(None),
+            };
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => {
+                    if std::mem::take(&mut self.refusing) {
+                        tracing::info!("accepting connections again");
+                    }
+                    return Poll::Ready(Some(Ok(LimitedConnection {
+                        stream,
+                        _permit: permit,
+                    })));
+                }
+                Err(_) => {
+                    if !std::mem::replace(&mut self.refusing, true) {
+                        tracing::warn!(
+                            "connection limit reached; closing new connections until one ends"
+                        );
+                    }
+                    drop(stream);
+                }
+            }
+        }
+    }
+}
+
+/// An accepted connection holding one permit of the connection cap until it
+/// is dropped.
+#[derive(Debug)]
+pub struct LimitedConnection {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The client's address by the trust rule: the connection's peer, unless the
+/// peer is a trusted proxy; then `x-forwarded-for` read from the right, the
+/// first address that is not a trusted proxy (the leftmost if all are).
+/// `None` when the connection has no peer address.
+pub fn client_address(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[Cidr],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|cidr| cidr.contains(ip));
+    let mut client = peer?;
+    if !is_trusted(client) {
+        return Some(client);
+    }
+    for hop in forwarded_for.unwrap_or_default().rsplit(',') {
+        // A hop a trusted proxy wrote but that is no address ends the chain.
+        let Ok(hop) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = hop;
+        if !is_trusted(hop) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// Sets `x-forwarded-for` to exactly the client's address (see
+/// [`client_address`]), removing whatever the client sent.
+#[derive(Debug, Clone)]
+pub struct ClientAddrLayer {
+    trusted: Arc<[Cidr]>,
+}
+
+impl ClientAddrLayer {
+    /// Forwarded headers count only from peers in `trusted`.
+    pub fn new(trusted: &[Cidr]) -> Self {
+        Self {
+            trusted: trusted.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientAddrLayer {
+    type Service = ClientAddr<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientAddr {
+            inner,
+            trusted: Arc::clone(&self.trusted),
+        }
+    }
+}
+
+/// The service produced by [`ClientAddrLayer`].
+#[derive(Debug, Clone)]
+pub struct ClientAddr<S> {
+    inner: S,
+    trusted: Arc<[Cidr]>,
+}
+
+impl<S, B> Service<Request<B>> for ClientAddr<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip());
+        let forwarded = request
+            .headers()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = client_address(peer, Some(&forwarded), &self.trusted);
+        let headers = request.headers_mut();
+        headers.remove(&X_FORWARDED_FOR);
+        if let Some(client) = client {
+            let value = HeaderValue::try_from(client.to_canonical().to_string())
+                .expect("an IP address is a valid header value");
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let ip = |raw: &str| raw.parse::<IpAddr>().unwrap();
+        let nets = |raw: &[&str]| {
+            raw.iter()
+                .map(|n| n.parse::<Cidr>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let peer = Some(ip("10.0.0.5"));
+        let forged = Some("203.0.113.7");
+        // No trusted proxies: the peer, whatever the header says.
+        assert_eq!(client_address(peer, forged, &[]), peer);
+        // An untrusted peer: still the peer.
+        assert_eq!(
+            client_address(peer, forged, &nets(&["192.168.0.0/16"])),
+            peer
+        );
+        // A trusted peer: the first untrusted hop from the right.
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_address(peer, forged, &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client_address(peer, Some("198.51.100.1, 203.0.113.7, 10.0.0.9"), &trusted),
+            Some(ip("203.0.113.7")),
+            "a client-written left part is not believed"
+        );
+        assert_eq!(
+            client_address(peer, Some("10.1.1.1, 10.2.2.2"), &trusted),
+            Some(ip("10.1.1.1"))
+        );
+        assert_eq!(
+            client_address(peer, Some("junk, 203.0.113.7"), &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(client_address(peer, Some("junk"), &trusted), peer);
+        assert_eq!(client_address(peer, None, &trusted), peer);
+        assert_eq!(client_address(None, forged, &trusted), None);
+    }
+}
