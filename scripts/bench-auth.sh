@@ -43,7 +43,7 @@
 # It exits non-zero when any step fails or any request does not succeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=lib/bench.sh
+# shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh bench-auth "$@"
 
 DURATION="${BENCH_DURATION:-5}"

@@ -28,7 +28,7 @@
 # It exits non-zero when any step fails or any request does not succeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=lib/bench.sh
+# shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh bench-listkeys "$@"
 
 if [[ $QUICK == 1 ]]; then
@@ -53,7 +53,7 @@ else
   say "in process, $KEYS keys (cargo bench; slow to build the first time)"
   cargo bench --bench listkeys -- "${BENCH_ARGS[@]}" | tee "$WORK/inprocess.out"
 fi
-bench_build
+bench_build keyward
 read -r DEPTH AFTER_ID < <(sed -n 's/^LISTKEYS depth=\([0-9]*\) after_id=\([^ ]*\) .*/\1 \2/p' "$WORK/inprocess.out")
 [[ -n "${AFTER_ID:-}" ]] || die "the bench printed no LISTKEYS line"
 

@@ -38,7 +38,7 @@
 # It exits non-zero when any step fails or any request does not succeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=lib/bench.sh
+# shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh bench-load "$@"
 
 DURATION="${BENCH_DURATION:-8}"
@@ -50,7 +50,7 @@ if [[ $QUICK == 1 ]]; then
   ROUNDS=1
 fi
 
-bench_build
+bench_build keyward
 bench_tools
 bench_keyward "sqlite://$WORK/keyward.db?mode=rwc"
 PORT="$KEYWARD_PORT"

@@ -102,17 +102,18 @@ bench_wait_port() {
 }
 
 # ----------------------------------------------------------- binaries, tools
-# bench_build [orders]: sets KEYWARD, and with `orders` also ORDERS and
-# UPSTREAM. Without KEYWARD_BIN it builds them: release, or with --quick the
-# debug binaries with the features the test suite builds with.
+# bench_build keyward|orders: sets KEYWARD, and with `orders` also ORDERS
+# (orders-service) and UPSTREAM (examples/bench_upstream). Without
+# KEYWARD_BIN it builds them: release, or with --quick debug binaries with
+# --all-features, as the test suite.
 bench_build() {
   local dir
   if [[ -n "${KEYWARD_BIN:-}" ]]; then
-    KEYWARD="$(realpath "$KEYWARD_BIN")" || die "KEYWARD_BIN=$KEYWARD_BIN missing"
+    KEYWARD="$(realpath -e "$KEYWARD_BIN")" || die "KEYWARD_BIN=$KEYWARD_BIN missing"
     dir="$(dirname "$KEYWARD")"
   else
     local packages=(-p keyward)
-    [[ "${1:-}" == orders ]] && packages+=(-p orders-service)
+    if [[ "$1" == orders ]]; then packages+=(-p orders-service); fi
     if [[ $QUICK == 1 ]]; then
       dir="$ROOT/target/debug"
       say "building ${packages[*]} (debug)"
@@ -122,16 +123,17 @@ bench_build() {
       say "building ${packages[*]} (release; slow the first time)"
       cargo build --release "${packages[@]}" --bins >&2
     fi
-    if [[ "${1:-}" == orders ]]; then
+    if [[ "$1" == orders ]]; then
       # std-only, compiled directly: `cargo build --example` would also build
       # the root package's dev-dependencies (and unify their features).
       mkdir -p "$dir/examples"
       rustc --edition 2021 -C opt-level=3 --crate-name bench_upstream \
         -o "$dir/examples/bench_upstream" examples/bench_upstream.rs >&2
     fi
+    KEYWARD="$dir/keyward"
   fi
   local bins=("$KEYWARD")
-  if [[ "${1:-}" == orders ]]; then
+  if [[ "$1" == orders ]]; then
     ORDERS="$dir/orders-service"
     UPSTREAM="$dir/examples/bench_upstream"
     bins+=("$ORDERS" "$UPSTREAM")
@@ -147,8 +149,9 @@ bench_build() {
 bench_tools() {
   bash scripts/install-tools.sh >"$WORK/install-tools.log" 2>&1 ||
     { cat "$WORK/install-tools.log" >&2; die "scripts/install-tools.sh failed"; }
-  # shellcheck source=../env.sh
+  # shellcheck source=scripts/env.sh
   source scripts/env.sh
+  # shellcheck disable=SC2034 # for the scripts that source this file
   ENVOY="${KEYWARD_ENVOY_BIN:-$(command -v envoy)}" || die "envoy missing"
   GRPCURL="${KEYWARD_GRPCURL_BIN:-$(command -v grpcurl)}" || die "grpcurl missing"
   command -v h2load >/dev/null || die "h2load missing"
