@@ -35,98 +35,31 @@
 #   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
 #   BENCH_ENVOY_LOAD="-c 1 -m 1"   h2load clients/streams for part 2
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
-#   BENCH_SKIP_BUILD=1       use the binaries already in target/release (--quick: target/debug)
+#   KEYWARD_BIN=PATH         use the binaries already built: keyward at PATH,
+#                            orders-service and examples/bench_upstream next
+#                            to it; build nothing
 #   BENCH_KEEP=1             keep the temporary directory (logs, configs, h2load logs)
+# (scripts/lib/bench.sh has the shared code and these settings' details.)
+# It exits non-zero when any step fails or any request does not succeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
-
-QUICK=0
-for arg in "$@"; do
-  case "$arg" in
-    --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-    *) echo "bench-auth: unknown argument $arg" >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh bench-auth "$@"
 
 DURATION="${BENCH_DURATION:-5}"
 WARMUP="${BENCH_WARMUP:-2}"
 ROUNDS="${BENCH_ROUNDS:-6}"
 GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
 ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 1 -m 1}"
-PROFILE=release
 if [[ $QUICK == 1 ]]; then
   DURATION=1
   WARMUP=1
   ROUNDS=1
   GRPC_LOAD="-c 2 -m 4"
-  PROFILE=debug
-fi
-if [[ -z "${BENCH_PIN:-}" ]]; then
-  if [[ "$(nproc)" -ge 2 ]] && command -v taskset >/dev/null 2>&1; then BENCH_PIN=1; else BENCH_PIN=0; fi
 fi
 
-say() { printf '[bench-auth] %s\n' "$*" >&2; }
-die() { printf '[bench-auth] error: %s\n' "$*" >&2; exit 1; }
-
-# ------------------------------------------------------------------ build
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
-  if [[ $QUICK == 1 ]]; then
-    # The features the test suite builds with, so its build is reused.
-    cargo build --workspace --all-features --bins >&2
-  else
-    say "building release binaries (slow the first time)"
-    cargo build --release -p keyward -p orders-service --bins >&2
-  fi
-  # std-only, compiled directly: `cargo build --example` would also build the
-  # root package's dev-dependencies (and unify their features into keyward).
-  mkdir -p "target/$PROFILE/examples"
-  rustc --edition 2021 -C opt-level=3 --crate-name bench_upstream \
-    -o "target/$PROFILE/examples/bench_upstream" examples/bench_upstream.rs >&2
-fi
-KEYWARD="$ROOT/target/$PROFILE/keyward"
-ORDERS="$ROOT/target/$PROFILE/orders-service"
-UPSTREAM="$ROOT/target/$PROFILE/examples/bench_upstream"
-for bin in "$KEYWARD" "$ORDERS" "$UPSTREAM"; do
-  [[ -x "$bin" ]] || die "$bin missing (run without BENCH_SKIP_BUILD)"
-done
-
-bash scripts/install-tools.sh >&2
-# shellcheck source=scripts/env.sh
-source scripts/env.sh
-ENVOY="${KEYWARD_ENVOY_BIN:-$(command -v envoy)}"
-GRPCURL="${KEYWARD_GRPCURL_BIN:-$(command -v grpcurl)}"
-command -v h2load >/dev/null || die "h2load missing"
-
-# ------------------------------------------------------- processes, cleanup
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench.XXXXXX")"
-PIDS=()
-declare -A PID_OF
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-SERVER_CPU=()
-LOAD_CPU=()
-if [[ "$BENCH_PIN" == 1 ]]; then
-  SERVER_CPU=(taskset -c 0)
-  LOAD_CPU=(taskset -c 1)
-fi
-
-# start NAME COMMAND...: runs a server in the background, logs in $WORK/NAME.log
-start() {
-  local name="$1"
-  shift
-  "${SERVER_CPU[@]}" "$@" >"$WORK/$name.log" 2>&1 &
-  PIDS+=("$!")
-  PID_OF[$name]=$!
-}
+bench_build orders
+bench_tools
 
 # cpu_ticks NAME...: user + system CPU time so far of those servers, in ticks
 cpu_ticks() {
@@ -139,88 +72,57 @@ cpu_ticks() {
   echo "$total"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_port PORT NAME: until something accepts on 127.0.0.1:PORT (30 s)
-wait_port() {
-  local i
-  for i in $(seq 300); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  cat "$WORK/$2.log" >&2 || true
-  die "$2 did not listen on 127.0.0.1:$1"
-}
-
 # -------------------------------------------------------------- keyward
-KEYWARD_PORT="$(free_port)"
-DB="sqlite://$WORK/keyward.db?mode=rwc"
-ADMIN="$("$KEYWARD" bootstrap --database-url "$DB" --organization bench 2>"$WORK/bootstrap.log")"
-start keyward "$KEYWARD" serve --database-url "$DB" --listen "127.0.0.1:$KEYWARD_PORT"
-wait_port "$KEYWARD_PORT" keyward
-KEY="$("$GRPCURL" -plaintext -H "authorization: Bearer $ADMIN" \
-  -d '{"name": "bench orders client", "scopes": ["orders:read", "orders:write"]}' \
-  "127.0.0.1:$KEYWARD_PORT" keyward.v1.KeyAdminService/CreateKey |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')"
-[[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
+bench_keyward "sqlite://$WORK/keyward.db?mode=rwc"
+bench_create_key "bench orders client"
 say "keyward on 127.0.0.1:$KEYWARD_PORT, standard key ${KEY:0:12}…"
 
 # --------------------------------------------------------------- h2load
-# load NAME URL "LOAD" "SERVERS" EXTRA-ARGS...: a warm-up run, then the timed
-# run; writes NAME.out (h2load's report), NAME.tsv (per-request log) and
-# NAME.cpu (CPU ticks the SERVERS used during the timed run).
+# load NAME URL "LOAD" "SERVERS" MIN-BYTES EXTRA-ARGS...: a warm-up run, then
+# the timed run; writes NAME.out (h2load's report), NAME.tsv (per-request
+# log) and NAME.cpu (CPU ticks the SERVERS used during the timed run).
 load() {
-  local name="$1" url="$2" load="$3" servers="$4" before after
-  shift 4
+  local name="$1" url="$2" load="$3" servers="$4" min="$5" before after
+  shift 5
   # shellcheck disable=SC2086 # LOAD and SERVERS are lists
   {
-    "${LOAD_CPU[@]}" h2load $load -t 1 -D "$WARMUP" "$@" "$url" >"$WORK/$name-warmup.out" 2>&1 ||
-      { cat "$WORK/$name-warmup.out" >&2; die "h2load $name (warm-up) failed"; }
+    bench_h2load "$name-warmup" "$min" $load -t 1 -D "$WARMUP" "$@" "$url"
     before="$(cpu_ticks $servers)"
-    "${LOAD_CPU[@]}" h2load $load -t 1 -D "$DURATION" --log-file "$WORK/$name.tsv" "$@" "$url" \
-      >"$WORK/$name.out" 2>&1 || { cat "$WORK/$name.out" >&2; die "h2load $name failed"; }
+    bench_h2load "$name" "$min" $load -t 1 -D "$DURATION" --log-file "$WORK/$name.tsv" "$@" "$url"
     after="$(cpu_ticks $servers)"
   }
   echo "$((after - before))" >"$WORK/$name.cpu"
   grep -E '^(finished in|requests:|status codes:|traffic:)' "$WORK/$name.out" | sed "s/^/  $name: /" >&2
 }
 
-# check NAME URL MIN-BYTES EXTRA-ARGS...: 20 requests must all succeed, each
-# with at least MIN-BYTES of response body
-check() {
-  local name="$1" url="$2" min="$3"
-  shift 3
-  h2load -n 20 -c 1 "$@" "$url" >"$WORK/$name-check.out" 2>&1 || true
-  python3 - "$WORK/$name-check.out" "$min" <<'PY' || { cat "$WORK/$name-check.out" >&2; die "$name: the probe requests failed"; }
-import re, sys
-out = open(sys.argv[1]).read()
-ok = re.search(r"requests: 20 total, 20 started, 20 done, 20 succeeded, 0 failed, 0 errored", out)
-data = re.search(r"traffic: .*\((\d+)\) data", out)
-# A gRPC error is HTTP 200 with an empty body: insist on response data.
-sys.exit(0 if ok and data and int(data.group(1)) >= 20 * int(sys.argv[2]) else 1)
-PY
+# refused NAME URL ARGS...: one request must get no response body (a gRPC
+# error) or a 4xx status (an HTTP refusal), never an answer.
+refused() {
+  local name="$1" url="$2"
+  shift 2
+  h2load -n 1 -c 1 "$@" "$url" >"$WORK/$name.out" 2>&1 || true
+  grep -qE 'traffic: .*\(0\) data|status codes: 0 2xx, 0 3xx, 1 4xx' "$WORK/$name.out" ||
+    { cat "$WORK/$name.out" >&2; die "$name: a request without a key was answered"; }
 }
 
 # ------------------------------------------------- 1. orders-service, gRPC
 PROTO=(-import-path examples/orders-service/proto -proto orders/v1/orders.proto)
 # create_order PORT [grpcurl args]: prints the new order's id
 create_order() {
-  local port="$1"
+  local port="$1" created
   shift
-  "$GRPCURL" -plaintext "${PROTO[@]}" "$@" -d '{"item": "tea", "quantity": 1}' \
-    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["order"]["id"])'
+  created="$("$GRPCURL" -plaintext "${PROTO[@]}" "$@" -d '{"item": "tea", "quantity": 1}' \
+    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder)" || die "CreateOrder on port $port failed"
+  python3 -c 'import json, sys; print(json.loads(sys.argv[1])["order"]["id"])' "$created"
 }
 
 PROTECTED_PORT="$(free_port)"
 UNPROTECTED_PORT="$(free_port)"
-start orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
+bench_start orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
   --listen "127.0.0.1:$PROTECTED_PORT"
-start orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
-wait_port "$PROTECTED_PORT" orders-protected
-wait_port "$UNPROTECTED_PORT" orders-unprotected
+bench_start orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
+bench_wait_port "$PROTECTED_PORT" orders-protected
+bench_wait_port "$UNPROTECTED_PORT" orders-unprotected
 ORDER_P="$(create_order "$PROTECTED_PORT" -H "authorization: Bearer $KEY")"
 ORDER_U="$(create_order "$UNPROTECTED_PORT")"
 [[ "$ORDER_P" == "$ORDER_U" ]] || die "orders differ: $ORDER_P vs $ORDER_U"
@@ -236,15 +138,15 @@ PY
 GRPC_HEADERS=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/get_order.bin")
 GET_ORDER=/orders.v1.OrderService/GetOrder
 AUTH=(-H "authorization: Bearer $KEY")
+# A GetOrderResponse with its order and caller is well over 20 bytes (a gRPC
+# error is a 200 with no body).
+ORDER_BYTES=20
 
-# A GetOrderResponse with its order and caller is well over 20 bytes.
-check unprotected "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" 20 "${GRPC_HEADERS[@]}"
-check protected "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" 20 "${GRPC_HEADERS[@]}" "${AUTH[@]}"
-# Without a key the protected service must refuse (an empty-bodied answer).
-if h2load -n 1 -c 1 "${GRPC_HEADERS[@]}" "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" 2>&1 |
-  grep -qE 'traffic: .*\([1-9][0-9]*\) data'; then
-  die "the protected service answered GetOrder without a key"
-fi
+bench_h2load unprotected-check "$ORDER_BYTES" -n 20 -c 1 "${GRPC_HEADERS[@]}" \
+  "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER"
+bench_h2load protected-check "$ORDER_BYTES" -n 20 -c 1 "${GRPC_HEADERS[@]}" "${AUTH[@]}" \
+  "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER"
+refused protected-no-key "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "${GRPC_HEADERS[@]}"
 
 say "part 1: orders-service GetOrder, h2load $GRPC_LOAD, $ROUNDS round(s) of ${WARMUP}s warm-up + ${DURATION}s each"
 UPTIME_1="$(uptime)"
@@ -257,18 +159,18 @@ for round in $(seq "$ROUNDS"); do
   for what in "${order[@]}"; do
     if [[ $what == unprotected ]]; then
       load "unprotected-$round" "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" \
-        "orders-unprotected" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+        "orders-unprotected" "$ORDER_BYTES" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
     else
       load "protected-$round" "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" \
-        "orders-protected keyward" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+        "orders-protected keyward" "$ORDER_BYTES" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
     fi
   done
 done
 
 # ------------------------------------------------------------- 2. Envoy
 UPSTREAM_PORT="$(free_port)"
-start upstream "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT"
-wait_port "$UPSTREAM_PORT" upstream
+bench_start upstream "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT"
+bench_wait_port "$UPSTREAM_PORT" upstream
 
 # envoy_config OUT WITH_EXT_AUTHZ: deploy/envoy/envoy.yaml with the ports
 # rewritten (as tests/api/envoy.rs does), optionally without ext_authz.
@@ -304,61 +206,56 @@ envoy_config "$WORK/envoy-alone.yaml" 0 "$ENVOY_ALONE_PORT"
 envoy_config "$WORK/envoy-authz.yaml" 1 "$ENVOY_AUTHZ_PORT"
 # Envoy's own logging off the hot path; one worker thread (all on CPU 0 anyway).
 ENVOY_ARGS=(--disable-hot-restart --concurrency 1 -l error)
-start envoy-alone "$ENVOY" -c "$WORK/envoy-alone.yaml" "${ENVOY_ARGS[@]}"
-start envoy-authz "$ENVOY" -c "$WORK/envoy-authz.yaml" "${ENVOY_ARGS[@]}"
-wait_port "$ENVOY_ALONE_PORT" envoy-alone
-wait_port "$ENVOY_AUTHZ_PORT" envoy-authz
+bench_start envoy-alone "$ENVOY" -c "$WORK/envoy-alone.yaml" "${ENVOY_ARGS[@]}"
+bench_start envoy-authz "$ENVOY" -c "$WORK/envoy-authz.yaml" "${ENVOY_ARGS[@]}"
+bench_wait_port "$ENVOY_ALONE_PORT" envoy-alone
+bench_wait_port "$ENVOY_AUTHZ_PORT" envoy-authz
 
-check envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" 2 "${AUTH[@]}"
-check envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" 2 "${AUTH[@]}"
+# The upstream answers "ok": 2 bytes.
+bench_h2load envoy-alone-check 2 -n 20 -c 1 "${AUTH[@]}" "http://127.0.0.1:$ENVOY_ALONE_PORT/"
+bench_h2load envoy-authz-check 2 -n 20 -c 1 "${AUTH[@]}" "http://127.0.0.1:$ENVOY_AUTHZ_PORT/"
 # ext_authz in force: no key, 401.
-h2load -n 1 -c 1 "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" 2>&1 | grep -q 'status codes: 0 2xx, 0 3xx, 1 4xx' ||
-  die "Envoy with ext_authz let a request without a key through"
+refused envoy-authz-no-key "http://127.0.0.1:$ENVOY_AUTHZ_PORT/"
 
 say "part 2: Envoy GET /, h2load $ENVOY_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
-load envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" "$ENVOY_LOAD" "envoy-alone upstream" "${AUTH[@]}"
-load envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" "$ENVOY_LOAD" "envoy-authz upstream keyward" "${AUTH[@]}"
+load envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" "$ENVOY_LOAD" "envoy-alone upstream" 2 "${AUTH[@]}"
+load envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" "$ENVOY_LOAD" "envoy-authz upstream keyward" 2 "${AUTH[@]}"
 UPTIME_2="$(uptime)"
 PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
+for name in keyward orders-protected orders-unprotected upstream envoy-alone envoy-authz; do
+  bench_alive "$name"
+done
 
 # ------------------------------------------------------------- summary
-python3 - "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" "$ROUNDS" <<'PY'
-import re, sys
+bench_summary "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" "$ROUNDS" <<'PY'
+import sys
+from h2load import latencies, median, pct, report
 work, grpc_load, envoy_load, duration, warmup, pin, clk_tck, quick, rounds = sys.argv[1:]
 rounds = int(rounds)
 
 def run(name):
-    out = open(f"{work}/{name}.out").read()
-    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    total, done, ok, failed, errored = map(int, m.groups())
-    data = int(re.search(r"traffic: .*\((\d+)\) data", out).group(1))
-    lat = [int(line.split("\t")[2]) for line in open(f"{work}/{name}.tsv") if line.strip()]
-    ticks = int(open(f"{work}/{name}.cpu").read())
-    return dict(rps=rps, n=done, bad=failed + errored + (total - ok), lat=lat, ticks=ticks, data=data, ok=ok)
+    r = report(f"{work}/{name}.out")
+    return dict(rps=r["rps"], n=r["done"], lat=latencies(f"{work}/{name}.tsv"),
+                ticks=int(open(f"{work}/{name}.cpu").read()))
 
 def pooled(runs):
-    lat = sorted(x for r in runs for x in r["lat"])
-    pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1000  # ms
+    lat = [x for r in runs for x in r["lat"]]
     n = sum(r["n"] for r in runs)
-    return dict(rps=sum(r["rps"] for r in runs) / len(runs), n=n, bad=sum(r["bad"] for r in runs),
-                p50=pct(50), p99=pct(99),
+    return dict(rps=sum(r["rps"] for r in runs) / len(runs), n=n,
+                p50=pct(lat, 50) / 1000, p99=pct(lat, 99) / 1000,
                 cpu=sum(r["ticks"] for r in runs) / int(clk_tck) * 1e6 / max(n, 1),
-                bytes=sum(r["data"] for r in runs) / max(sum(r["ok"] for r in runs), 1),
                 each=[r["rps"] for r in runs])
 
 part1 = {kind: [run(f"{kind}-{i}") for i in range(1, rounds + 1)] for kind in ["unprotected", "protected"]}
-losses = sorted((1 - p["rps"] / u["rps"]) * 100 for u, p in zip(part1["unprotected"], part1["protected"]))
-median_loss = losses[len(losses) // 2] if len(losses) % 2 else (losses[len(losses) // 2 - 1] + losses[len(losses) // 2]) / 2
+losses = [(1 - p["rps"] / u["rps"]) * 100 for u, p in zip(part1["unprotected"], part1["protected"])]
+loss = median(losses)
 r = {kind: pooled(runs) for kind, runs in part1.items()}
 r.update({name: pooled([run(name)]) for name in ["envoy-alone", "envoy-authz"]})
 def row(label, x):
-    return (f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu']:.1f} "
-            f"| {x['n']:,} | {x['bad']} |")
-head = ("| run | req/s | p50 ms | p99 ms | server CPU µs/req | requests | failed |\n"
-        "|---|---:|---:|---:|---:|---:|---:|")
+    return f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu']:.1f} | {x['n']:,} |"
+head = ("| run | req/s | p50 ms | p99 ms | server CPU µs/req | requests |\n"
+        "|---|---:|---:|---:|---:|---:|")
 u, p, a, z = r["unprotected"], r["protected"], r["envoy-alone"], r["envoy-authz"]
-loss = median_loss
 print()
 if quick == "1":
     print("QUICK smoke run (debug binaries, 1 s loads): figures are not meaningful")
@@ -372,7 +269,7 @@ print(row("unprotected (`--no-auth`)", u))
 print(row("protected (KeywardAuthLayer + RemoteValidator)", p))
 print(f"\nreq/s per round: unprotected {', '.join(f'{x:,.0f}' for x in u['each'])}; "
       f"protected {', '.join(f'{x:,.0f}' for x in p['each'])}")
-print(f"\nthroughput loss: median of rounds {loss:.1f}% (rounds {', '.join(f'{x:.1f}%' for x in losses)}) (target <= 5%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 5 else 'MISSED'}); "
+print(f"\nthroughput loss: median of rounds {loss:.1f}% (rounds {', '.join(f'{x:.1f}%' for x in sorted(losses))}) (target <= 5%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 5 else 'MISSED'}); "
       f"p50 {p['p50'] - u['p50']:+.3f} ms, p99 {p['p99'] - u['p99']:+.3f} ms; "
       f"CPU {p['cpu'] - u['cpu']:+.1f} µs/req ({(p['cpu'] / u['cpu'] - 1) * 100:+.1f}%)")
 print()
@@ -382,10 +279,6 @@ print(row("Envoy alone", a))
 print(row("Envoy + keyward ext_authz", z))
 print(f"\next_authz adds: p50 {z['p50'] - a['p50']:+.3f} ms, p99 {z['p99'] - a['p99']:+.3f} ms, "
       f"CPU {z['cpu'] - a['cpu']:+.1f} µs/req; throughput {(1 - z['rps'] / a['rps']) * 100:.1f}% lower")
-for name, x in r.items():
-    floor = 20 if name in ("unprotected", "protected") else 2
-    if x["bytes"] < floor:
-        print(f"WARNING: {name}: {x['bytes']:.0f} response bytes per request: errors in disguise?")
 PY
 echo
 echo "load before: $UPTIME_1 | CPU pressure: $PSI_1"

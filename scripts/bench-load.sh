@@ -34,18 +34,12 @@
 #   BENCH_PIN=1|0                pin server / load generator (default: 1 with 2+ CPUs)
 #   KEYWARD_BIN=PATH             use this keyward binary, build nothing
 #   BENCH_KEEP=1                 keep the temporary directory (logs, h2load logs)
+# (scripts/lib/bench.sh has the shared code and these settings' details.)
+# It exits non-zero when any step fails or any request does not succeed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
-
-QUICK=0
-for arg in "$@"; do
-  case "$arg" in
-    --quick) QUICK=1 ;;
-    -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
-    *) echo "bench-load: unknown argument $arg" >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh bench-load "$@"
 
 DURATION="${BENCH_DURATION:-8}"
 WARMUP="${BENCH_WARMUP:-2}"
@@ -55,71 +49,13 @@ if [[ $QUICK == 1 ]]; then
   LOAD="${BENCH_LOAD:--c 2 -m 4}"
   ROUNDS=1
 fi
-if [[ -z "${BENCH_PIN:-}" ]]; then
-  if [[ "$(nproc)" -ge 2 ]] && command -v taskset >/dev/null 2>&1; then BENCH_PIN=1; else BENCH_PIN=0; fi
-fi
 
-say() { printf '[bench-load] %s\n' "$*" >&2; }
-die() { printf '[bench-load] error: %s\n' "$*" >&2; exit 1; }
-
-# ------------------------------------------------------------------ build
-if [[ -n "${KEYWARD_BIN:-}" ]]; then
-  KEYWARD="$KEYWARD_BIN"
-elif [[ $QUICK == 1 ]]; then
-  say "building keyward (debug)"
-  cargo build --bin keyward >&2
-  KEYWARD="$ROOT/target/debug/keyward"
-else
-  say "building keyward (release; slow the first time)"
-  cargo build --release -p keyward --bin keyward >&2
-  KEYWARD="$ROOT/target/release/keyward"
-fi
-[[ -x "$KEYWARD" ]] || die "$KEYWARD missing"
-
-bash scripts/install-tools.sh >&2
-# shellcheck source=scripts/env.sh
-source scripts/env.sh
-GRPCURL="${KEYWARD_GRPCURL_BIN:-$(command -v grpcurl)}"
-command -v h2load >/dev/null || die "h2load missing"
-
-# ------------------------------------------------------- processes, cleanup
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/keyward-bench-load.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [[ -n "$SERVER_PID" ]]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-SERVER_CPU=()
-LOAD_CPU=()
-if [[ "$BENCH_PIN" == 1 ]]; then
-  SERVER_CPU=(taskset -c 0)
-  LOAD_CPU=(taskset -c 1)
-fi
-
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-DB="sqlite://$WORK/keyward.db?mode=rwc"
-ADMIN="$("$KEYWARD" bootstrap --database-url "$DB" --organization bench 2>"$WORK/bootstrap.log")" ||
-  { cat "$WORK/bootstrap.log" >&2; die "bootstrap failed"; }
-RUST_LOG=warn "${SERVER_CPU[@]}" "$KEYWARD" serve --database-url "$DB" --listen "127.0.0.1:$PORT" \
-  >"$WORK/keyward.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 300); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/keyward.log" >&2; die "keyward exited"; }
-  sleep 0.1
-done
-KEY="$("$GRPCURL" -plaintext -H "authorization: Bearer $ADMIN" \
-  -d '{"name": "bench load client", "scopes": ["orders:read", "orders:write"]}' \
-  "127.0.0.1:$PORT" keyward.v1.KeyAdminService/CreateKey |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')"
-[[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
-say "keyward $KEYWARD on 127.0.0.1:$PORT (pid $SERVER_PID), standard key ${KEY:0:12}…"
+bench_build keyward
+bench_tools
+bench_keyward "sqlite://$WORK/keyward.db?mode=rwc"
+PORT="$KEYWARD_PORT"
+bench_create_key "bench load client"
+say "keyward $KEYWARD on 127.0.0.1:$PORT, standard key ${KEY:0:12}…"
 
 # The two request bodies as gRPC frames them: 0x00 (not compressed),
 # big-endian u32 length, then the protobuf message.
@@ -143,47 +79,25 @@ HEALTH_URL="http://127.0.0.1:$PORT/grpc.health.v1.Health/Check"
 GRPC=(-H 'content-type: application/grpc' -H 'te: trailers')
 
 # The same calls through grpcurl: the key is VALID, the server SERVING.
-"$GRPCURL" -plaintext -d "{\"key\": \"$KEY\", \"required_scopes\": [\"orders:read\"]}" \
-  "127.0.0.1:$PORT" keyward.v1.KeyValidationService/ValidateKey | grep -q '"code": "VALIDATION_CODE_VALID"' ||
-  die "ValidateKey did not answer VALID"
-"$GRPCURL" -plaintext "127.0.0.1:$PORT" grpc.health.v1.Health/Check | grep -q '"status": "SERVING"' ||
-  die "Health/Check did not answer SERVING"
+answer="$("$GRPCURL" -plaintext -d "{\"key\": \"$KEY\", \"required_scopes\": [\"orders:read\"]}" \
+  "127.0.0.1:$PORT" keyward.v1.KeyValidationService/ValidateKey)"
+[[ "$answer" == *'"code": "VALIDATION_CODE_VALID"'* ]] || die "ValidateKey did not answer VALID: $answer"
+answer="$("$GRPCURL" -plaintext "127.0.0.1:$PORT" grpc.health.v1.Health/Check)"
+[[ "$answer" == *'"status": "SERVING"'* ]] || die "Health/Check did not answer SERVING: $answer"
 
-# check NAME URL BODY MIN-BYTES: 20 h2load requests all succeed with at least
-# MIN-BYTES of response body each (a gRPC error is a 200 with no body).
-check() {
-  h2load -n 20 -c 1 "${GRPC[@]}" -d "$3" "$2" >"$WORK/$1-check.out" 2>&1 || true
-  python3 - "$WORK/$1-check.out" "$4" <<'PY' || { cat "$WORK/$1-check.out" >&2; die "$1: the probe requests failed"; }
-import re, sys
-out = open(sys.argv[1]).read()
-ok = re.search(r"requests: 20 total, 20 started, 20 done, 20 succeeded, 0 failed, 0 errored", out)
-data = re.search(r"traffic: .*\((\d+)\) data", out)
-sys.exit(0 if ok and data and int(data.group(1)) >= 20 * int(sys.argv[2]) else 1)
-PY
-}
 # A VALID ValidateKeyResponse carries the key's id, organization, name and
-# scopes (> 60 bytes); a HealthCheckResponse { status = SERVING } is 2 bytes.
-check validate "$VALIDATE_URL" "$WORK/validate.bin" 60
-check health "$HEALTH_URL" "$WORK/health.bin" 2
-
-# run NAME URL BODY: one h2load run; NAME.out (report), NAME.tsv (per-request log)
-run() {
-  local name="$1" url="$2" body="$3" bound
-  if [[ $QUICK == 1 ]]; then
-    bound=(-n 400)
-  else
-    bound=(-D "$DURATION" --warm-up-time "$WARMUP")
-  fi
-  # shellcheck disable=SC2086 # LOAD is a list of h2load flags
-  "${LOAD_CPU[@]}" h2load $LOAD -t 1 "${bound[@]}" --log-file "$WORK/$name.tsv" \
-    "${GRPC[@]}" -d "$body" "$url" >"$WORK/$name.out" 2>&1 ||
-    { cat "$WORK/$name.out" >&2; die "h2load $name failed"; }
-  grep -E '^(finished in|requests:)' "$WORK/$name.out" | sed "s/^/  $name: /" >&2
-}
+# scopes (> 60 bytes); a HealthCheckResponse { status = SERVING } is 2 bytes
+# (a gRPC error is a 200 with no body). Probes first: 20 requests each.
+declare -A MIN_BYTES=([validate]=60 [health]=2) URL=([validate]="$VALIDATE_URL" [health]="$HEALTH_URL")
+for what in validate health; do
+  bench_h2load "$what-check" "${MIN_BYTES[$what]}" -n 20 -c 1 "${GRPC[@]}" -d "$WORK/$what.bin" "${URL[$what]}"
+done
 
 if [[ $QUICK == 1 ]]; then
+  BOUND=(-n 400)
   say "quick: h2load $LOAD -n 400 per endpoint (figures not judged)"
 else
+  BOUND=(-D "$DURATION" --warm-up-time "$WARMUP")
   say "h2load $LOAD -t 1, ${WARMUP}s warm-up + ${DURATION}s, $ROUNDS round(s); pinning: $BENCH_PIN"
 fi
 UPTIME_BEFORE="$(uptime)"
@@ -191,48 +105,35 @@ NAMES=()
 for round in $(seq "$ROUNDS"); do
   if ((round % 2 == 1)); then order=(health validate); else order=(validate health); fi
   for what in "${order[@]}"; do
-    if [[ $what == health ]]; then
-      run "health-$round" "$HEALTH_URL" "$WORK/health.bin"
-    else
-      run "validate-$round" "$VALIDATE_URL" "$WORK/validate.bin"
-    fi
+    # shellcheck disable=SC2086 # LOAD is a list of h2load flags
+    bench_h2load "$what-$round" "${MIN_BYTES[$what]}" $LOAD -t 1 "${BOUND[@]}" \
+      --log-file "$WORK/$what-$round.tsv" "${GRPC[@]}" -d "$WORK/$what.bin" "${URL[$what]}"
+    grep -E '^(finished in|requests:)' "$WORK/$what-$round.out" | sed "s/^/  $what-$round: /" >&2
     NAMES+=("$what-$round")
   done
 done
 UPTIME_AFTER="$(uptime)"
-kill -0 "$SERVER_PID" 2>/dev/null || die "keyward died during the runs"
+bench_alive keyward
 
 # ------------------------------------------------------------- summary
-python3 - "$WORK" "$QUICK" "$LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "${NAMES[@]}" <<'PY'
-import re, sys
+bench_summary "$WORK" "$QUICK" "$LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "${NAMES[@]}" <<'PY'
+import sys
+from h2load import latencies, median, pct, report
 work, quick, load, duration, warmup, pin, *names = sys.argv[1:]
 quick = quick == "1"
 
-def parse(name):
-    out = open(f"{work}/{name}.out").read()
-    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    total, done, ok, failed, errored = map(int, m.groups())
-    # --log-file: start time (µs since run start), status, latency (µs)
-    lat = [int(line.split("\t")[2]) for line in open(f"{work}/{name}.tsv") if line.strip()]
-    return dict(rps=rps, ok=ok, bad=failed + errored + (done - ok), lat=lat)
-
-runs = {name: parse(name) for name in names}
-def pct(lat, p):
-    lat = sorted(lat)
-    return lat[min(len(lat) - 1, max(0, -(-len(lat) * p // 100) - 1))] / 1000  # nearest rank, ms
+runs = {name: dict(rps=report(f"{work}/{name}.out")["rps"], lat=latencies(f"{work}/{name}.tsv"))
+        for name in names}
 
 def pooled(kind):
     rs = [r for n, r in runs.items() if n.startswith(kind + "-")]
     lat = [x for r in rs for x in r["lat"]]
-    return dict(rps=sum(r["rps"] for r in rs) / len(rs), n=len(lat), bad=sum(r["bad"] for r in rs),
-                p50=pct(lat, 50), p99=pct(lat, 99), each=[r["rps"] for r in rs])
+    return dict(rps=sum(r["rps"] for r in rs) / len(rs), n=len(lat),
+                p50=pct(lat, 50) / 1000, p99=pct(lat, 99) / 1000, each=[r["rps"] for r in rs])
 
 h, v = pooled("health"), pooled("validate")
 ratio = v["rps"] / h["rps"]
-rounds = sorted(runs[f"validate-{i}"]["rps"] / runs[f"health-{i}"]["rps"]
-                for i in range(1, len(h["each"]) + 1))
-median = rounds[len(rounds) // 2] if len(rounds) % 2 else (rounds[len(rounds) // 2 - 1] + rounds[len(rounds) // 2]) / 2
+rounds = [runs[f"validate-{i}"]["rps"] / runs[f"health-{i}"]["rps"] for i in range(1, len(h["each"]) + 1)]
 print()
 if quick:
     print(f"QUICK smoke run (h2load {load} -t 1 -n 400 per endpoint): figures are not meaningful")
@@ -240,17 +141,16 @@ else:
     print(f"h2load {load} -t 1, -D {duration} --warm-up-time {warmup}, {len(h['each'])} run(s) per endpoint; "
           f"pinning: {'keyward on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
 print()
-print("| call | req/s | p50 ms | p99 ms | requests | failed | req/s per run |")
-print("|---|---:|---:|---:|---:|---:|---|")
+print("| call | req/s | p50 ms | p99 ms | requests | req/s per run |")
+print("|---|---:|---:|---:|---:|---|")
 for label, x in [("grpc.health.v1.Health/Check", h), ("keyward.v1.KeyValidationService/ValidateKey", v)]:
     each = ", ".join(f"{r:,.0f}" for r in x["each"])
-    print(f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['n']:,} | {x['bad']} | {each} |")
+    print(f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['n']:,} | {each} |")
 print()
-verdict = "not judged (--quick)" if quick else ("met" if median >= 0.9 else f"MISSED by {(0.9 - median) * 100:.1f} points")
-print(f"ratio ValidateKey/Health throughput: median of rounds {median:.3f} (target >= 0.9: {verdict}); "
-      f"mean over mean {ratio:.3f}; rounds {', '.join(f'{r:.3f}' for r in rounds)}")
-if h["bad"] or v["bad"]:
-    sys.exit("some requests failed")
+m = median(rounds)
+verdict = "not judged (--quick)" if quick else ("met" if m >= 0.9 else f"MISSED by {(0.9 - m) * 100:.1f} points")
+print(f"ratio ValidateKey/Health throughput: median of rounds {m:.3f} (target >= 0.9: {verdict}); "
+      f"mean over mean {ratio:.3f}; rounds {', '.join(f'{r:.3f}' for r in sorted(rounds))}")
 PY
 echo
 echo "load before: $UPTIME_BEFORE"

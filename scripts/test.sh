@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-tools.sh
 # envoy, grpcurl (and buf) on PATH for the end-to-end tests.
-# shellcheck source=env.sh
+# shellcheck source=scripts/env.sh
 source scripts/env.sh
 
 echo "==== cargo test --workspace --all-features"

@@ -315,3 +315,129 @@ async fn envoy_ext_authz_protects_an_http_service() {
     db.drop_database().await;
     std::fs::remove_file(&config_path).ok();
 }
+
+/// Envoy with `deploy/envoy/envoy.yaml` (ports rewritten, as above) in front
+/// of `upstream_port`, with keyward on `keyward_port`; returns the guard and
+/// Envoy's listener port once Envoy answers.
+async fn start_sample_envoy(
+    envoy_bin: &std::path::Path,
+    keyward_port: u16,
+    upstream_port: u16,
+) -> (Envoy, u16) {
+    let port = free_port();
+    let config = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy.yaml"),
+    )
+    .expect("the documented config");
+    let mut rewritten = config;
+    for (old, new) in [
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 10000", format!("port_value: {port}")),
+        ("address: 0.0.0.0", "address: 127.0.0.1".to_owned()),
+        ("port_value: 8080", format!("port_value: {upstream_port}")),
+        ("port_value: 50051", format!("port_value: {keyward_port}")),
+    ] {
+        assert!(rewritten.contains(old), "{old} in deploy/envoy/envoy.yaml");
+        rewritten = rewritten.replace(old, &new);
+    }
+    let path =
+        std::env::temp_dir().join(format!("keyward-envoy-{}.yaml", keyward_core::new_ulid()));
+    std::fs::write(&path, rewritten).expect("the config is written");
+    let envoy = Envoy(
+        Command::new(envoy_bin)
+            .arg("-c")
+            .arg(&path)
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("envoy starts"),
+    );
+    // Any answer means Envoy is up (it has read the config by then).
+    eventually(Duration::from_secs(60), || get(port, "/", &[]))
+        .await
+        .expect("Envoy answers");
+    std::fs::remove_file(&path).ok();
+    (envoy, port)
+}
+
+/// SPEC §11: a variant of a scoped route's path (`//`, `%77` for `w`, dot
+/// segments, `%2F`, other case) never skips the route's required scope: the
+/// sample config normalizes the path before routes match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_path_variants_cannot_skip_a_scoped_route() {
+    let Some(envoy_bin) = envoy_binary() else {
+        let ci = std::env::var("CI").unwrap_or_default().to_ascii_lowercase();
+        assert!(
+            !matches!(ci.as_str(), "true" | "1" | "yes"),
+            "envoy is missing: run bash scripts/install-tools.sh"
+        );
+        eprintln!("SKIPPED: envoy not found; run bash scripts/install-tools.sh");
+        return;
+    };
+    let Some((app, db)) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let (upstream_port, seen) = upstream().await;
+    let (_envoy, port) = start_sample_envoy(&envoy_bin, app.addr.port(), upstream_port).await;
+
+    let mut bearers = Vec::new();
+    for (name, scope) in [("reader", "orders:read"), ("writer", "orders:write")] {
+        let created = app
+            .admin()
+            .create_key(app.acme(pb::CreateKeyRequest {
+                name: name.into(),
+                scopes: vec![scope.into()],
+                ..Default::default()
+            }))
+            .await
+            .expect("CreateKey")
+            .into_inner();
+        record_secret(&created.secret);
+        bearers.push(format!("Bearer {}", created.secret));
+    }
+    let (reader, writer) = (&bearers[0], &bearers[1]);
+
+    // The reader's key works where no scope is needed, and not on the route.
+    for (path, expected) in [("/orders", 200), ("/orders/write", 403)] {
+        let (status, _) = get(port, path, &[("authorization", reader)])
+            .await
+            .expect("Envoy answers");
+        assert_eq!(status, expected, "reader, {path}");
+    }
+    let (status, _) = get(port, "/orders/write", &[("authorization", writer)])
+        .await
+        .expect("Envoy answers");
+    assert_eq!(status, 200, "the scope grants the route");
+
+    let reached = seen.lock().expect("lock").len();
+    for path in [
+        "/orders//write",
+        "/orders/%77rite",
+        "/orders/./write",
+        "/orders/x/../write",
+        "/orders%2Fwrite",
+        "/orders%2fwrite",
+        "//orders/write",
+        "/orders/WRITE",
+    ] {
+        let (status, _) = get(port, path, &[("authorization", reader)])
+            .await
+            .expect("Envoy answers");
+        assert!(
+            status == 403 || status == 400,
+            "{path} without the scope got {status}, not 403 or 400"
+        );
+    }
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        reached,
+        "no path variant reached the upstream"
+    );
+
+    db.drop_database().await;
+}
