@@ -6,8 +6,9 @@
 //! follower has read `seq = n`, no event with a smaller `seq` can still
 //! commit. The follower therefore keeps one cursor, the last `seq` it
 //! applied, and needs no re-read window:
-//! - on start it begins at the newest committed `seq` (the cache is empty
-//!   then and fills from the database, which already holds every change);
+//! - on start it begins at the newest committed `seq` and drops whatever
+//!   was cached before (the cache refills from the database, which already
+//!   holds every change up to that `seq`);
 //! - a failed or timed-out read moves nothing, and the next tick reads
 //!   again from the same cursor;
 //! - within a read, events are applied and the cursor advances in one step
@@ -79,8 +80,11 @@ impl Follower {
         let deadline = validator.settings.lookup_timeout;
         let store = &validator.store;
         let Some(mut cursor) = self.cursor else {
-            // Start at the head: the cache is filled from the database afterwards.
+            // Start at the head. Keys cached before the head was read may
+            // predate changes at or below it, which this follower will never
+            // apply: drop them; the cache refills from the database.
             self.cursor = Some(within(deadline, store.last_event_seq()).await?);
+            validator.cache.invalidate_all();
             return Ok(0);
         };
         let mut applied = 0;
@@ -133,10 +137,20 @@ mod tests {
             let validator = validator(&store);
             let mut follower = Follower::default();
             let (key, secret) = create_key(&store).await;
+            validator
+                .validate(secret.expose(), &[], ClientInfo::default())
+                .await
+                .expect("a verdict");
+            assert_eq!(validator.cache().len().0, 1);
             assert_eq!(
                 follower.sync(&validator).await.ok(),
                 Some(0),
                 "starts at the head"
+            );
+            assert_eq!(
+                validator.cache().len().0,
+                0,
+                "what was cached before is dropped"
             );
             let head = follower.cursor().expect("a cursor");
             assert_eq!(head, store.last_event_seq().await.expect("a seq"));
