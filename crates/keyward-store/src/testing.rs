@@ -168,7 +168,17 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    run_with(backend, StoreOptions::default(), body).await;
+    run_with(backend, options(), body).await;
+}
+
+/// The options tests open stores with: the defaults, with deadlines long
+/// enough for a loaded test machine (tests of deadlines set their own).
+pub fn options() -> StoreOptions {
+    StoreOptions {
+        operation_timeout: Duration::from_secs(10),
+        acquire_timeout: Duration::from_secs(5),
+        ..StoreOptions::default()
+    }
 }
 
 /// [`run`] with a store opened with `options`.

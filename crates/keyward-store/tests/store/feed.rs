@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use keyward_store::entity::key_events;
-use keyward_store::testing::{Backend, run_with};
+use keyward_store::testing::{self, Backend, run_with};
 use keyward_store::{Store, StoreOptions};
 use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, EntityTrait, Statement};
 use tokio::time::Instant;
@@ -70,7 +70,7 @@ async fn a_late_commit_is_never_skipped(backend: Backend) {
     let options = StoreOptions {
         // The slow transaction legitimately takes 3 s, and `fast` waits for it.
         operation_timeout: Duration::from_secs(20),
-        ..StoreOptions::default()
+        ..testing::options()
     };
     run_with(backend, options, move |store| async move {
         store
@@ -142,15 +142,11 @@ async fn a_late_commit_is_never_skipped(backend: Backend) {
     .await;
 }
 
-#[tokio::test]
-async fn a_late_commit_is_never_skipped_postgres() {
-    a_late_commit_is_never_skipped(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn a_late_commit_is_never_skipped_mariadb() {
-    a_late_commit_is_never_skipped(Backend::MariaDb).await;
-}
+per_backend!(
+    a_late_commit_is_never_skipped,
+    postgres: Postgres,
+    mariadb: MariaDb
+);
 
 keyward_store::store_test!(unreadable_events_are_skipped, |store| async move {
     store

@@ -64,3 +64,19 @@ pub fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
 pub fn close(a: DateTime<Utc>, b: DateTime<Utc>, slack: Duration) -> bool {
     (a - b).abs().to_std().is_ok_and(|d| d <= slack)
 }
+
+/// Defines one `#[tokio::test]` per named backend, in a module named like the
+/// test function, calling `$test(Backend::…)`: for tests that need the
+/// backend itself (`store_test!` hands them only a store).
+macro_rules! per_backend {
+    ($test:ident, $($name:ident: $backend:ident),+) => {
+        mod $test {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$test(keyward_store::testing::Backend::$backend).await;
+                }
+            )+
+        }
+    };
+}

@@ -1,6 +1,6 @@
 //! The per-organization key cap.
 
-use keyward_store::testing::{Backend, run_with};
+use keyward_store::testing::{self, Backend, run_with};
 use keyward_store::{StoreError, StoreOptions};
 
 use crate::helpers::{events, material, new_key, user};
@@ -8,7 +8,7 @@ use crate::helpers::{events, material, new_key, user};
 fn capped(limit: u64) -> StoreOptions {
     StoreOptions {
         max_keys_per_organization: limit,
-        ..StoreOptions::default()
+        ..testing::options()
     }
 }
 
@@ -102,17 +102,4 @@ async fn the_key_cap_holds(backend: Backend) {
     .await;
 }
 
-#[tokio::test]
-async fn the_key_cap_holds_sqlite() {
-    the_key_cap_holds(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_key_cap_holds_postgres() {
-    the_key_cap_holds(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn the_key_cap_holds_mariadb() {
-    the_key_cap_holds(Backend::MariaDb).await;
-}
+per_backend!(the_key_cap_holds, sqlite: Sqlite, postgres: Postgres, mariadb: MariaDb);

@@ -1,11 +1,13 @@
 //! Integration tests of the store. Every test runs on SQLite, PostgreSQL and
 //! MariaDB, each on a fresh database (see `keyward_store::testing`).
 
+#[macro_use]
+mod helpers;
+
 mod audit;
 mod deadlines;
 mod errors;
 mod feed;
-mod helpers;
 mod keys;
 mod lifecycle;
 mod limits;

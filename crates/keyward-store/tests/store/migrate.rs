@@ -2,7 +2,7 @@
 
 use keyward_store::Store;
 use keyward_store::migration::Migrator;
-use keyward_store::testing::{Backend, TestDatabase};
+use keyward_store::testing::{self, Backend, TestDatabase};
 use sea_orm_migration::MigratorTrait;
 
 use crate::helpers::new_key;
@@ -13,7 +13,10 @@ async fn concurrent_migrations_both_succeed(backend: Backend) {
         let Some(database) = TestDatabase::create(backend).await else {
             return;
         };
-        let (a, b) = tokio::join!(Store::connect(&database.url), Store::connect(&database.url));
+        let (a, b) = tokio::join!(
+            Store::connect_with(&database.url, testing::options()),
+            Store::connect_with(&database.url, testing::options())
+        );
         let (a, b) = (a.expect("connect a"), b.expect("connect b"));
         let (ran_a, ran_b) = tokio::join!(a.migrate(), b.migrate());
         let pending = Migrator::get_pending_migrations(a.connection()).await;
@@ -28,17 +31,4 @@ async fn concurrent_migrations_both_succeed(backend: Backend) {
     }
 }
 
-#[tokio::test]
-async fn concurrent_migrations_both_succeed_sqlite() {
-    concurrent_migrations_both_succeed(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn concurrent_migrations_both_succeed_postgres() {
-    concurrent_migrations_both_succeed(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn concurrent_migrations_both_succeed_mariadb() {
-    concurrent_migrations_both_succeed(Backend::MariaDb).await;
-}
+per_backend!(concurrent_migrations_both_succeed, sqlite: Sqlite, postgres: Postgres, mariadb: MariaDb);
