@@ -13,8 +13,10 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
@@ -160,6 +162,38 @@ impl TestDatabase {
     }
 }
 
+/// Runs `body` with the URL of a fresh database of `backend` (not migrated),
+/// then drops the database, also when `body` panics (the panic is passed on
+/// after the drop). Skips (see [`TestDatabase::create`]) when the backend is
+/// unavailable. The one "fresh database, run, drop, re-raise" of the tests:
+/// [`run`] and the server's end-to-end harness are built on it.
+pub async fn on_fresh_database<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let outcome = {
+        // Dropped at the end of this block, before the database is: whatever
+        // the body still holds (servers, pools) lets go of it first.
+        let mut body = std::pin::pin!(body(database.url.clone()));
+        std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        })
+        .await
+    };
+    database.drop_database().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Runs `body` against a fresh, migrated database of `backend`, then drops
 /// the database, also when `body` panics (the panic is passed on). Skips (see
 /// [`TestDatabase::create`]) when the backend is unavailable.
@@ -168,38 +202,32 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(database) = TestDatabase::create(backend).await else {
-        return;
-    };
-    let store = match Store::connect(&database.url).await {
-        Ok(store) => store,
-        Err(err) => {
-            database.drop_database().await;
+    on_fresh_database(backend, |url| async move {
+        let store = Store::connect(&url).await.unwrap_or_else(|err| {
             panic!(
                 "cannot connect to the fresh {} test database: {err}",
                 backend.name()
+            )
+        });
+        if let Err(err) = store.migrate().await {
+            let _ = store.connection().close_by_ref().await;
+            panic!(
+                "cannot migrate the fresh {} test database: {err}",
+                backend.name()
             );
         }
-    };
-    if let Err(err) = store.migrate().await {
+        // A task of its own, so that the store is closed before the
+        // database is dropped, also after a failing assertion.
+        let outcome = tokio::spawn(body(store.clone())).await;
         let _ = store.connection().close_by_ref().await;
-        database.drop_database().await;
-        panic!(
-            "cannot migrate the fresh {} test database: {err}",
-            backend.name()
-        );
-    }
-    // A task of its own, so a failing assertion comes back as a `JoinError`
-    // and the database is still dropped.
-    let outcome = tokio::spawn(body(store.clone())).await;
-    let _ = store.connection().close_by_ref().await;
-    database.drop_database().await;
-    if let Err(err) = outcome {
-        match err.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(err) => panic!("test task failed: {err}"),
+        if let Err(err) = outcome {
+            match err.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(err) => panic!("test task failed: {err}"),
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Defines one `#[tokio::test]` per backend running the same body on a
