@@ -206,7 +206,6 @@ async fn through_envoy(app: &TestApp, envoy_bin: &PathBuf) {
             .spawn()
             .expect("envoy starts"),
     );
-    std::fs::remove_file(&config_path).ok();
 
     // No key: 401 with www-authenticate (this also waits for Envoy to be up).
     let (status, headers) = eventually(Duration::from_secs(60), || get(envoy_port, "/", &[]))
@@ -367,4 +366,5 @@ async fn through_envoy(app: &TestApp, envoy_bin: &PathBuf) {
         before,
         "nothing gets through"
     );
+    std::fs::remove_file(&config_path).ok();
 }

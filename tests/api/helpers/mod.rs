@@ -411,11 +411,19 @@ pub fn code<T>(result: Result<T, Status>) -> Code {
 /// Starts keyward over a fresh database of `backend`; `None` if that database
 /// server is unavailable outside CI (the test then reports that it skipped).
 /// The caller drops the database; [`with_app`] does all of it.
+#[allow(
+    dead_code,
+    reason = "kept for callers that manage the database themselves"
+)]
 pub async fn spawn_app(backend: Backend) -> Option<(TestApp, TestDatabase)> {
     spawn_app_with(backend, |_| {}).await
 }
 
 /// [`spawn_app`] with [`test_settings`] changed by `configure`.
+#[allow(
+    dead_code,
+    reason = "kept for callers that manage the database themselves"
+)]
 pub async fn spawn_app_with(
     backend: Backend,
     configure: impl FnOnce(&mut Settings),
