@@ -25,7 +25,7 @@ use orders_service::OrdersServer;
 use orders_service::pb::order_service_client::OrderServiceClient;
 use orders_service::pb::{CreateOrderRequest, GetOrderRequest};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 use tower::ServiceExt;
@@ -52,29 +52,26 @@ fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
 // The gRPC side: the example order service.
 // ---------------------------------------------------------------------------
 
-/// The example order service on port 0, validating with `validator`.
+/// The example order service on port 0, validating with `validator`;
+/// stopped when dropped.
 struct Orders {
     client: OrderServiceClient<Channel>,
-    _stop: oneshot::Sender<()>,
+    server: AbortHandle,
+}
+
+impl Drop for Orders {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 async fn start_orders<V: Validator>(validator: Arc<V>) -> Orders {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let server = OrdersServer::with_validator(listener, validator);
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("a valid URI")
-        .connect()
-        .await
-        .expect("the order service accepts connections");
-    Orders {
-        client: OrderServiceClient::new(channel),
-        _stop: stop,
-    }
+    // Bound already: the lazy channel's first call finds it listening.
+    let client = OrderServiceClient::new(lazy_channel(server.local_addr()));
+    let server = tokio::spawn(server.run_until(std::future::pending())).abort_handle();
+    Orders { client, server }
 }
 
 impl Orders {
