@@ -25,7 +25,7 @@ use keyward_core::{
     Metadata, OrganizationId, Scopes, ValidationCode,
 };
 use keyward_store::testing::{Backend, on_fresh_database};
-use keyward_store::{KeyMaterial, NewKey, Store};
+use keyward_store::{KeyMaterial, Store};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 use crate::helpers::process::{KeywardProcess, bootstrap_with_cli};
 use crate::helpers::proxy::proxied_database;
 use crate::helpers::{
-    CLIENT_IP, TestApp, USER_AGENT, eventually, record_secret, try_validate, unknown_key,
+    CLIENT_IP, NewKey, TestApp, USER_AGENT, eventually, record_secret, try_validate, unknown_key,
     with_app_configured, with_key,
 };
 
@@ -43,7 +43,7 @@ use crate::helpers::{
 async fn insert_key(store: &Store, hasher: &LookupHasher, name: &str) -> String {
     let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
     store
-        .create_key(NewKey {
+        .create_key(keyward_store::NewKey {
             organization_id: OrganizationId::parse("acme").expect("a valid organization"),
             workspace_id: None,
             name: KeyName::parse(name).expect("a valid name"),
@@ -345,19 +345,11 @@ async fn replicas_see_each_others_changes_within_a_second(backend: Backend) {
 
         // Create on A: B has never seen the key (it cannot be warmed before
         // it exists), so this is a cold lookup on B.
-        let created = admin
-            .create_key(with_key(&admin_key, pb::CreateKeyRequest {
-                name: "replicated".into(),
-                scopes: vec!["orders:read".into()],
-                ..Default::default()
-            }))
-            .await
-            .expect("CreateKey on A")
-            .into_inner();
+        let created = NewKey::on(admin.clone(), &admin_key, "replicated")
+            .scopes(&["orders:read"])
+            .await;
         let since = Instant::now();
-        record_secret(&created.secret);
-        let key = created.secret;
-        let id = created.api_key.expect("the key").id;
+        let (key, id) = (created.secret, created.id);
         watch.observe("create", &key, &[], Valid, since).await;
 
         watch.warm("archive", &key, &[], Valid).await;
@@ -438,16 +430,8 @@ async fn replicas_see_each_others_changes_within_a_second(backend: Backend) {
             .observe("revoke", &rotated.secret, &[], Revoked, since)
             .await;
 
-        let doomed = admin
-            .create_key(with_key(&admin_key, pb::CreateKeyRequest {
-                name: "doomed".into(),
-                ..Default::default()
-            }))
-            .await
-            .expect("CreateKey on A")
-            .into_inner();
-        record_secret(&doomed.secret);
-        let doomed_id = doomed.api_key.expect("the key").id;
+        let doomed = NewKey::on(admin.clone(), &admin_key, "doomed").await;
+        let doomed_id = doomed.id;
         let since = Instant::now();
         watch
             .observe("create (second key)", &doomed.secret, &[], Valid, since)

@@ -1,4 +1,5 @@
-//! [`NewKey`]: CreateKey through [`TestApp::create_key`](super::TestApp::create_key),
+//! [`NewKey`]: CreateKey through [`TestApp::create_key`](super::TestApp::create_key)
+//! (or any keyward's admin client),
 //! with only the fields a test cares about written out.
 
 use std::future::{Future, IntoFuture};
@@ -6,16 +7,18 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use keyward::pb;
+use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use tonic::Status;
+use tonic::transport::Channel;
 
-use super::{TestApp, record_secret, with_key};
+use super::{record_secret, with_key};
 
-/// A CreateKey request being built: acme's key named as given, no scopes,
-/// standard, live, made with acme's admin key. Awaiting it creates the key
+/// A CreateKey request being built: a key named as given, no scopes,
+/// standard, live (made with acme's admin key through `TestApp::create_key`). Awaiting it creates the key
 /// (and panics if CreateKey fails); [`NewKey::send`] returns the status instead.
 #[must_use = "a key is created only when awaited"]
 pub struct NewKey<'a> {
-    app: &'a TestApp,
+    client: KeyAdminServiceClient<Channel>,
     credential: &'a str,
     request: pb::CreateKeyRequest,
 }
@@ -32,10 +35,12 @@ pub struct CreatedKey {
 }
 
 impl<'a> NewKey<'a> {
-    pub(super) fn new(app: &'a TestApp, name: &str) -> Self {
+    /// A key named `name`, to be created through `client` with the admin
+    /// key `credential` (of whichever organization and keyward).
+    pub fn on(client: KeyAdminServiceClient<Channel>, credential: &'a str, name: &str) -> Self {
         Self {
-            app,
-            credential: &app.acme_key,
+            client,
+            credential,
             request: pb::CreateKeyRequest {
                 name: name.to_owned(),
                 ..Default::default()
@@ -94,10 +99,9 @@ impl<'a> NewKey<'a> {
     }
 
     /// Sends CreateKey: the created key, or the status it failed with.
-    pub async fn send(self) -> Result<CreatedKey, Status> {
+    pub async fn send(mut self) -> Result<CreatedKey, Status> {
         let response = self
-            .app
-            .admin()
+            .client
             .create_key(with_key(self.credential, self.request))
             .await?
             .into_inner();

@@ -200,7 +200,7 @@ impl TestApp {
     /// A key of `acme` named `name`, created through CreateKey when awaited;
     /// the builder sets the other fields and the credential.
     pub fn create_key<'a>(&'a self, name: &str) -> NewKey<'a> {
-        NewKey::new(self, name)
+        NewKey::on(self.admin(), &self.acme_key, name)
     }
 
     /// ValidateKey with a client IP and user agent; panics if keyward cannot answer.
