@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::e2e_test;
-use crate::helpers::{TestApp, record_secret};
+use crate::helpers::{CreatedKey, TestApp, record_secret};
 
 /// One RPC with its request.
 #[derive(Debug, Clone)]
@@ -274,17 +274,7 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
     let mut admin = app.admin();
     // A key for the id-taking RPCs to hit if a malformed id ever got through;
     // inactive, so ReactivateKey would change it too.
-    let target = admin
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "target".into(),
-            scopes: vec!["orders:read".into()],
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&target.secret);
-    let target_id = target.api_key.expect("the key").id;
+    let target_id = app.create_key("target").scopes(&["orders:read"]).await.id;
     admin
         .update_key(app.acme(pb::UpdateKeyRequest {
             id: target_id.clone(),
@@ -297,18 +287,11 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         .await
         .expect("UpdateKey succeeds");
     // An active product key whose usage ValidateKey would record.
-    let product = admin
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "product".into(),
-            scopes: vec!["orders:*".into()],
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&product.secret);
-    let product_id = product.api_key.expect("the key").id;
-    let secret = product.secret;
+    let CreatedKey {
+        id: product_id,
+        secret,
+        ..
+    } = app.create_key("product").scopes(&["orders:*"]).await;
 
     let ulid = target_id.strip_prefix("key_").expect("ids start with key_");
     let past = chrono::Utc::now() - chrono::Duration::hours(1);

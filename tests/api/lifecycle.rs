@@ -6,52 +6,29 @@ use keyward::pb;
 use tonic::Code;
 
 use crate::e2e_test;
-use crate::helpers::{TestApp, eventually, record_secret, with_key};
+use crate::helpers::{CLIENT_IP, TestApp, USER_AGENT, eventually, record_secret, with_key};
 
 async fn validate(app: &TestApp, key: &str, scopes: &[&str]) -> pb::ValidateKeyResponse {
-    app.validation()
-        .validate_key(pb::ValidateKeyRequest {
-            key: key.to_owned(),
-            required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            client_ip: "203.0.113.7".into(),
-            user_agent: "lifecycle-test/1.0".into(),
-        })
-        .await
-        .expect("ValidateKey answers")
-        .into_inner()
+    app.validate(key, scopes).await
 }
 
 fn code(response: &pb::ValidateKeyResponse) -> pb::ValidationCode {
     response.code()
 }
 
-async fn create(app: &TestApp, request: pb::CreateKeyRequest) -> pb::CreateKeyResponse {
-    let response = app
-        .admin()
-        .create_key(app.acme(request))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&response.secret);
-    response
-}
-
 e2e_test!(full_lifecycle, |app| {
     let mut admin = app.admin();
-    let created = create(
-        app,
-        pb::CreateKeyRequest {
-            name: "orders service".into(),
-            description: "talks to orders".into(),
-            scopes: vec!["orders:*".into(), "billing:read".into()],
-            metadata: [("team".to_owned(), "payments".to_owned())].into(),
-            workspace_id: "wrk_1".into(),
-            user_id: "user_42".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let key = created.api_key.expect("the key is returned");
+    let created = app
+        .create_key("orders service")
+        .scopes(&["orders:*", "billing:read"])
+        .workspace("wrk_1")
+        .with(|request| {
+            request.description = "talks to orders".into();
+            request.metadata = [("team".to_owned(), "payments".to_owned())].into();
+            request.user_id = "user_42".into();
+        })
+        .await;
+    let key = created.key;
     let secret = created.secret;
     assert!(secret.starts_with("sk_live_"));
     assert_eq!(key.prefix, secret[..12]);
@@ -96,8 +73,8 @@ e2e_test!(full_lifecycle, |app| {
     })
     .await
     .expect("last_used_at is recorded within a few flushes");
-    assert_eq!(used.last_used_ip, "203.0.113.7");
-    assert_eq!(used.last_used_user_agent, "lifecycle-test/1.0");
+    assert_eq!(used.last_used_ip, CLIENT_IP);
+    assert_eq!(used.last_used_user_agent, USER_AGENT);
 
     // Update: scopes, then disable → INACTIVE, then enable again.
     let updated = admin
@@ -229,10 +206,7 @@ e2e_test!(full_lifecycle, |app| {
 
     // Revoke: never valid again; reactivate and update are refused.
     let newest = again.api_key.expect("the newest key").id;
-    admin
-        .revoke_key(app.acme(pb::RevokeKeyRequest { id: newest.clone() }))
-        .await
-        .expect("RevokeKey succeeds");
+    app.revoke(&newest).await;
     assert_eq!(
         code(&validate(app, &again.secret, &[]).await),
         pb::ValidationCode::Revoked
@@ -272,15 +246,7 @@ e2e_test!(full_lifecycle, |app| {
         code(&validate(app, &again.secret, &[]).await),
         pb::ValidationCode::NotFound
     );
-    let events = admin
-        .list_key_events(app.acme(pb::ListKeyEventsRequest {
-            key_id: newest.clone(),
-            ..Default::default()
-        }))
-        .await
-        .expect("ListKeyEvents succeeds")
-        .into_inner()
-        .events;
+    let events = app.list_events(&app.acme_key, &newest).await;
     let types: Vec<pb::KeyEventType> = events.iter().map(pb::KeyEvent::r#type).collect();
     assert_eq!(
         types,
@@ -293,15 +259,7 @@ e2e_test!(full_lifecycle, |app| {
     );
 
     // The first key's history, newest first, one event per change.
-    let history = admin
-        .list_key_events(app.acme(pb::ListKeyEventsRequest {
-            key_id: key.id.clone(),
-            ..Default::default()
-        }))
-        .await
-        .expect("ListKeyEvents succeeds")
-        .into_inner()
-        .events;
+    let history = app.list_events(&app.acme_key, &key.id).await;
     let types: Vec<pb::KeyEventType> = history.iter().map(pb::KeyEvent::r#type).collect();
     assert_eq!(
         types,
@@ -321,19 +279,11 @@ e2e_test!(full_lifecycle, |app| {
 e2e_test!(expiry_and_kinds, |app| {
     let mut admin = app.admin();
     let soon = chrono::Utc::now() + chrono::Duration::milliseconds(600);
-    let created = create(
-        app,
-        pb::CreateKeyRequest {
-            name: "short lived".into(),
-            environment: pb::Environment::Test.into(),
-            expires_at: Some(prost_types::Timestamp {
-                seconds: soon.timestamp(),
-                nanos: soon.timestamp_subsec_nanos() as i32,
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    let created = app
+        .create_key("short lived")
+        .test_environment()
+        .expires_at(soon)
+        .await;
     assert!(created.secret.starts_with("sk_test_"));
     // Valid until `soon`; a slow database may already have passed it.
     let first = code(&validate(app, &created.secret, &[]).await);
@@ -350,15 +300,7 @@ e2e_test!(expiry_and_kinds, |app| {
     assert!(expired.is_some(), "the key expires");
 
     // Admin keys never validate as product keys.
-    let admin_key = create(
-        app,
-        pb::CreateKeyRequest {
-            name: "second admin".into(),
-            kind: pb::KeyKind::Admin.into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let admin_key = app.create_key("second admin").admin().await;
     assert!(admin_key.secret.starts_with("sk_admin_"));
     assert_eq!(
         code(&validate(app, &admin_key.secret, &[]).await),
@@ -372,9 +314,7 @@ e2e_test!(expiry_and_kinds, |app| {
     admin
         .get_key(with_key(
             &admin_key.secret,
-            pb::GetKeyRequest {
-                id: created.api_key.expect("key").id,
-            },
+            pb::GetKeyRequest { id: created.id },
         ))
         .await
         .expect("a created admin key can call the admin API");

@@ -8,7 +8,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use keyward::pb;
 
 use crate::e2e_test;
-use crate::helpers::{TestApp, eventually, record_secret, with_key};
+use crate::helpers::{TestApp, eventually, record_secret};
 
 const KEYS: usize = 1_100;
 
@@ -101,18 +101,8 @@ async fn walk(
 
 e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
     // A second admin key of acme, so created_by_id has two values.
-    let second_admin = app
-        .admin()
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "second admin".into(),
-            kind: pb::KeyKind::Admin.into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("an admin key is created")
-        .into_inner();
-    record_secret(&second_admin.secret);
-    let second_admin_id = second_admin.api_key.expect("key").id;
+    let second_admin = app.create_key("second admin").admin().await;
+    let second_admin_id = second_admin.id.clone();
     let first_admin_id = {
         let page = list(app, pb::ListKeysRequest::default()).await;
         page.keys
@@ -125,7 +115,6 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
 
     let created: Vec<(String, String, Model)> = stream::iter(0..KEYS)
         .map(|i| {
-            let mut admin = app.admin();
             let model = Model {
                 workspace: [Some("wrk_a"), Some("wrk_b"), None][i % 3],
                 user: (i % 5 == 0).then_some("user_5"),
@@ -143,20 +132,18 @@ e2e_test!(list_keys_walks_every_filter_both_ways, |app| {
                 second_admin.secret.clone()
             };
             async move {
-                let response = admin
-                    .create_key(with_key(
-                        &admin_key,
-                        pb::CreateKeyRequest {
-                            name: format!("key {i}"),
-                            workspace_id: model.workspace.unwrap_or_default().into(),
-                            user_id: model.user.unwrap_or_default().into(),
-                            service_account_id: model.service_account.unwrap_or_default().into(),
-                            ..Default::default()
-                        },
-                    ))
-                    .await?
-                    .into_inner();
-                Ok::<_, tonic::Status>((response.api_key.expect("key").id, response.secret, model))
+                let created = app
+                    .create_key(&format!("key {i}"))
+                    .workspace(model.workspace.unwrap_or_default())
+                    .with(|request| {
+                        request.user_id = model.user.unwrap_or_default().into();
+                        request.service_account_id =
+                            model.service_account.unwrap_or_default().into();
+                    })
+                    .by(&admin_key)
+                    .send()
+                    .await?;
+                Ok::<_, tonic::Status>((created.id, created.secret, model))
             }
         })
         .buffered(4)

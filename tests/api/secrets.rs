@@ -1,10 +1,15 @@
-//! Raw keys never reach the database or the logs.
+//! Raw keys never reach the database or the logs: the in-process servers'
+//! logs and those of every `keyward` process the tests started.
 
 use keyward::pb;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 
 use crate::e2e_test;
-use crate::helpers::{TestApp, captured_logs, record_secret, recorded_secrets, with_key};
+use crate::helpers::logs::process_logs;
+use crate::helpers::process::KeywardProcess;
+use crate::helpers::{
+    TestApp, captured_logs, record_secret, recorded_secrets, try_validate, with_key,
+};
 
 /// Every value of every column of every table, as text.
 async fn dump_database(app: &TestApp) -> Vec<String> {
@@ -69,17 +74,11 @@ async fn dump_database(app: &TestApp) -> Vec<String> {
 
 e2e_test!(raw_keys_are_never_stored_or_logged, |app| {
     let mut admin = app.admin();
-    let created = admin
-        .create_key(app.acme(pb::CreateKeyRequest {
-            name: "secret keeper".into(),
-            scopes: vec!["orders:read".into()],
-            ..Default::default()
-        }))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&created.secret);
-    let id = created.api_key.expect("key").id;
+    let created = app
+        .create_key("secret keeper")
+        .scopes(&["orders:read"])
+        .await;
+    let id = created.id.clone();
     let rotated = admin
         .rotate_key(app.acme(pb::RotateKeyRequest {
             id: id.clone(),
@@ -89,8 +88,18 @@ e2e_test!(raw_keys_are_never_stored_or_logged, |app| {
         .expect("RotateKey succeeds")
         .into_inner();
     record_secret(&rotated.secret);
+    // A `keyward serve` process on the same database, logging at debug level.
+    let mut process = KeywardProcess::serve("secrets", &["--database-url", &app.database_url]);
+    let channel = process.wait_until_serving(&app.acme_key).await;
+    let mut through_process =
+        pb::key_validation_service_client::KeyValidationServiceClient::new(channel);
     // Use the keys every way a client can: valid, wrong scope, as an admin credential.
     for key in [&created.secret, &rotated.secret] {
+        for scopes in [&[][..], &["orders:write"][..]] {
+            try_validate(&mut through_process, key, scopes)
+                .await
+                .expect("the process answers ValidateKey");
+        }
         app.validation()
             .validate_key(pb::ValidateKeyRequest {
                 key: key.clone(),
@@ -105,10 +114,9 @@ e2e_test!(raw_keys_are_never_stored_or_logged, |app| {
             .expect_err("a standard key is not an admin key");
         assert!(!denied.message().contains(key.as_str()));
     }
-    admin
-        .archive_key(app.acme(pb::ArchiveKeyRequest { id }))
-        .await
-        .expect("ArchiveKey succeeds");
+    app.archive(&id).await;
+    // Stopped, so that its shutdown lines are in its log too.
+    assert!(process.terminate().success());
 
     let secrets = recorded_secrets();
     assert!(secrets.len() >= 4);
@@ -132,6 +140,10 @@ e2e_test!(raw_keys_are_never_stored_or_logged, |app| {
             );
         }
     }
+    assert!(
+        process_logs().contains("DEBUG"),
+        "the spawned process's debug logs are read"
+    );
     let logs = captured_logs();
     assert!(!logs.is_empty(), "logs were captured");
     for fragment in &fragments {

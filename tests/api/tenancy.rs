@@ -8,12 +8,16 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
 use crate::e2e_test;
-use crate::helpers::{TestApp, record_secret, with_key};
+use crate::helpers::{CreatedKey, TestApp, record_secret, with_key};
 
-/// Every KeyAdminService RPC that acts on one key.
-#[derive(Debug, Clone, Copy)]
+/// Every KeyAdminService RPC. A new RPC must be added here (the service
+/// descriptor is checked against this list) and given a tenancy case: the
+/// exhaustive matches in [`Rpc::per_key`] and [`call`] make sure of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
+    Create,
     Get,
+    List,
     Update,
     Archive,
     Reactivate,
@@ -23,27 +27,126 @@ enum Rpc {
     ListEvents,
 }
 
-const PER_KEY_RPCS: [Rpc; 8] = [
-    Rpc::Get,
-    Rpc::Update,
-    Rpc::Archive,
-    Rpc::Reactivate,
-    Rpc::Revoke,
-    Rpc::Delete,
-    Rpc::Rotate,
-    Rpc::ListEvents,
-];
+impl Rpc {
+    const ALL: [Rpc; 10] = [
+        Rpc::Create,
+        Rpc::Get,
+        Rpc::List,
+        Rpc::Update,
+        Rpc::Archive,
+        Rpc::Reactivate,
+        Rpc::Revoke,
+        Rpc::Delete,
+        Rpc::Rotate,
+        Rpc::ListEvents,
+    ];
 
-/// Calls `rpc` on key `id` with the admin credential `key`; the events of a
-/// successful ListKeyEvents are returned so the caller can check them.
-fn none<T>(_: T) -> Vec<pb::KeyEvent> {
+    /// The method's name in the service descriptor.
+    fn method(self) -> &'static str {
+        match self {
+            Rpc::Create => "CreateKey",
+            Rpc::Get => "GetKey",
+            Rpc::List => "ListKeys",
+            Rpc::Update => "UpdateKey",
+            Rpc::Archive => "ArchiveKey",
+            Rpc::Reactivate => "ReactivateKey",
+            Rpc::Revoke => "RevokeKey",
+            Rpc::Delete => "DeleteKey",
+            Rpc::Rotate => "RotateKey",
+            Rpc::ListEvents => "ListKeyEvents",
+        }
+    }
+
+    /// Whether the RPC acts on one key (tried by globex on acme's keys in
+    /// `other_organizations_keys_are_not_found_and_unchanged`), or on the
+    /// caller's organization (tried by globex in
+    /// `lists_show_only_the_callers_organization`).
+    fn per_key(self) -> bool {
+        match self {
+            Rpc::Create | Rpc::List => false,
+            Rpc::Get
+            | Rpc::Update
+            | Rpc::Archive
+            | Rpc::Reactivate
+            | Rpc::Revoke
+            | Rpc::Delete
+            | Rpc::Rotate
+            | Rpc::ListEvents => true,
+        }
+    }
+}
+
+/// The RPCs that act on one key.
+fn per_key_rpcs() -> impl Iterator<Item = Rpc> {
+    Rpc::ALL.into_iter().filter(|rpc| rpc.per_key())
+}
+
+#[test]
+fn every_admin_rpc_has_a_tenancy_case() {
+    use prost::Message;
+
+    let descriptors = prost_types::FileDescriptorSet::decode(keyward::pb::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let service = descriptors
+        .file
+        .iter()
+        .filter(|file| file.package() == "keyward.v1")
+        .flat_map(|file| &file.service)
+        .find(|service| service.name() == "KeyAdminService")
+        .expect("keyward.v1.KeyAdminService is described");
+    let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+    for method in &methods {
+        assert!(
+            Rpc::ALL.iter().any(|rpc| rpc.method() == *method),
+            "KeyAdminService.{method} has no tenancy case: add it to `Rpc` in tests/api/tenancy.rs"
+        );
+    }
+    for rpc in Rpc::ALL {
+        assert!(
+            methods.contains(&rpc.method()),
+            "{rpc:?} ({}) is not a KeyAdminService method",
+            rpc.method()
+        );
+    }
+}
+
+/// Calls `rpc` with the admin credential `key`, on key `id` if it acts on
+/// one; the ids of the keys a success shows (listed, created, or named by the
+/// events listed) are returned so the caller can check them.
+fn none<T>(_: T) -> Vec<String> {
     Vec::new()
 }
 
-async fn call(app: &TestApp, key: &str, rpc: Rpc, id: &str) -> Result<Vec<pb::KeyEvent>, Status> {
+async fn call(app: &TestApp, key: &str, rpc: Rpc, id: &str) -> Result<Vec<String>, Status> {
     let mut admin = app.admin();
     let id = id.to_owned();
     match rpc {
+        Rpc::Create => admin
+            .create_key(with_key(key, app.create_key("tenancy probe").request()))
+            .await
+            .map(|response| {
+                let response = response.into_inner();
+                record_secret(&response.secret);
+                response.api_key.map(|key| key.id).into_iter().collect()
+            }),
+        Rpc::List => admin
+            .list_keys(with_key(
+                key,
+                pb::ListKeysRequest {
+                    limit: Some(1000),
+                    include_archived: true,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|response| {
+                response
+                    .into_inner()
+                    .keys
+                    .into_iter()
+                    .map(|k| k.id)
+                    .collect()
+            }),
         Rpc::Get => admin
             .get_key(with_key(key, pb::GetKeyRequest { id }))
             .await
@@ -106,32 +209,10 @@ async fn call(app: &TestApp, key: &str, rpc: Rpc, id: &str) -> Result<Vec<pb::Ke
                 },
             ))
             .await
-            .map(|response| response.into_inner().events),
-    }
-}
-
-async fn create(
-    app: &TestApp,
-    admin_key: &str,
-    request: pb::CreateKeyRequest,
-) -> (pb::ApiKey, String) {
-    let response = app
-        .admin()
-        .create_key(with_key(admin_key, request))
-        .await
-        .expect("CreateKey succeeds")
-        .into_inner();
-    record_secret(&response.secret);
-    (
-        response.api_key.expect("the key is returned"),
-        response.secret,
-    )
-}
-
-fn named(name: &str) -> pb::CreateKeyRequest {
-    pb::CreateKeyRequest {
-        name: name.into(),
-        ..Default::default()
+            .map(|response| {
+                let events = response.into_inner().events;
+                events.into_iter().map(|event| event.key_id).collect()
+            }),
     }
 }
 
@@ -151,37 +232,6 @@ async fn acme_view(app: &TestApp, id: &str) -> pb::ApiKey {
     key
 }
 
-async fn events(app: &TestApp, admin_key: &str) -> Vec<pb::KeyEvent> {
-    app.admin()
-        .list_key_events(with_key(
-            admin_key,
-            pb::ListKeyEventsRequest {
-                limit: Some(1000),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("ListKeyEvents succeeds")
-        .into_inner()
-        .events
-}
-
-async fn keys(app: &TestApp, admin_key: &str) -> Vec<pb::ApiKey> {
-    app.admin()
-        .list_keys(with_key(
-            admin_key,
-            pb::ListKeysRequest {
-                limit: Some(1000),
-                include_archived: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("ListKeys succeeds")
-        .into_inner()
-        .keys
-}
-
 async fn verdict(app: &TestApp, secret: &str) -> pb::ValidationCode {
     app.validation()
         .validate_key(pb::ValidateKeyRequest {
@@ -198,27 +248,28 @@ e2e_test!(
     other_organizations_keys_are_not_found_and_unchanged,
     |app| {
         let expiry = chrono::Utc::now() + chrono::Duration::days(30);
-        let full = pb::CreateKeyRequest {
-            name: "orders service".into(),
-            description: "belongs to acme".into(),
-            scopes: vec!["orders:*".into()],
-            metadata: [("team".to_owned(), "payments".to_owned())].into(),
-            workspace_id: "wrk_acme".into(),
-            expires_at: Some(prost_types::Timestamp {
-                seconds: expiry.timestamp(),
-                nanos: 0,
-            }),
-            ..Default::default()
+        let full = || {
+            app.create_key("orders service")
+                .scopes(&["orders:*"])
+                .workspace("wrk_acme")
+                .expires_at(expiry)
+                .with(|request| {
+                    request.description = "belongs to acme".into();
+                    request.metadata = [("team".to_owned(), "payments".to_owned())].into();
+                })
         };
         // An active key, and an archived one (so ReactivateKey would show too).
-        let (active, active_secret) = create(app, &app.acme_key, full.clone()).await;
-        let (archived, archived_secret) = create(app, &app.acme_key, full).await;
-        app.admin()
-            .archive_key(app.acme(pb::ArchiveKeyRequest {
-                id: archived.id.clone(),
-            }))
-            .await
-            .expect("acme archives its key");
+        let CreatedKey {
+            key: active,
+            secret: active_secret,
+            ..
+        } = full().await;
+        let CreatedKey {
+            key: archived,
+            secret: archived_secret,
+            ..
+        } = full().await;
+        app.archive(&archived.id).await;
 
         // What an id that exists nowhere looks like to globex.
         let unknown = keyward_core::KeyId::generate().to_string();
@@ -228,9 +279,9 @@ e2e_test!(
             (&archived, &archived_secret, pb::ValidationCode::Archived),
         ] {
             let before = acme_view(app, &key.id).await;
-            let acme_events = events(app, &app.acme_key).await;
+            let acme_events = app.list_events(&app.acme_key, "").await;
             assert_eq!(verdict(app, secret).await, code);
-            for rpc in PER_KEY_RPCS {
+            for rpc in per_key_rpcs() {
                 let outcome = call(app, &app.globex_key, rpc, &key.id).await;
                 let reference = call(app, &app.globex_key, rpc, &unknown).await;
                 match (outcome, rpc) {
@@ -269,7 +320,7 @@ e2e_test!(
                     "{rpc:?} by globex changed acme's key"
                 );
                 assert_eq!(
-                    events(app, &app.acme_key).await,
+                    app.list_events(&app.acme_key, "").await,
                     acme_events,
                     "{rpc:?} by globex wrote an event for acme"
                 );
@@ -291,32 +342,36 @@ e2e_test!(
         }
         // Globex created nothing and wrote nothing by trying.
         assert!(
-            keys(app, &app.globex_key)
+            app.list_keys(&app.globex_key)
                 .await
                 .iter()
                 .all(|k| k.organization_id == "globex")
         );
         assert!(
-            events(app, &app.globex_key)
+            app.list_events(&app.globex_key, "")
                 .await
                 .iter()
                 .all(|e| e.organization_id == "globex")
         );
         assert_eq!(
-            keys(app, &app.globex_key).await.len(),
+            app.list_keys(&app.globex_key).await.len(),
             1,
             "only globex's own admin key"
         );
         assert_eq!(
-            events(app, &app.globex_key).await.len(),
+            app.list_events(&app.globex_key, "").await.len(),
             1,
             "only the CREATED event of globex's admin key"
         );
 
         // The check runs both ways: acme cannot touch globex's key either.
-        let (theirs, theirs_secret) = create(app, &app.globex_key, named("globex key")).await;
+        let CreatedKey {
+            id: theirs,
+            secret: theirs_secret,
+            ..
+        } = app.create_key("globex key").by(&app.globex_key).await;
         for rpc in [Rpc::Get, Rpc::Revoke, Rpc::Delete] {
-            let status = call(app, &app.acme_key, rpc, &theirs.id)
+            let status = call(app, &app.acme_key, rpc, &theirs)
                 .await
                 .expect_err("acme cannot act on globex's key");
             assert_eq!(status.code(), Code::NotFound, "{rpc:?} by acme");
@@ -331,13 +386,11 @@ e2e_test!(
 e2e_test!(lists_show_only_the_callers_organization, |app| {
     let mut acme_ids = HashSet::new();
     for name in ["acme one", "acme two", "acme three"] {
-        let (key, _) = create(app, &app.acme_key, named(name)).await;
-        acme_ids.insert(key.id);
+        acme_ids.insert(app.create_key(name).await.id);
     }
     let mut globex_ids = HashSet::new();
     for name in ["globex one", "globex two"] {
-        let (key, _) = create(app, &app.globex_key, named(name)).await;
-        globex_ids.insert(key.id);
+        globex_ids.insert(app.create_key(name).by(&app.globex_key).await.id);
     }
     // Archived keys and more event types, in both organizations.
     let acme_archived = acme_ids.iter().next().cloned().expect("a key");
@@ -353,8 +406,8 @@ e2e_test!(lists_show_only_the_callers_organization, |app| {
         .await
         .expect("archive works");
 
-    let acme_keys = keys(app, &app.acme_key).await;
-    let globex_keys = keys(app, &app.globex_key).await;
+    let acme_keys = app.list_keys(&app.acme_key).await;
+    let globex_keys = app.list_keys(&app.globex_key).await;
     assert!(
         acme_keys.iter().all(|k| k.organization_id == "acme"),
         "{acme_keys:?}"
@@ -395,8 +448,8 @@ e2e_test!(lists_show_only_the_callers_organization, |app| {
         filtered.keys
     );
 
-    let acme_events = events(app, &app.acme_key).await;
-    let globex_events = events(app, &app.globex_key).await;
+    let acme_events = app.list_events(&app.acme_key, "").await;
+    let globex_events = app.list_events(&app.globex_key, "").await;
     assert!(!acme_events.is_empty() && !globex_events.is_empty());
     assert!(
         acme_events.iter().all(|e| e.organization_id == "acme"),
@@ -433,6 +486,28 @@ e2e_test!(lists_show_only_the_callers_organization, |app| {
                 .any(|e| &e.key_id == id && e.r#type() == pb::KeyEventType::Created)
         );
     }
+
+    // The organization-wide RPCs, by globex: they show or make only globex's keys.
+    let key_ids = |keys: Vec<pb::ApiKey>| keys.into_iter().map(|k| k.id).collect::<HashSet<_>>();
+    for rpc in Rpc::ALL.into_iter().filter(|rpc| !rpc.per_key()) {
+        let acme_before = key_ids(app.list_keys(&app.acme_key).await);
+        let shown = call(app, &app.globex_key, rpc, "")
+            .await
+            .unwrap_or_else(|status| panic!("{rpc:?} by globex fails: {status:?}"));
+        assert!(!shown.is_empty(), "{rpc:?} by globex shows a key");
+        let globex_now = key_ids(app.list_keys(&app.globex_key).await);
+        assert!(
+            shown
+                .iter()
+                .all(|id| globex_now.contains(id) && !acme_before.contains(id)),
+            "{rpc:?} by globex shows or makes only globex's keys: {shown:?}"
+        );
+        assert_eq!(
+            key_ids(app.list_keys(&app.acme_key).await),
+            acme_before,
+            "{rpc:?} by globex changed acme's keys"
+        );
+    }
 });
 
 /// `message` with the metadata of `credential`.
@@ -452,7 +527,7 @@ async fn refused(app: &TestApp, credential: impl Fn() -> Request<()>) -> Vec<Sta
             .map(drop)
             .expect_err("ListKeys is refused"),
         admin
-            .create_key(rewrap(credential(), named("sneaky")))
+            .create_key(rewrap(credential(), app.create_key("sneaky").request()))
             .await
             .map(drop)
             .expect_err("CreateKey is refused"),
@@ -480,8 +555,8 @@ fn header<'a>(name: &'static str, value: &'a str) -> impl Fn() -> Request<()> + 
 }
 
 async fn assert_refused(app: &TestApp, what: &str, code: Code, request: impl Fn() -> Request<()>) {
-    let keys_before = keys(app, &app.acme_key).await.len();
-    let events_before = events(app, &app.acme_key).await.len();
+    let keys_before = app.list_keys(&app.acme_key).await.len();
+    let events_before = app.list_events(&app.acme_key, "").await.len();
     for status in refused(app, request).await {
         assert_eq!(status.code(), code, "{what}: {status:?}");
         assert!(
@@ -490,30 +565,29 @@ async fn assert_refused(app: &TestApp, what: &str, code: Code, request: impl Fn(
         );
     }
     assert_eq!(
-        keys(app, &app.acme_key).await.len(),
+        app.list_keys(&app.acme_key).await.len(),
         keys_before,
         "{what}: nothing was created"
     );
     assert_eq!(
-        events(app, &app.acme_key).await.len(),
+        app.list_events(&app.acme_key, "").await.len(),
         events_before,
         "{what}: nothing was written"
     );
 }
 
 e2e_test!(standard_keys_are_forbidden_on_the_admin_api, |app| {
-    let (standard, live) = create(app, &app.acme_key, named("product key")).await;
-    let (_, test) = create(
-        app,
-        &app.acme_key,
-        pb::CreateKeyRequest {
-            name: "test product key".into(),
-            environment: pb::Environment::Test.into(),
-            scopes: vec!["*".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let CreatedKey {
+        id: standard,
+        secret: live,
+        ..
+    } = app.create_key("product key").await;
+    let test = app
+        .create_key("test product key")
+        .test_environment()
+        .scopes(&["*"])
+        .await
+        .secret;
     assert_eq!(verdict(app, &live).await, pb::ValidationCode::Valid);
     assert_refused(
         app,
@@ -538,19 +612,14 @@ e2e_test!(standard_keys_are_forbidden_on_the_admin_api, |app| {
     .await;
     // Per-key RPCs too, on the standard key's own record.
     for rpc in [Rpc::Get, Rpc::Archive, Rpc::Revoke] {
-        let status = call(app, &live, rpc, &standard.id)
+        let status = call(app, &live, rpc, &standard)
             .await
             .expect_err("a standard key is not an admin key");
         assert_eq!(status.code(), Code::PermissionDenied, "{rpc:?}");
     }
 
     // A standard key that does not validate is simply not a credential.
-    app.admin()
-        .archive_key(app.acme(pb::ArchiveKeyRequest {
-            id: standard.id.clone(),
-        }))
-        .await
-        .expect("archive works");
+    app.archive(&standard).await;
     assert_eq!(verdict(app, &live).await, pb::ValidationCode::Archived);
     assert_refused(
         app,
@@ -559,17 +628,12 @@ e2e_test!(standard_keys_are_forbidden_on_the_admin_api, |app| {
         bearer(&live),
     )
     .await;
-    let status = call(app, &live, Rpc::Get, &standard.id)
+    let status = call(app, &live, Rpc::Get, &standard)
         .await
         .expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated);
     // ...but it is the same key: reactivated, it is forbidden again.
-    app.admin()
-        .reactivate_key(app.acme(pb::ReactivateKeyRequest {
-            id: standard.id.clone(),
-        }))
-        .await
-        .expect("reactivate works");
+    app.reactivate(&standard).await;
     assert_refused(
         app,
         "a reactivated standard key",
@@ -653,7 +717,7 @@ e2e_test!(admin_credentials_are_checked, |app| {
     .await;
 
     // x-api-key works, and acts as acme.
-    let (key, _) = create(app, &app.acme_key, named("listed")).await;
+    let key = app.create_key("listed").await;
     let mut request = Request::new(pb::GetKeyRequest { id: key.id.clone() });
     request.metadata_mut().insert(
         "x-api-key",
@@ -694,16 +758,11 @@ e2e_test!(admin_credentials_are_checked, |app| {
         .expect("a lowercase bearer scheme works");
 
     // A second admin key works until it is revoked; then it is unknown.
-    let (second, second_secret) = create(
-        app,
-        &app.acme_key,
-        pb::CreateKeyRequest {
-            name: "second admin".into(),
-            kind: pb::KeyKind::Admin.into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let CreatedKey {
+        id: second,
+        secret: second_secret,
+        ..
+    } = app.create_key("second admin").admin().await;
     app.admin()
         .get_key(with_key(
             &second_secret,
@@ -711,12 +770,7 @@ e2e_test!(admin_credentials_are_checked, |app| {
         ))
         .await
         .expect("a new admin key works");
-    app.admin()
-        .revoke_key(app.acme(pb::RevokeKeyRequest {
-            id: second.id.clone(),
-        }))
-        .await
-        .expect("revoke works");
+    app.revoke(&second).await;
     assert_refused(
         app,
         "a revoked admin key",
@@ -726,22 +780,12 @@ e2e_test!(admin_credentials_are_checked, |app| {
     .await;
 
     // An archived admin key is refused too, and works again once reactivated.
-    let (third, third_secret) = create(
-        app,
-        &app.acme_key,
-        pb::CreateKeyRequest {
-            name: "third admin".into(),
-            kind: pb::KeyKind::Admin.into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    app.admin()
-        .archive_key(app.acme(pb::ArchiveKeyRequest {
-            id: third.id.clone(),
-        }))
-        .await
-        .expect("archive works");
+    let CreatedKey {
+        id: third,
+        secret: third_secret,
+        ..
+    } = app.create_key("third admin").admin().await;
+    app.archive(&third).await;
     assert_refused(
         app,
         "an archived admin key",
@@ -749,12 +793,7 @@ e2e_test!(admin_credentials_are_checked, |app| {
         bearer(&third_secret),
     )
     .await;
-    app.admin()
-        .reactivate_key(app.acme(pb::ReactivateKeyRequest {
-            id: third.id.clone(),
-        }))
-        .await
-        .expect("reactivate works");
+    app.reactivate(&third).await;
     app.admin()
         .list_keys(with_key(&third_secret, pb::ListKeysRequest::default()))
         .await
@@ -762,7 +801,7 @@ e2e_test!(admin_credentials_are_checked, |app| {
 });
 
 e2e_test!(validate_key_needs_no_credentials, |app| {
-    let (key, secret) = create(app, &app.acme_key, named("product key")).await;
+    let CreatedKey { key, secret, .. } = app.create_key("product key").await;
     let response = app
         .validation()
         .validate_key(Request::new(pb::ValidateKeyRequest {

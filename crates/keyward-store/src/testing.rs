@@ -13,8 +13,10 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
@@ -160,6 +162,38 @@ impl TestDatabase {
     }
 }
 
+/// Runs `body` with the URL of a fresh database of `backend` (not migrated),
+/// then drops the database, also when `body` panics (the panic is passed on
+/// after the drop). Skips (see [`TestDatabase::create`]) when the backend is
+/// unavailable. The one "fresh database, run, drop, re-raise" of the tests:
+/// [`run`] and the server's end-to-end harness are built on it.
+pub async fn on_fresh_database<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let outcome = {
+        // Dropped at the end of this block, before the database is: whatever
+        // the body still holds (servers, pools) lets go of it first.
+        let mut body = std::pin::pin!(body(database.url.clone()));
+        std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        })
+        .await
+    };
+    database.drop_database().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Runs `body` against a fresh, migrated database of `backend`, then drops
 /// the database, also when `body` panics (the panic is passed on). Skips (see
 /// [`TestDatabase::create`]) when the backend is unavailable.
@@ -187,38 +221,34 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(database) = TestDatabase::create(backend).await else {
-        return;
-    };
-    let store = match Store::connect_with(&database.url, options).await {
-        Ok(store) => store,
-        Err(err) => {
-            database.drop_database().await;
+    on_fresh_database(backend, |url| async move {
+        let store = Store::connect_with(&url, options)
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot connect to the fresh {} test database: {err}",
+                    backend.name()
+                )
+            });
+        if let Err(err) = store.migrate().await {
+            store.close().await;
             panic!(
-                "cannot connect to the fresh {} test database: {err}",
+                "cannot migrate the fresh {} test database: {err}",
                 backend.name()
             );
         }
-    };
-    if let Err(err) = store.migrate().await {
+        // A task of its own, so that the store is closed before the
+        // database is dropped, also after a failing assertion.
+        let outcome = tokio::spawn(body(store.clone())).await;
         store.close().await;
-        database.drop_database().await;
-        panic!(
-            "cannot migrate the fresh {} test database: {err}",
-            backend.name()
-        );
-    }
-    // A task of its own, so a failing assertion comes back as a `JoinError`
-    // and the database is still dropped.
-    let outcome = tokio::spawn(body(store.clone())).await;
-    store.close().await;
-    database.drop_database().await;
-    if let Err(err) = outcome {
-        match err.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(err) => panic!("test task failed: {err}"),
+        if let Err(err) = outcome {
+            match err.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(err) => panic!("test task failed: {err}"),
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Defines one `#[tokio::test]` per backend running the same body on a
@@ -285,6 +315,14 @@ fn remember_unavailable(backend: Backend, reason: &str) {
     known.push((backend, reason.to_owned()));
 }
 
+/// Whether the tests run in CI (`CI` set to a truthy value: `true`, `1`,
+/// `yes`), where a missing database or tool is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|ci| {
+        matches!(ci.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+    })
+}
+
 /// Reports an unreachable server: a failure in CI, a loud skip elsewhere.
 fn unavailable(backend: Backend, url: &str, err: &str) {
     let message = format!(
@@ -292,7 +330,7 @@ fn unavailable(backend: Backend, url: &str, err: &str) {
         backend.name(),
         redact(url)
     );
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+    if in_ci() {
         panic!("{message} (CI=true: a missing database is a failure)");
     }
     // Straight to the process's stderr: libtest captures `eprintln!` of

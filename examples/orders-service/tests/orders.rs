@@ -1,7 +1,7 @@
 //! The order service behind its auth layer, with a stub validator (no keyward
 //! needed) and with a `RemoteValidator` whose keyward cannot be reached.
 //! The end-to-end tests against a real keyward are the root package's
-//! `tests/auth_layer.rs`.
+//! `tests/api/auth_layer.rs`.
 
 use std::sync::Arc;
 

@@ -1,0 +1,184 @@
+//! Real `keyward` processes: the CLI ([`run_keyward`]) and `keyward serve`
+//! ([`KeywardProcess`]). Their logs go to files under
+//! [`process_log_dir`](super::logs::process_log_dir), which the secret scan reads.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use keyward::pb;
+use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
+use tonic::transport::Channel;
+
+use super::logs::new_process_log;
+use super::{record_secret, with_key};
+
+/// The `keyward` binary with no `KEYWARD_*` settings from the environment.
+pub fn keyward_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYWARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A new log file for a process's output, read by the secret scan.
+pub fn log_file(name: &str) -> (File, PathBuf) {
+    let path = new_process_log(name);
+    let file = File::create(&path).expect("a log file");
+    (file, path)
+}
+
+/// Runs `command` to the end. Its stderr is kept in a log file for the
+/// secret scan (stdout is the command's answer, a raw key for `bootstrap`).
+pub fn output_logged(command: &mut Command) -> Output {
+    let output = command.output().expect("the keyward binary runs");
+    let (mut log, _) = log_file("keyward-cli");
+    std::io::Write::write_all(&mut log, &output.stderr).expect("the log is written");
+    output
+}
+
+/// `keyward ARGS` run to the end (see [`output_logged`]).
+pub fn run_keyward(args: &[&str]) -> Output {
+    output_logged(keyward_command().args(args))
+}
+
+/// `keyward bootstrap`: an admin key of `acme`.
+pub fn bootstrap_with_cli(database_url: &str) -> String {
+    let output = run_keyward(&[
+        "bootstrap",
+        "--database-url",
+        database_url,
+        "--organization",
+        "acme",
+    ]);
+    assert!(
+        output.status.success(),
+        "keyward bootstrap fails: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    record_secret(&key);
+    key
+}
+
+/// A free port on 127.0.0.1 (bound, then released for a process to take).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// A `keyward serve` process, killed when dropped. Its stdout and stderr go
+/// to one log file, kept for the secret scan.
+pub struct KeywardProcess {
+    name: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl KeywardProcess {
+    /// `keyward serve --listen <a free port> ARGS`.
+    pub fn serve(name: &str, args: &[&str]) -> Self {
+        Self::serve_in(name, args, None)
+    }
+
+    /// [`serve`](Self::serve) in the working directory `dir`.
+    pub fn serve_in(name: &str, args: &[&str], dir: Option<&Path>) -> Self {
+        let addr = free_addr();
+        let (log_out, log) = log_file(&format!("keyward-serve-{name}"));
+        let log_err = log_out.try_clone().expect("a second handle to the log");
+        let mut command = keyward_command();
+        command
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
+            .stdout(Stdio::from(log_out))
+            .stderr(Stdio::from(log_err));
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let child = command.spawn().expect("keyward serve starts");
+        Self {
+            name: name.to_owned(),
+            addr,
+            child,
+            log,
+        }
+    }
+
+    /// A `keyward serve` replica over `database_url` whose cache only the
+    /// change feed can invalidate (`--cache-max-age 10m`).
+    pub fn replica(name: &str, database_url: &str) -> Self {
+        Self::serve(
+            name,
+            &["--database-url", database_url, "--cache-max-age", "10m"],
+        )
+    }
+
+    /// The last 40 lines of its log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits until it answers ListKeys with `admin_key`; its channel.
+    pub async fn wait_until_serving(&mut self, admin_key: &str) -> Channel {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process can be polled") {
+                panic!(
+                    "keyward {} exited ({status}) before serving:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                .expect("a valid URI")
+                .connect()
+                .await
+            {
+                let answered = KeyAdminServiceClient::new(channel.clone())
+                    .list_keys(with_key(admin_key, pb::ListKeysRequest::default()))
+                    .await;
+                if answered.is_ok() {
+                    return channel;
+                }
+            }
+            assert!(
+                Instant::now() < give_up,
+                "keyward {} did not answer within 60 s:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success(), "kill -TERM works");
+        self.child.wait().expect("keyward exits")
+    }
+}
+
+impl Drop for KeywardProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
