@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use keyward_core::LookupHasher;
+use keyward_store::StoreOptions;
 
 use crate::validation::ValidatorSettings;
 
@@ -73,9 +74,46 @@ pub struct DatabaseArgs {
         conflicts_with = "lookup_secret"
     )]
     pub lookup_secret_file: Option<PathBuf>,
+    /// Deadline of every database operation (admin RPCs answer UNAVAILABLE
+    /// past it when the database stops answering), e.g. 1500ms. Default:
+    /// keyward-store's `StoreOptions` (1.5s).
+    #[arg(long, env = "KEYWARD_DATABASE_TIMEOUT", value_parser = parse_interval)]
+    pub database_timeout: Option<Duration>,
+    /// Connections of the main pool (admin RPCs, change feed, usage flushes).
+    /// Default: keyward-store's `StoreOptions` (16).
+    #[arg(long, env = "KEYWARD_DATABASE_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_connections: Option<u32>,
+    /// Connections of the separate pool for validation cache misses, so a
+    /// flood of unknown keys cannot starve the feed and admin RPCs. Default:
+    /// keyward-store's `StoreOptions` (4).
+    #[arg(long, env = "KEYWARD_LOOKUP_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub lookup_connections: Option<u32>,
+    /// Most keys one organization may have (archived and revoked keys
+    /// count). Default: keyward-store's `StoreOptions` (100000).
+    #[arg(long, env = "KEYWARD_MAX_KEYS_PER_ORGANIZATION", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_keys_per_organization: Option<u64>,
 }
 
 impl DatabaseArgs {
+    /// The store options these arguments configure: each one not given is
+    /// keyward-store's default, written once in `StoreOptions::default`.
+    pub fn store_options(&self) -> StoreOptions {
+        let defaults = StoreOptions::default();
+        StoreOptions {
+            operation_timeout: self.database_timeout.unwrap_or(defaults.operation_timeout),
+            max_connections: self
+                .database_connections
+                .unwrap_or(defaults.max_connections),
+            lookup_connections: self
+                .lookup_connections
+                .unwrap_or(defaults.lookup_connections),
+            max_keys_per_organization: self
+                .max_keys_per_organization
+                .unwrap_or(defaults.max_keys_per_organization),
+            ..defaults
+        }
+    }
+
     /// The hasher these arguments configure.
     pub fn hasher(&self) -> std::io::Result<LookupHasher> {
         if let Some(path) = &self.lookup_secret_file {

@@ -66,7 +66,7 @@ async fn open(
     args: &DatabaseArgs,
 ) -> Result<(keyward_store::Store, LookupHasher), Box<dyn std::error::Error>> {
     let hasher = args.hasher()?;
-    let store = open_store(&args.database_url.0, &hasher).await?;
+    let store = open_store(args, &hasher).await?;
     Ok((store, hasher))
 }
 

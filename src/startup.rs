@@ -23,7 +23,7 @@ use tower::load_shed::LoadShedLayer;
 
 use crate::admin::AdminApi;
 pub use crate::config::Settings;
-use crate::config::{Cidr, LimitSettings};
+use crate::config::{Cidr, DatabaseArgs, LimitSettings};
 use crate::connection::{ClientAddrLayer, LimitedIncoming};
 use crate::ext_authz::ExtAuthz;
 use crate::pb;
@@ -100,8 +100,11 @@ pub struct Application {
 }
 
 /// Opens the database, applies migrations and checks the hasher against it.
-pub async fn open_store(database_url: &str, hasher: &LookupHasher) -> Result<Store, StoreError> {
-    let store = Store::connect(database_url).await?;
+pub async fn open_store(
+    database: &DatabaseArgs,
+    hasher: &LookupHasher,
+) -> Result<Store, StoreError> {
+    let store = Store::connect_with(&database.database_url.0, database.store_options()).await?;
     store.migrate().await?;
     store.check_hasher(&hasher.fingerprint()).await?;
     Ok(store)
@@ -115,7 +118,7 @@ impl Application {
             .database
             .hasher()
             .map_err(StartupError::LookupSecret)?;
-        let store = open_store(&settings.database.database_url.0, &hasher).await?;
+        let store = open_store(&settings.database, &hasher).await?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await

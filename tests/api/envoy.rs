@@ -5,7 +5,7 @@
 //! `SKIPPED:` line elsewhere.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -172,40 +172,10 @@ async fn envoy_ext_authz_protects_an_http_service() {
     .await;
 }
 
-async fn through_envoy(app: &TestApp, envoy_bin: &PathBuf) {
+async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     let (upstream_port, seen) = upstream().await;
-    let envoy_port = free_addr().port();
-    let dir = crate::helpers::logs::process_log_dir();
-    let unique = keyward_core::new_ulid();
-    let access_log_path = dir.join(format!("envoy-access-{unique}.log"));
-    let config_path = std::env::temp_dir().join(format!("keyward-envoy-{unique}.yaml"));
-    let config = envoy_config(
-        envoy_port,
-        upstream_port,
-        app.addr.port(),
-        access_log_path.to_str().expect("UTF-8 path"),
-    );
-    std::fs::write(&config_path, config).expect("the config is written");
-    let _envoy = Envoy(
-        Command::new(envoy_bin)
-            .args([
-                "-c",
-                config_path.to_str().expect("UTF-8 path"),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("envoy starts"),
-    );
+    let (_envoy, envoy_port, access_log_path) =
+        start_envoy(envoy_bin, app.addr.port(), upstream_port);
 
     // No key: 401 with www-authenticate (this also waits for Envoy to be up).
     let (status, headers) = eventually(Duration::from_secs(60), || get(envoy_port, "/", &[]))
@@ -366,41 +336,36 @@ async fn through_envoy(app: &TestApp, envoy_bin: &PathBuf) {
         before,
         "nothing gets through"
     );
-    std::fs::remove_file(&config_path).ok();
 }
 
-/// Envoy with `deploy/envoy/envoy.yaml` (ports rewritten, as above) in front
-/// of `upstream_port`, with keyward on `keyward_port`; returns the guard and
-/// Envoy's listener port once Envoy answers.
-async fn start_sample_envoy(
-    envoy_bin: &std::path::Path,
-    keyward_port: u16,
-    upstream_port: u16,
-) -> (Envoy, u16) {
-    let port = free_port();
-    let config = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy.yaml"),
-    )
-    .expect("the documented config");
-    let mut rewritten = config;
-    for (old, new) in [
-        ("port_value: 9901", "port_value: 0".to_owned()),
-        ("port_value: 10000", format!("port_value: {port}")),
-        ("address: 0.0.0.0", "address: 127.0.0.1".to_owned()),
-        ("port_value: 8080", format!("port_value: {upstream_port}")),
-        ("port_value: 50051", format!("port_value: {keyward_port}")),
-    ] {
-        assert!(rewritten.contains(old), "{old} in deploy/envoy/envoy.yaml");
-        rewritten = rewritten.replace(old, &new);
-    }
-    let path =
-        std::env::temp_dir().join(format!("keyward-envoy-{}.yaml", keyward_core::new_ulid()));
-    std::fs::write(&path, rewritten).expect("the config is written");
+/// Starts Envoy with `deploy/envoy/envoy.yaml` (its ports rewritten and an
+/// access log added) in front of `upstream_port`, with keyward on
+/// `keyward_port`: the guard, Envoy's port and the access log's path. Callers
+/// wait for Envoy to answer.
+fn start_envoy(envoy_bin: &Path, keyward_port: u16, upstream_port: u16) -> (Envoy, u16, PathBuf) {
+    let envoy_port = free_addr().port();
+    let unique = keyward_core::new_ulid();
+    let access_log_path =
+        crate::helpers::logs::process_log_dir().join(format!("envoy-access-{unique}.log"));
+    let config_path = std::env::temp_dir().join(format!("keyward-envoy-{unique}.yaml"));
+    let config = envoy_config(
+        envoy_port,
+        upstream_port,
+        keyward_port,
+        access_log_path.to_str().expect("UTF-8 path"),
+    );
+    std::fs::write(&config_path, config).expect("the config is written");
     let envoy = Envoy(
         Command::new(envoy_bin)
-            .arg("-c")
-            .arg(&path)
-            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error"])
+            .args([
+                "-c",
+                config_path.to_str().expect("UTF-8 path"),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+            ])
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("TEST_LOG").is_some() {
                 Stdio::inherit()
@@ -410,12 +375,7 @@ async fn start_sample_envoy(
             .spawn()
             .expect("envoy starts"),
     );
-    // Any answer means Envoy is up (it has read the config by then).
-    eventually(Duration::from_secs(60), || get(port, "/", &[]))
-        .await
-        .expect("Envoy answers");
-    std::fs::remove_file(&path).ok();
-    (envoy, port)
+    (envoy, envoy_port, access_log_path)
 }
 
 /// SPEC §11: a variant of a scoped route's path (`//`, `%77` for `w`, dot
@@ -424,45 +384,40 @@ async fn start_sample_envoy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_path_variants_cannot_skip_a_scoped_route() {
     let Some(envoy_bin) = envoy_binary() else {
-        let ci = std::env::var("CI").unwrap_or_default().to_ascii_lowercase();
-        assert!(
-            !matches!(ci.as_str(), "true" | "1" | "yes"),
-            "envoy is missing: run bash scripts/install-tools.sh"
+        missing_tool(
+            "envoy",
+            "run bash scripts/install-tools.sh or set KEYWARD_ENVOY_BIN",
         );
-        eprintln!("SKIPPED: envoy not found; run bash scripts/install-tools.sh");
         return;
     };
-    let Some((app, db)) = spawn_app(Backend::Sqlite).await else {
-        return;
-    };
-    let (upstream_port, seen) = upstream().await;
-    let (_envoy, port) = start_sample_envoy(&envoy_bin, app.addr.port(), upstream_port).await;
+    with_app(Backend::Sqlite, async |app| {
+        path_variants(app, &envoy_bin).await
+    })
+    .await;
+}
 
-    let mut bearers = Vec::new();
-    for (name, scope) in [("reader", "orders:read"), ("writer", "orders:write")] {
-        let created = app
-            .admin()
-            .create_key(app.acme(pb::CreateKeyRequest {
-                name: name.into(),
-                scopes: vec![scope.into()],
-                ..Default::default()
-            }))
-            .await
-            .expect("CreateKey")
-            .into_inner();
-        record_secret(&created.secret);
-        bearers.push(format!("Bearer {}", created.secret));
-    }
-    let (reader, writer) = (&bearers[0], &bearers[1]);
+async fn path_variants(app: &TestApp, envoy_bin: &Path) {
+    let (upstream_port, seen) = upstream().await;
+    let (_envoy, port, _) = start_envoy(envoy_bin, app.addr.port(), upstream_port);
+    eventually(Duration::from_secs(60), || get(port, "/", &[]))
+        .await
+        .expect("Envoy answers");
+
+    let reader = app.create_key("reader").scopes(&["orders:read"]).await;
+    let writer = app.create_key("writer").scopes(&["orders:write"]).await;
+    let (reader, writer) = (
+        format!("Bearer {}", reader.secret),
+        format!("Bearer {}", writer.secret),
+    );
 
     // The reader's key works where no scope is needed, and not on the route.
     for (path, expected) in [("/orders", 200), ("/orders/write", 403)] {
-        let (status, _) = get(port, path, &[("authorization", reader)])
+        let (status, _) = get(port, path, &[("authorization", &reader)])
             .await
             .expect("Envoy answers");
         assert_eq!(status, expected, "reader, {path}");
     }
-    let (status, _) = get(port, "/orders/write", &[("authorization", writer)])
+    let (status, _) = get(port, "/orders/write", &[("authorization", &writer)])
         .await
         .expect("Envoy answers");
     assert_eq!(status, 200, "the scope grants the route");
@@ -478,7 +433,7 @@ async fn envoy_path_variants_cannot_skip_a_scoped_route() {
         "//orders/write",
         "/orders/WRITE",
     ] {
-        let (status, _) = get(port, path, &[("authorization", reader)])
+        let (status, _) = get(port, path, &[("authorization", &reader)])
             .await
             .expect("Envoy answers");
         assert!(
@@ -491,6 +446,4 @@ async fn envoy_path_variants_cannot_skip_a_scoped_route() {
         reached,
         "no path variant reached the upstream"
     );
-
-    db.drop_database().await;
 }

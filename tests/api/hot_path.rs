@@ -779,7 +779,7 @@ async fn small_caches_stay_within_their_bounds() {
         // 500 real keys (10x the key bound) among 5,000 unknown ones.
         let mut real = Vec::new();
         for i in 0..500 {
-            real.push(insert_key(&app.store, &app.settings.hasher, &format!("real {i}")).await);
+            real.push(insert_key(&app.store, &app.hasher, &format!("real {i}")).await);
         }
         let mut keys: Vec<(String, ValidationCode)> = Vec::new();
         for i in 0..5_000 {

@@ -32,10 +32,11 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tonic_types::StatusExt;
 
-use crate::helpers::{
-    TestApp, TestBody, eventually, record_secret, spawn_app_with, with_app, with_key,
-};
-use crate::hot_path::{Proxy, Replica, bootstrap_with_cli, keyward_command, on_fresh_database};
+use keyward_store::testing::on_fresh_database;
+
+use crate::helpers::process::{KeywardProcess, bootstrap_with_cli, keyward_command};
+use crate::helpers::proxy::proxied_database;
+use crate::helpers::{TestApp, eventually, record_secret, spawn_app_with, with_app, with_key};
 
 /// The most an error may weigh: message plus `grpc-status-details-bin`.
 const MAX_ERROR_BYTES: usize = 8 * 1024;
@@ -161,9 +162,9 @@ async fn huge_repeated_fields_cost_a_small_error_and_little_memory() {
     std::fs::create_dir_all(&dir).expect("a temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.join("keyward.db").display());
     let admin_key = bootstrap_with_cli(&url);
-    let mut replica = Replica::start("limits", &url);
+    let mut replica = KeywardProcess::serve("limits", &["--database-url", &url]);
     let channel = replica.wait_until_serving(&admin_key).await;
-    let pid = replica.child.id();
+    let pid = replica.pid();
 
     let created = create_key_with(admin_client(channel.clone()), &admin_key, "target").await;
     let id = created.api_key.expect("the key").id;
@@ -276,13 +277,9 @@ async fn count_caps(app: &TestApp) {
     );
 }
 
-fn count_caps_boxed(app: &TestApp) -> TestBody<'_> {
-    Box::pin(count_caps(app))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_over_its_cap_is_one_violation() {
-    with_app(Backend::Sqlite, count_caps_boxed).await;
+    with_app(Backend::Sqlite, async |app| count_caps(app).await).await;
 }
 
 /// A connected channel to `app` (one TCP connection).
@@ -295,7 +292,7 @@ async fn connect(app: &TestApp) -> Result<Channel, tonic::transport::Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_at_once() {
-    let Some((mut app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
+    let Some((app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
         settings.limits.max_connections = 2;
     })
     .await
@@ -348,7 +345,7 @@ const STALE_IF_ERROR: Duration = Duration::from_secs(5);
 
 async fn health_follows_the_database(backend: Backend) {
     on_fresh_database(backend, |url| async move {
-        let (proxy, proxied_url) = Proxy::in_front_of(backend, &url).await;
+        let (proxy, proxied_url) = proxied_database(&url).await;
         let mut settings = Settings::for_database(proxied_url);
         settings.validator.stale_if_error = STALE_IF_ERROR;
         let app = Application::build(settings).await.expect("keyward starts");
@@ -524,19 +521,18 @@ async fn ext_authz_strips_every_credential(app: &TestApp) {
     }
 }
 
-fn ext_authz_boxed(app: &TestApp) -> TestBody<'_> {
-    Box::pin(ext_authz_strips_every_credential(app))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_authz_strips_every_credential_header() {
-    with_app(Backend::Sqlite, ext_authz_boxed).await;
+    with_app(Backend::Sqlite, async |app| {
+        ext_authz_strips_every_credential(app).await
+    })
+    .await;
 }
 
 /// The admin key's `last_used_ip` after one admin call with a forged
 /// `x-forwarded-for`, on an app with `trusted_proxies`.
 async fn recorded_ip(trusted_proxies: &str) -> String {
-    let Some((mut app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
+    let Some((app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
         settings.trusted_proxies = trusted_proxies
             .split(',')
             .filter(|cidr| !cidr.is_empty())
@@ -624,7 +620,7 @@ async fn stale_if_error_below_the_sync_interval_is_refused() {
 async fn shutdown_writes_pending_last_used_data() {
     // The periodic flusher never runs again after its first tick: only the
     // shutdown can write this use.
-    let Some((mut app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
+    let Some((app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
         settings.usage_flush_interval = Duration::from_secs(3600);
     })
     .await
@@ -671,7 +667,7 @@ async fn hold_a_slot(channel: Channel) -> Status {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_in_flight_cap_are_shed_and_slow_ones_time_out() {
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let Some((mut app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
+    let Some((app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
         settings.limits.max_in_flight = 1;
         settings.limits.request_timeout = TIMEOUT;
     })

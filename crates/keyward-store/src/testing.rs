@@ -319,7 +319,10 @@ fn remember_unavailable(backend: Backend, reason: &str) {
 /// `yes`), where a missing database or tool is a failure, not a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|ci| {
-        matches!(ci.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+        matches!(
+            ci.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes"
+        )
     })
 }
 

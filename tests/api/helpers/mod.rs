@@ -67,19 +67,17 @@ pub fn backend_named(name: &str) -> Backend {
         .unwrap_or_else(|| panic!("no backend is called {name}"))
 }
 
-/// The settings every test server starts from: port 0, the derived lookup
-/// hasher (as `keyward serve` without a lookup secret), a short usage flush
-/// interval, and the default cache and validator settings. The one place a
+/// The settings every test server starts from: `keyward serve`'s defaults
+/// on port 0, with a short usage flush interval and a database deadline for
+/// a loaded machine. The one place a
 /// test builds `Settings`; a test changes them through the `configure`
 /// closure of [`TestApp::start`] or [`with_app_configured`].
 pub fn test_settings(database_url: &str) -> Settings {
-    Settings {
-        database_url: database_url.to_owned(),
-        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-        hasher: LookupHasher::derived(),
-        usage_flush_interval: Duration::from_millis(100),
-        validator: keyward::ValidatorSettings::default(),
-    }
+    let mut settings = Settings::for_database(database_url);
+    settings.usage_flush_interval = Duration::from_millis(100);
+    // Long enough for a loaded test machine; the deadline tests set their own.
+    settings.database.database_timeout = Some(Duration::from_secs(10));
+    settings
 }
 
 /// A running keyward and what a test needs to talk to it.
@@ -92,6 +90,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// The store, for direct inspection.
     pub store: Store,
+    /// The lookup hasher the server uses.
+    pub hasher: LookupHasher,
     /// The validation path, for its counters and cache.
     pub validator: Arc<KeyValidator>,
     /// Admin client (add a key with `acme`, `globex` or `with_key`).
@@ -123,12 +123,13 @@ impl TestApp {
             .expect("the application starts");
         let addr = app.local_addr();
         let store = app.store().clone();
+        let hasher = app.hasher().clone();
         let validator = Arc::clone(app.validator());
         let mut keys = Vec::new();
         for org in ["acme", "globex"] {
             let secret = bootstrap(
                 &store,
-                &settings.hasher,
+                &hasher,
                 OrganizationId::parse(org).expect("a valid organization"),
                 KeyName::parse("test admin").expect("a valid name"),
             )
@@ -150,6 +151,7 @@ impl TestApp {
             database_url: database_url.to_owned(),
             settings,
             store,
+            hasher,
             validator,
             admin: KeyAdminServiceClient::new(channel.clone()),
             validation: KeyValidationServiceClient::new(channel),

@@ -125,6 +125,11 @@ impl KeywardProcess {
         )
     }
 
+    /// Its process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The last 40 lines of its log.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
