@@ -101,6 +101,13 @@ impl DatabaseArgs {
         let defaults = StoreOptions::default();
         StoreOptions {
             operation_timeout: self.database_timeout.unwrap_or(defaults.operation_timeout),
+            // Waiting for a connection is part of an operation: a longer
+            // deadline lets that wait be longer too.
+            acquire_timeout: self
+                .database_timeout
+                .map_or(defaults.acquire_timeout, |timeout| {
+                    timeout.max(defaults.acquire_timeout)
+                }),
             max_connections: self
                 .database_connections
                 .unwrap_or(defaults.max_connections),

@@ -97,6 +97,9 @@ pub struct Application {
     limits: LimitSettings,
     stale_if_error: Duration,
     validator: Arc<KeyValidator>,
+    /// The newest committed feed position when the cache was empty: the
+    /// follower applies every event after it.
+    feed_head: i64,
 }
 
 /// Opens the database, applies migrations and checks the hasher against it.
@@ -119,6 +122,9 @@ impl Application {
             .hasher()
             .map_err(StartupError::LookupSecret)?;
         let store = open_store(&settings.database, &hasher).await?;
+        // Read before anything can be cached, so the follower needs to forget
+        // nothing (`seq` order is commit order: no earlier event can follow).
+        let feed_head = store.last_event_seq().await?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -140,6 +146,7 @@ impl Application {
             limits: settings.limits,
             stale_if_error: settings.validator.stale_if_error,
             validator,
+            feed_head,
         })
     }
 
@@ -217,7 +224,7 @@ impl Application {
             self.usage_flush_interval,
             flusher_stopped,
         ));
-        let follower = tokio::spawn(follow_changes(Arc::clone(&validator)));
+        let follower = tokio::spawn(follow_changes(Arc::clone(&validator), self.feed_head));
         let readiness = tokio::spawn(report_readiness(
             self.store.clone(),
             health_reporter,

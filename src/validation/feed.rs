@@ -31,11 +31,12 @@ const BATCH: u32 = 1000;
 
 /// Follows the KeyEvent feed every `sync_interval`, so changes made on other
 /// replicas reach this replica's cache; each success marks the cache fresh.
-/// Every read waits at most `lookup_timeout`. Runs until dropped.
-pub async fn follow_changes(validator: Arc<KeyValidator>) {
+/// Every read waits at most `lookup_timeout`. Starts after `from`, the
+/// newest committed `seq` read before anything was cached. Runs until dropped.
+pub async fn follow_changes(validator: Arc<KeyValidator>, from: i64) {
     let mut ticker = tokio::time::interval(validator.settings.sync_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut follower = Follower::default();
+    let mut follower = Follower { cursor: Some(from) };
     let mut healthy = true;
     loop {
         ticker.tick().await;
