@@ -5,7 +5,9 @@
 //! - `KEYWARD_FUZZ_CASES`: cases per target (default: the target's own,
 //!   small enough for CI);
 //! - `KEYWARD_FUZZ_SECONDS`: wall-clock bound per target (default 20);
-//!   cases left when it passes are skipped, never failed;
+//!   cases left when it passes are skipped, never failed. Cases run in
+//!   chunks of 32, each chunk with its own seed (the base seed plus the
+//!   chunk's number), and the bound is checked between chunks;
 //! - `KEYWARD_FUZZ_SEED`: a fixed seed, to replay a failure; random otherwise.
 //!
 //! Each run prints one `FUZZ target=… executions=… seed=… result=…` line on
@@ -26,6 +28,8 @@ use proptest::test_runner::{Config, RngSeed, TestCaseResult, TestRunner};
 
 /// Wall-clock bound per target unless `KEYWARD_FUZZ_SECONDS` says otherwise.
 const DEFAULT_SECONDS: u64 = 20;
+/// Cases run with one seed.
+const CHUNK: u32 = 32;
 
 fn env_number(name: &str) -> Option<u64> {
     let raw = std::env::var(name).ok()?;
@@ -53,30 +57,46 @@ pub fn fuzz<S>(
     let bound = Duration::from_secs(env_number("KEYWARD_FUZZ_SECONDS").unwrap_or(DEFAULT_SECONDS));
     let seed = env_number("KEYWARD_FUZZ_SEED")
         .unwrap_or_else(|| RandomState::new().hash_one(Instant::now()));
-    let config = Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        // The seed printed below replays a failure; no files in the tree.
-        failure_persistence: None,
-        max_shrink_time: 60_000,
-        ..Config::default()
-    };
     let started = Instant::now();
     let executions = Cell::new(0u64);
-    let outcome = TestRunner::new(config).run(&strategy, |value| {
-        if started.elapsed() > bound {
-            return Ok(());
+    let mut generated = 0u64;
+    let mut failure = None;
+    // Chunks of cases, each with its own seed, so the time bound is checked
+    // between chunks and a failure replays from the seed of its chunk.
+    for chunk in 0u64.. {
+        if generated >= u64::from(cases) || started.elapsed() > bound {
+            break;
         }
-        executions.set(executions.get() + 1);
-        test(value)
-    });
+        let chunk_cases = CHUNK.min(cases - u32::try_from(generated).unwrap_or(cases));
+        let chunk_seed = seed.wrapping_add(chunk);
+        let config = Config {
+            cases: chunk_cases,
+            rng_seed: RngSeed::Fixed(chunk_seed),
+            // The seed printed below replays a failure; no files in the tree.
+            failure_persistence: None,
+            max_shrink_time: 60_000,
+            ..Config::default()
+        };
+        let outcome = TestRunner::new(config).run(&strategy, |value| {
+            executions.set(executions.get() + 1);
+            test(value)
+        });
+        generated += u64::from(chunk_cases);
+        if let Err(error) = outcome {
+            failure = Some((chunk_seed, error.to_string()));
+            break;
+        }
+    }
     eprintln!(
         "FUZZ target={target} executions={} seed={seed} seconds={:.1} result={}",
         executions.get(),
         started.elapsed().as_secs_f64(),
-        if outcome.is_ok() { "ok" } else { "FAILED" },
+        if failure.is_none() { "ok" } else { "FAILED" },
     );
-    if let Err(error) = outcome {
-        panic!("fuzz target {target} failed; replay with KEYWARD_FUZZ_SEED={seed}: {error}");
+    if let Some((chunk_seed, error)) = failure {
+        panic!(
+            "fuzz target {target} failed; replay with KEYWARD_FUZZ_SEED={chunk_seed} \
+             KEYWARD_FUZZ_CASES={CHUNK}: {error}"
+        );
     }
 }

@@ -167,13 +167,13 @@ fn key_parser_takes_any_string() {
         "sk_(live|test|admin|prod)_[0-9A-Za-z]{30,45}",
         valid_key(),
     ];
-    fuzz("core::key_parser", 2000, input, |raw| check_key_parse(&raw));
+    fuzz("core::key_parser", 1000, input, |raw| check_key_parse(&raw));
 }
 
 #[test]
 fn key_parser_rejects_every_changed_key() {
     let input = (valid_key(), vec(edit(), 1..6));
-    fuzz("core::key_mutations", 2000, input, |(key, edits)| {
+    fuzz("core::key_mutations", 1000, input, |(key, edits)| {
         prop_assert!(ApiKeySecret::parse(&key).is_ok(), "reference key rejected");
         let changed = apply(&key, &edits);
         let changed = String::from_utf8_lossy(&changed);
@@ -276,7 +276,7 @@ fn any_scope_text() -> impl Strategy<Value = String> {
 
 #[test]
 fn scope_parser_follows_the_grammar() {
-    fuzz("core::scope_parse", 3000, any_scope_text(), |raw| {
+    fuzz("core::scope_parse", 1000, any_scope_text(), |raw| {
         let parsed = Scope::parse(&raw);
         prop_assert_eq!(parsed.is_ok(), model_parse(&raw).is_some(), "{:?}", raw);
         if let Ok(scope) = parsed {
@@ -293,7 +293,7 @@ fn scope_parser_follows_the_grammar() {
 #[test]
 fn scope_grants_follow_the_model() {
     let pair = (scope_text(), scope_text());
-    fuzz("core::scope_grants", 3000, pair, |(held, required)| {
+    fuzz("core::scope_grants", 1000, pair, |(held, required)| {
         let (Some(model_held), Some(model_required)) = (model_parse(&held), model_parse(&required))
         else {
             return Ok(());
@@ -383,7 +383,7 @@ fn id_parsers_follow_their_grammar() {
         "key_[0-7][0-9A-HJKMNP-TV-Z]{25}",
         "[A-Za-z0-9_.-]{0,70}",
     ];
-    fuzz("core::ids", 3000, input, |raw| {
+    fuzz("core::ids", 1000, input, |raw| {
         let key_id = KeyId::parse(&raw);
         prop_assert_eq!(key_id.is_ok(), model_key_id(&raw), "key id {:?}", raw);
         if let Ok(id) = key_id {
@@ -411,7 +411,7 @@ fn id_parsers_follow_their_grammar() {
 
 #[test]
 fn text_fields_follow_their_rules() {
-    fuzz("core::text_fields", 3000, text(), |raw| {
+    fuzz("core::text_fields", 1000, text(), |raw| {
         let chars = raw.chars().count();
         let name = !raw.trim().is_empty() && chars <= 128 && !raw.chars().any(char::is_control);
         prop_assert_eq!(KeyName::parse(&raw).is_ok(), name, "name {:?}", raw);
