@@ -7,6 +7,7 @@ mod auth_layer;
 mod bad_input;
 mod cli;
 mod envoy;
+mod fuzz;
 mod grpcurl;
 mod hot_path;
 mod lifecycle;
@@ -15,3 +16,7 @@ mod list;
 mod secrets;
 mod server;
 mod tenancy;
+
+// The shared fault proxy; its own tests run with this binary.
+#[path = "../support/tcp_proxy.rs"]
+mod tcp_proxy;
