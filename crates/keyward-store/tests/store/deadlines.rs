@@ -71,7 +71,7 @@ async fn a_blackholed_database_is_unavailable_within_the_deadline() {
         .expect("create");
     direct.close().await;
 
-    let proxy = TcpProxy::start(upstream(&database.url)).await;
+    let proxy = TcpProxy::start(upstream(&database.url).to_string()).await;
     let url = through(&database.url, proxy.addr());
     let options = StoreOptions::default();
     let store = Store::connect_with(&url, options)
@@ -164,7 +164,7 @@ async fn a_blackholed_database_is_unavailable_within_the_deadline() {
     .await;
 
     // The database answers again: the same store recovers on its own.
-    proxy.resume();
+    proxy.forward();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match store.get_key("acme", &id).await {

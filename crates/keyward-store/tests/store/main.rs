@@ -13,5 +13,6 @@ mod lifecycle;
 mod limits;
 mod list;
 mod migrate;
+#[path = "../../../../tests/support/tcp_proxy.rs"]
 mod tcp_proxy;
 mod usage;
