@@ -157,8 +157,9 @@ fn last_seen(seen: &Seen) -> HashMap<String, String> {
         .expect("the upstream was reached")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_ext_authz_protects_an_http_service() {
+/// Runs `body` with keyward on a fresh SQLite database and the Envoy binary;
+/// without Envoy, fails under CI and skips loudly elsewhere.
+async fn with_envoy(body: impl AsyncFnOnce(&TestApp, &Path)) {
     let Some(envoy_bin) = envoy_binary() else {
         missing_tool(
             "envoy",
@@ -166,10 +167,12 @@ async fn envoy_ext_authz_protects_an_http_service() {
         );
         return;
     };
-    with_app(Backend::Sqlite, async |app| {
-        through_envoy(app, &envoy_bin).await
-    })
-    .await;
+    with_app(Backend::Sqlite, async |app| body(app, &envoy_bin).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_protects_an_http_service() {
+    with_envoy(through_envoy).await;
 }
 
 async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
@@ -383,17 +386,7 @@ fn start_envoy(envoy_bin: &Path, keyward_port: u16, upstream_port: u16) -> (Envo
 /// sample config normalizes the path before routes match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_path_variants_cannot_skip_a_scoped_route() {
-    let Some(envoy_bin) = envoy_binary() else {
-        missing_tool(
-            "envoy",
-            "run bash scripts/install-tools.sh or set KEYWARD_ENVOY_BIN",
-        );
-        return;
-    };
-    with_app(Backend::Sqlite, async |app| {
-        path_variants(app, &envoy_bin).await
-    })
-    .await;
+    with_envoy(path_variants).await;
 }
 
 async fn path_variants(app: &TestApp, envoy_bin: &Path) {
