@@ -1,20 +1,24 @@
-//! The database outage test's TCP proxy, moved here unchanged from
-//! `hot_path.rs` (only made `pub`); the shared blackhole-capable proxy in
-//! `tests/support/tcp_proxy.rs` is to replace it.
+//! The database fault tests' TCP proxy: it can cut connections (a refused,
+//! closed database) or blackhole them (a silent network partition).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// A TCP proxy the test can cut: `cut` closes every live connection and
 /// refuses new ones (accepts and closes them at once); `restore` lets
-/// connections through again.
+/// connections through again. `blackhole` stops moving bytes without closing
+/// anything (new connections are accepted and held); `resume` moves them again.
 pub struct Proxy {
     /// The address to connect to instead of the upstream.
     pub addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
+    flowing: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -32,19 +36,29 @@ impl Proxy {
             .expect("a proxy port");
         let addr = listener.local_addr().expect("an address");
         let state = Arc::new(Mutex::new(ProxyState::default()));
+        let (flowing, flow) = watch::channel(true);
         let accept = tokio::spawn({
             let state = Arc::clone(&state);
             async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
                     let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
                     if state.cut {
                         continue; // dropping `inbound` closes it
                     }
                     let upstream = upstream.clone();
+                    let mut flow = flow.clone();
                     let relay = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        // A blackholed proxy holds a new connection unanswered.
+                        if flow.wait_for(|flowing| *flowing).await.is_err() {
+                            return;
+                        }
+                        if let Ok(outbound) = TcpStream::connect(&upstream).await {
+                            let (in_read, in_write) = inbound.into_split();
+                            let (out_read, out_write) = outbound.into_split();
+                            tokio::join!(
+                                pump(in_read, out_write, flow.clone()),
+                                pump(out_read, in_write, flow),
+                            );
                         }
                     });
                     state.live.retain(|relay| !relay.is_finished());
@@ -55,8 +69,20 @@ impl Proxy {
         Self {
             addr,
             state,
+            flowing,
             accept,
         }
+    }
+
+    /// Stops moving bytes, in both directions, on live and new connections,
+    /// without closing any: to keyward the database goes silent.
+    pub fn blackhole(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// Moves bytes again after [`blackhole`](Self::blackhole), held ones first.
+    pub fn resume(&self) {
+        self.flowing.send_replace(true);
     }
 
     /// Closes every live connection and refuses new ones.
@@ -82,6 +108,30 @@ impl Drop for Proxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// Copies `from` to `to` while the proxy lets bytes flow; holds them (and
+/// stops reading) while it is blackholed. Ends at EOF, on an error or when
+/// the proxy is dropped.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut flow: watch::Receiver<bool>) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        if flow.wait_for(|flowing| *flowing).await.is_err() {
+            return;
+        }
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        // Read just before a blackhole: held until it lifts.
+        if flow.wait_for(|flowing| *flowing).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Splits a database URL around its host and port: (before, host:port, after).
