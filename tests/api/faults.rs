@@ -47,6 +47,26 @@ const ADMIN_BOUND: Duration = Duration::from_secs(2);
 /// ...plus this margin for the gRPC round trip on a loaded machine.
 const ADMIN_MARGIN: Duration = Duration::from_millis(500);
 
+/// Tests `NAME::postgres` and `NAME::mariadb` running `test(backend, ARGS)`
+/// (SQLite has no second process on one database to fault).
+macro_rules! on_both_servers {
+    ($name:ident, $test:ident $(, $arg:expr)*) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $test(Backend::Postgres $(, $arg)*).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                $test(Backend::MariaDb $(, $arg)*).await;
+            }
+        }
+    };
+}
+
 fn millis(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
@@ -99,6 +119,19 @@ async fn seen_within_a_second(
     }
 }
 
+/// RevokeKey of key `id` through `admin` with `admin_key`.
+async fn revoke(
+    mut admin: KeyAdminServiceClient<Channel>,
+    admin_key: &str,
+    id: &str,
+) -> Result<(), tonic::Status> {
+    let request = pb::RevokeKeyRequest { id: id.to_owned() };
+    admin
+        .revoke_key(with_key(admin_key, request))
+        .await
+        .map(|_| ())
+}
+
 /// Waits (up to 30 s) until `client` answers `expected` for `key`: warms its
 /// cache with that verdict.
 async fn warm(
@@ -141,18 +174,20 @@ async fn delay_the_revocation_of(db: &DatabaseConnection, backend: Backend, key_
         .expect("the test trigger is installed");
 }
 
+/// Sessions of this database sleeping in `pg_sleep`, as column `n`.
+const SLEEPERS_POSTGRES: &str = "SELECT count(*) AS n FROM pg_stat_activity \
+     WHERE datname = current_database() AND wait_event = 'PgSleep'";
+/// Sessions of this database sleeping in `SLEEP`, as column `n`.
+const SLEEPERS_MARIADB: &str = "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
+     WHERE DB = DATABASE() AND STATE = 'User sleep'";
+
 /// Waits until a session of this database sleeps in the trigger: the
 /// revoke's event is written, its transaction still open.
 async fn wait_for_the_sleeper(db: &DatabaseConnection, backend: Backend) {
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT count(*) AS n FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event = 'PgSleep'"
-        }
-        _ => {
-            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
-             WHERE DB = DATABASE() AND STATE = 'User sleep'"
-        }
+    let sql = if backend == Backend::Postgres {
+        SLEEPERS_POSTGRES
+    } else {
+        SLEEPERS_MARIADB
     };
     let sleeping = eventually(Duration::from_secs(20), || async {
         let row = db
@@ -198,12 +233,12 @@ async fn a_late_revoke_reaches_the_other_replica(backend: Backend, meanwhile: Me
         let db = Database::connect(&url).await.expect("a direct connection");
         delay_the_revocation_of(&db, backend, &key.id).await;
 
-        let revoke = tokio::spawn({
-            let mut admin = admin.clone();
-            let request = with_key(&acme_key, pb::RevokeKeyRequest { id: key.id.clone() });
+        let revoke_sent = Instant::now();
+        let revoking = tokio::spawn({
+            let (admin, acme_key, id) = (admin.clone(), acme_key.clone(), key.id.clone());
             async move {
-                let result = admin.revoke_key(request).await;
-                (result.map(|_| ()), Instant::now())
+                let result = revoke(admin, &acme_key, &id).await;
+                (result, Instant::now())
             }
         });
         wait_for_the_sleeper(&db, backend).await;
@@ -220,6 +255,7 @@ async fn a_late_revoke_reaches_the_other_replica(backend: Backend, meanwhile: Me
         });
 
         let mut restored_at = None;
+        let mut valid_before_commit = 0;
         match meanwhile {
             Meanwhile::Nothing => {}
             Meanwhile::FollowerRestarts => {
@@ -229,8 +265,16 @@ async fn a_late_revoke_reaches_the_other_replica(backend: Backend, meanwhile: Me
             }
             Meanwhile::SyncFails => {
                 proxy.cut();
-                // The outage itself, not a wait for an outcome.
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                // The outage lasts longer than the rest of the trigger's
+                // sleep, so it spans the commit. Meanwhile B answers from its
+                // cache (stale-if-error).
+                let cut_at = Instant::now();
+                while cut_at.elapsed() < Duration::from_secs(DELAY_SECS.into()) + MARGIN {
+                    let answer = verdict(&mut on_b, &key.secret).await;
+                    assert_eq!(answer, Ok(Valid), "B's cached verdict during the cut");
+                    valid_before_commit += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 proxy.restore();
                 restored_at = Some(Instant::now());
             }
@@ -238,12 +282,27 @@ async fn a_late_revoke_reaches_the_other_replica(backend: Backend, meanwhile: Me
 
         // B may answer VALID until the revoke's bound, never after; keep
         // asking it meanwhile (its cache stays in use).
-        while !revoke.is_finished() {
-            let _ = verdict(&mut on_b, &key.secret).await;
+        while !revoking.is_finished() {
+            if verdict(&mut on_b, &key.secret).await == Ok(Valid) {
+                valid_before_commit += 1;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (revoked, revoked_at) = revoke.await.expect("the revoke does not panic");
+        let (revoked, revoked_at) = revoking.await.expect("the revoke does not panic");
         revoked.expect("RevokeKey through A succeeds after the trigger's sleep");
+        let revoke_took = revoked_at - revoke_sent;
+        assert!(
+            revoke_took >= Duration::from_secs(DELAY_SECS.into()),
+            "the revoke returned after {}: the trigger did not delay its commit",
+            millis(revoke_took)
+        );
+        if let Some(restored_at) = restored_at {
+            assert!(
+                restored_at > revoked_at,
+                "the revoke committed {} after the restore: the cut did not span it",
+                millis(revoked_at - restored_at)
+            );
+        }
         let since = restored_at.map_or(revoked_at, |restored| restored.max(revoked_at));
         let latency = seen_within_a_second(
             "the late revoke on B",
@@ -270,9 +329,12 @@ async fn a_late_revoke_reaches_the_other_replica(backend: Backend, meanwhile: Me
             "B went back on the revoke"
         );
         eprintln!(
-            "{} late commit ({meanwhile:?}): revoke seen on B {} after max(its return, \
-             restore); globex's key {} after its return ({} after the revoke)",
+            "{} late commit ({meanwhile:?}): the revoke took {}; B answered VALID \
+             {valid_before_commit} times before it returned (or the restore), then REVOKED \
+             {} after max(its return, restore); globex's key {} after its return ({} after \
+             the revoke)",
             backend.name(),
+            millis(revoke_took),
             millis(latency),
             millis(other_latency),
             millis(created_at.saturating_duration_since(revoked_at)),
@@ -282,41 +344,21 @@ async fn a_late_revoke_reaches_the_other_replica(backend: Backend, meanwhile: Me
     .await;
 }
 
-mod late_commit {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        a_late_revoke_reaches_the_other_replica(Backend::Postgres, Meanwhile::Nothing).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mariadb() {
-        a_late_revoke_reaches_the_other_replica(Backend::MariaDb, Meanwhile::Nothing).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn follower_restart_postgres() {
-        a_late_revoke_reaches_the_other_replica(Backend::Postgres, Meanwhile::FollowerRestarts)
-            .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn follower_restart_mariadb() {
-        a_late_revoke_reaches_the_other_replica(Backend::MariaDb, Meanwhile::FollowerRestarts)
-            .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_sync_postgres() {
-        a_late_revoke_reaches_the_other_replica(Backend::Postgres, Meanwhile::SyncFails).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_sync_mariadb() {
-        a_late_revoke_reaches_the_other_replica(Backend::MariaDb, Meanwhile::SyncFails).await;
-    }
-}
+on_both_servers!(
+    late_commit,
+    a_late_revoke_reaches_the_other_replica,
+    Meanwhile::Nothing
+);
+on_both_servers!(
+    late_commit_follower_restart,
+    a_late_revoke_reaches_the_other_replica,
+    Meanwhile::FollowerRestarts
+);
+on_both_servers!(
+    late_commit_failed_sync,
+    a_late_revoke_reaches_the_other_replica,
+    Meanwhile::SyncFails
+);
 
 // ---------------------------------------------------------------------------
 // A blackholed database (issue 8.4).
@@ -402,15 +444,10 @@ async fn a_blackholed_database(backend: Backend) {
                 })
                 .await;
                 slowest = slowest.max(took);
-                let revoke = admin.revoke_key(with_key(
-                    &acme_key,
-                    pb::RevokeKeyRequest {
-                        id: other.id.clone(),
-                    },
-                ));
-                let took = unavailable_in_time(&format!("RevokeKey on {name}"), async {
-                    revoke.await.map(|_| ())
-                })
+                let took = unavailable_in_time(
+                    &format!("RevokeKey on {name}"),
+                    revoke(admin.clone(), &acme_key, &other.id),
+                )
                 .await;
                 slowest = slowest.max(took);
                 calls += 3;
@@ -428,13 +465,13 @@ async fn a_blackholed_database(backend: Backend) {
         }
 
         proxies.iter().for_each(|proxy| proxy.resume());
-        KeyAdminServiceClient::new(channels[0].clone())
-            .revoke_key(with_key(
-                &acme_key,
-                pb::RevokeKeyRequest { id: key.id.clone() },
-            ))
-            .await
-            .expect("RevokeKey through A succeeds once the database answers again");
+        revoke(
+            KeyAdminServiceClient::new(channels[0].clone()),
+            &acme_key,
+            &key.id,
+        )
+        .await
+        .expect("RevokeKey through A succeeds once the database answers again");
         let revoked_at = Instant::now();
         let mut latencies = Vec::new();
         for (name, client) in ["A", "B"].iter().zip(&mut validation) {
@@ -455,20 +492,7 @@ async fn a_blackholed_database(backend: Backend) {
     .await;
 }
 
-mod blackhole {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        a_blackholed_database(Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mariadb() {
-        a_blackholed_database(Backend::MariaDb).await;
-    }
-}
-
+on_both_servers!(blackhole, a_blackholed_database);
 // ---------------------------------------------------------------------------
 // A flood of unknown keys (issue 8.4).
 // ---------------------------------------------------------------------------
@@ -476,6 +500,8 @@ mod blackhole {
 /// Concurrent flooding clients, and the most keys each sends.
 const FLOODERS: usize = 6;
 const FLOOD_KEYS_PER_CLIENT: u64 = 2_000;
+/// Unknown keys sent before the revoke: far more than the negative cache holds.
+const FLOOD_BEFORE_REVOKE: u64 = 2_000;
 
 /// Validations the flood has made, by answer.
 #[derive(Default)]
@@ -529,17 +555,12 @@ async fn a_flood_of_unknown_keys(backend: Backend) {
             })
             .collect();
         let flooding = eventually(Duration::from_secs(60), || async {
-            (count.total() >= 300).then_some(())
+            (count.total() >= FLOOD_BEFORE_REVOKE).then_some(())
         })
         .await;
         assert!(flooding.is_some(), "the flood never got going");
 
-        admin_a
-            .clone()
-            .revoke_key(with_key(
-                &acme_key,
-                pb::RevokeKeyRequest { id: key.id.clone() },
-            ))
+        revoke(admin_a.clone(), &acme_key, &key.id)
             .await
             .expect("RevokeKey on the other replica");
         let revoked_at = Instant::now();
@@ -593,20 +614,7 @@ async fn a_flood_of_unknown_keys(backend: Backend) {
     .await;
 }
 
-mod flood {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        a_flood_of_unknown_keys(Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mariadb() {
-        a_flood_of_unknown_keys(Backend::MariaDb).await;
-    }
-}
-
+on_both_servers!(flood, a_flood_of_unknown_keys);
 // ---------------------------------------------------------------------------
 // Concurrent migrations (issue 8.6).
 // ---------------------------------------------------------------------------
@@ -650,16 +658,4 @@ async fn two_applications_migrate_one_empty_database(backend: Backend) {
     }
 }
 
-mod migrations {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        two_applications_migrate_one_empty_database(Backend::Postgres).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mariadb() {
-        two_applications_migrate_one_empty_database(Backend::MariaDb).await;
-    }
-}
+on_both_servers!(migrations, two_applications_migrate_one_empty_database);
