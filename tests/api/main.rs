@@ -7,6 +7,7 @@ mod auth_layer;
 mod bad_input;
 mod cli;
 mod envoy;
+mod faults;
 mod fuzz;
 mod grpcurl;
 mod hot_path;

@@ -49,12 +49,17 @@ pub fn run_keyward(args: &[&str]) -> Output {
 
 /// `keyward bootstrap`: an admin key of `acme`.
 pub fn bootstrap_with_cli(database_url: &str) -> String {
+    bootstrap_organization_with_cli(database_url, "acme")
+}
+
+/// `keyward bootstrap`: an admin key of `organization`.
+pub fn bootstrap_organization_with_cli(database_url: &str, organization: &str) -> String {
     let output = run_keyward(&[
         "bootstrap",
         "--database-url",
         database_url,
         "--organization",
-        "acme",
+        organization,
     ]);
     assert!(
         output.status.success(),
