@@ -122,11 +122,21 @@ impl KeywardProcess {
     }
 
     /// A `keyward serve` replica over `database_url` whose cache only the
-    /// change feed can invalidate (`--cache-max-age 10m`).
+    /// change feed can invalidate (`--cache-max-age 10m`), with a 10 s store
+    /// deadline.
     pub fn replica(name: &str, database_url: &str) -> Self {
+        // A store deadline for a loaded test machine: replica tests show
+        // propagation, not deadlines.
         Self::serve(
             name,
-            &["--database-url", database_url, "--cache-max-age", "10m"],
+            &[
+                "--database-url",
+                database_url,
+                "--cache-max-age",
+                "10m",
+                "--database-timeout",
+                "10s",
+            ],
         )
     }
 
