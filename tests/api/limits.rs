@@ -665,11 +665,7 @@ async fn hold_a_slot(channel: Channel) -> Status {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky in CI (1 of 3 full runs): the second request was not shed within 3 s; \
-            cause not found yet, see the closing note. Run: cargo test --test api -- --ignored limits"]
 async fn requests_beyond_the_in_flight_cap_are_shed_and_slow_ones_time_out() {
-    // Long enough that the shed request is seen within half of it on a
-    // loaded machine.
     const TIMEOUT: Duration = Duration::from_secs(6);
     let Some((app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
         settings.limits.max_in_flight = 1;
@@ -696,16 +692,20 @@ async fn requests_beyond_the_in_flight_cap_are_shed_and_slow_ones_time_out() {
     let held = tokio::spawn(hold_a_slot(
         connect(&app).await.expect("keyward accepts connections"),
     ));
-    let shed = eventually(TIMEOUT / 2, || async {
-        validate()
-            .await
-            .err()
-            .filter(|status| status.code() == Code::ResourceExhausted)
-    })
-    .await;
+    // Probe for as long as the slot is held, however long the held call took
+    // to arrive on a loaded machine: no deadline of the test's own. A probe
+    // that waited for the slot instead of being shed would be answered OK
+    // once the held call ends, and the assertion below would fail.
+    let mut shed = None;
+    while shed.is_none() && !held.is_finished() {
+        match validate().await {
+            Err(status) if status.code() == Code::ResourceExhausted => shed = Some(status),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
     assert!(
         shed.is_some(),
-        "a second request is RESOURCE_EXHAUSTED at once"
+        "a request beyond the cap is RESOURCE_EXHAUSTED while the slot is held"
     );
 
     let held = held.await.expect("no panic");
