@@ -1,11 +1,12 @@
 //! Typed configuration: the command line, with `KEYWARD_*` environment equivalents.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+pub use keyward_core::Cidr;
 use keyward_core::LookupHasher;
 use keyward_store::StoreOptions;
 
@@ -250,62 +251,6 @@ pub fn clap_defaults<T: Args + FromArgMatches>() -> T {
         .try_get_matches_from(["defaults"])
         .expect("every setting has a default");
     T::from_arg_matches(&matches).expect("defaults parse into their own settings")
-}
-
-/// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address
-/// is a network of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip.to_canonical()) {
-            (IpAddr::V4(network), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(network) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(network), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(network) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let (address, prefix) = match raw.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (raw, None),
-        };
-        let network: IpAddr = address
-            .trim()
-            .parse()
-            .map_err(|_| format!("{raw:?} is not an IP address or CIDR such as 10.0.0.0/8"))?;
-        let network = network.to_canonical();
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(prefix) => prefix
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|prefix| *prefix <= max)
-                .ok_or_else(|| format!("{raw:?} has a prefix length outside 0..={max}"))?,
-        };
-        Ok(Self { network, prefix })
-    }
 }
 
 /// Arguments of `keyward bootstrap`.
@@ -557,24 +502,6 @@ mod tests {
             "99999999999999999999MiB",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn cidrs() {
-        let net = |raw: &str| raw.parse::<Cidr>().unwrap();
-        let ip = |raw: &str| raw.parse::<IpAddr>().unwrap();
-        assert!(net("10.0.0.0/8").contains(ip("10.20.30.40")));
-        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
-        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
-        assert!(net("127.0.0.1").contains(ip("127.0.0.1")));
-        assert!(!net("127.0.0.1").contains(ip("127.0.0.2")));
-        assert!(net("0.0.0.0/0").contains(ip("192.0.2.1")));
-        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
-        assert!(net("fd00::/8").contains(ip("fd12::1")));
-        assert!(net("::1").contains(ip("::1")));
-        for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
     }
 

@@ -5,11 +5,11 @@
 //! `TCP_NODELAY`), each holding a permit of a semaphore; a connection beyond
 //! the cap is closed at once, so its client fails fast instead of waiting.
 //! [`ClientAddrLayer`] replaces `x-forwarded-for` with the one address
-//! keyward believes (the peer's, or what trusted proxies forwarded), so the
-//! auth layer records that as `last_used_ip`.
+//! keyward believes (the peer's, or what trusted proxies forwarded), and puts
+//! it in the request as a [`ClientIp`], which the auth layer records as
+//! `last_used_ip`.
 
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -22,7 +22,8 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tower::{Layer, Service};
 
-use crate::config::Cidr;
+use keyward_auth::ClientIp;
+use keyward_core::{Cidr, client_address};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -135,33 +136,6 @@ impl AsyncWrite for LimitedConnection {
     }
 }
 
-/// The client's address by the trust rule: the connection's peer, unless the
-/// peer is a trusted proxy; then `x-forwarded-for` read from the right, the
-/// first address that is not a trusted proxy (the leftmost if all are).
-/// `None` when the connection has no peer address.
-pub fn client_address(
-    peer: Option<IpAddr>,
-    forwarded_for: Option<&str>,
-    trusted: &[Cidr],
-) -> Option<IpAddr> {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|cidr| cidr.contains(ip));
-    let mut client = peer?;
-    if !is_trusted(client) {
-        return Some(client);
-    }
-    for hop in forwarded_for.unwrap_or_default().rsplit(',') {
-        // A hop a trusted proxy wrote but that is no address ends the chain.
-        let Ok(hop) = hop.trim().parse::<IpAddr>() else {
-            break;
-        };
-        client = hop;
-        if !is_trusted(hop) {
-            break;
-        }
-    }
-    Some(client)
-}
-
 /// Sets `x-forwarded-for` to exactly the client's address (see
 /// [`client_address`]), removing whatever the client sent.
 #[derive(Debug, Clone)]
@@ -228,53 +202,8 @@ where
             let value = HeaderValue::try_from(client.to_canonical().to_string())
                 .expect("an IP address is a valid header value");
             headers.insert(X_FORWARDED_FOR, value);
+            request.extensions_mut().insert(ClientIp(client));
         }
         self.inner.call(request)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_counts_only_from_trusted_proxies() {
-        let ip = |raw: &str| raw.parse::<IpAddr>().unwrap();
-        let nets = |raw: &[&str]| {
-            raw.iter()
-                .map(|n| n.parse::<Cidr>().unwrap())
-                .collect::<Vec<_>>()
-        };
-        let peer = Some(ip("10.0.0.5"));
-        let forged = Some("203.0.113.7");
-        // No trusted proxies: the peer, whatever the header says.
-        assert_eq!(client_address(peer, forged, &[]), peer);
-        // An untrusted peer: still the peer.
-        assert_eq!(
-            client_address(peer, forged, &nets(&["192.168.0.0/16"])),
-            peer
-        );
-        // A trusted peer: the first untrusted hop from the right.
-        let trusted = nets(&["10.0.0.0/8"]);
-        assert_eq!(
-            client_address(peer, forged, &trusted),
-            Some(ip("203.0.113.7"))
-        );
-        assert_eq!(
-            client_address(peer, Some("198.51.100.1, 203.0.113.7, 10.0.0.9"), &trusted),
-            Some(ip("203.0.113.7")),
-            "a client-written left part is not believed"
-        );
-        assert_eq!(
-            client_address(peer, Some("10.1.1.1, 10.2.2.2"), &trusted),
-            Some(ip("10.1.1.1"))
-        );
-        assert_eq!(
-            client_address(peer, Some("junk, 203.0.113.7"), &trusted),
-            Some(ip("203.0.113.7"))
-        );
-        assert_eq!(client_address(peer, Some("junk"), &trusted), peer);
-        assert_eq!(client_address(peer, None, &trusted), peer);
-        assert_eq!(client_address(None, forged, &trusted), None);
     }
 }

@@ -31,8 +31,9 @@ impl Validator for AdminValidator {
             };
             let now = self.0.clock.utc(at);
             if key.authorizes_admin(now) {
+                let ip = request.client_ip.map(|ip| ip.to_canonical().to_string());
                 let client = ClientInfo {
-                    ip: request.client_ip,
+                    ip: ip.as_deref(),
                     user_agent: request.user_agent,
                 };
                 self.0.usage.record(&key, client, at);
@@ -59,7 +60,7 @@ mod tests {
         ValidationRequest {
             key,
             required_scopes: &[],
-            client_ip: Some("10.0.0.1"),
+            client_ip: Some([10, 0, 0, 1].into()),
             user_agent: None,
         }
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +10,7 @@ use std::task::{Context, Poll};
 use foldhash::fast::RandomState;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Request, Response, StatusCode};
-use keyward_core::Scope;
+use keyward_core::{Cidr, Scope, client_address};
 use tower::{Layer, Service};
 
 use crate::validator::{Denial, ValidationRequest, Validator, Verdict};
@@ -29,12 +30,25 @@ pub enum CredentialSource {
     ApiKey,
 }
 
+/// The client's address as the server determined it, put into a request's
+/// extensions by whatever accepted the connection. The layer reads the
+/// client's address from here first; without it, from tonic's connection
+/// info (with the `remote` feature). It never takes a client-written header's
+/// word for it: `x-forwarded-for` counts only when the peer is one of the
+/// [`trusted_proxies`](KeywardAuthLayer::trusted_proxies).
+///
+/// A server that is not tonic (axum with `ConnectInfo`, plain hyper) inserts
+/// `ClientIp(peer.ip())` in a layer before this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
 #[derive(Debug, Clone, Default)]
 struct Config {
     source: CredentialSource,
     hide_credentials: bool,
     method_scopes: HashMap<String, Vec<Scope>, RandomState>,
     public_prefixes: Vec<String>,
+    trusted_proxies: Vec<Cidr>,
 }
 
 /// A tower layer that authenticates every request with a keyward key.
@@ -95,6 +109,16 @@ impl<V: Validator> KeywardAuthLayer<V> {
         self.config_mut()
             .method_scopes
             .insert(path.into(), scopes.into_iter().collect());
+        self
+    }
+
+    /// Proxies whose `x-forwarded-for` is believed: when the connection's
+    /// peer is in one of these networks, the client is the first address
+    /// from the right of `x-forwarded-for` that is not a trusted proxy. With
+    /// none (the default) the client is the connection's peer and forwarded
+    /// headers are ignored, since anyone can write them.
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = Cidr>) -> Self {
+        self.config_mut().trusted_proxies = proxies.into_iter().collect();
         self
     }
 
@@ -178,8 +202,7 @@ where
                 .method_scopes
                 .get(request.uri().path())
                 .map_or(&[][..], Vec::as_slice);
-            let client_ip = header_str(&request, &X_FORWARDED_FOR)
-                .map(|forwarded| forwarded.split(',').next().unwrap_or_default().trim());
+            let client_ip = client_ip(&request, &config.trusted_proxies);
             let verdict = validator
                 .validate(ValidationRequest {
                     key,
@@ -212,6 +235,52 @@ where
 
 fn is_grpc<B>(request: &Request<B>) -> bool {
     header_str(request, &CONTENT_TYPE).is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The client's address: a [`ClientIp`] the server set, else the
+/// connection's peer; `x-forwarded-for` only through a trusted proxy.
+fn client_ip<B>(request: &Request<B>, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = match request.extensions().get::<ClientIp>() {
+        Some(ClientIp(ip)) => return Some(*ip),
+        None => connection_peer(request),
+    };
+    if trusted.is_empty() {
+        return peer;
+    }
+    let mut forwarded = request
+        .headers()
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    let first = forwarded.next();
+    match forwarded.next() {
+        // One header (the usual case): read it in place.
+        None => client_address(peer, first, trusted),
+        Some(second) => {
+            let joined = [first.unwrap_or_default(), second]
+                .into_iter()
+                .chain(forwarded)
+                .collect::<Vec<_>>()
+                .join(",");
+            client_address(peer, Some(&joined), trusted)
+        }
+    }
+}
+
+/// The peer address tonic's server records for each connection.
+#[cfg(feature = "remote")]
+fn connection_peer<B>(request: &Request<B>) -> Option<IpAddr> {
+    use tonic::transport::server::TcpConnectInfo;
+    request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .map(|addr| addr.ip())
+}
+
+#[cfg(not(feature = "remote"))]
+fn connection_peer<B>(_request: &Request<B>) -> Option<IpAddr> {
+    None
 }
 
 fn header_str<'r, B>(request: &'r Request<B>, name: &HeaderName) -> Option<&'r str> {
@@ -310,7 +379,7 @@ mod tests {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
-                request.client_ip.map(str::to_owned),
+                request.client_ip.map(|ip| ip.to_string()),
             ));
             Box::pin(async move {
                 match request.key {
@@ -358,11 +427,21 @@ mod tests {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Response<String> {
+        send_with(layer, path, headers, http::Extensions::new()).await
+    }
+
+    async fn send_with(
+        layer: &KeywardAuthLayer<Stub>,
+        path: &str,
+        headers: &[(&str, &str)],
+        extensions: http::Extensions,
+    ) -> Response<String> {
         let mut request = Request::builder().uri(path);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request.body(()).expect("a valid request");
+        let mut request = request.body(()).expect("a valid request");
+        *request.extensions_mut() = extensions;
         layer
             .layer(tower::service_fn(echo))
             .oneshot(request)
@@ -434,17 +513,62 @@ mod tests {
         assert_eq!(response.body(), "- authorization=false x-api-key=false");
 
         let asked = layer.validator.asked.lock().expect("no panic").clone();
-        let first_hop = Some("203.0.113.7".to_owned());
         assert_eq!(
             asked,
             vec![
-                ("good".to_owned(), vec![], first_hop.clone()),
-                (
-                    "good".to_owned(),
-                    vec!["orders:write".to_owned()],
-                    first_hop
-                ),
-            ]
+                ("good".to_owned(), vec![], None),
+                ("good".to_owned(), vec!["orders:write".to_owned()], None),
+            ],
+            "no connection, no trusted proxy: the forwarded header is not believed"
+        );
+    }
+
+    #[cfg(feature = "remote")]
+    #[tokio::test]
+    async fn the_client_address_comes_from_the_connection_not_a_header() {
+        use tonic::transport::server::TcpConnectInfo;
+        let from_peer = |peer: [u8; 4]| {
+            let mut extensions = http::Extensions::new();
+            extensions.insert(TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some((peer, 50000).into()),
+            });
+            extensions
+        };
+        let forged = [
+            ("authorization", "Bearer good"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ];
+        let asked_ip = |layer: &KeywardAuthLayer<Stub>| {
+            let asked = layer.validator.asked.lock().expect("no panic");
+            asked.last().expect("asked").2.clone()
+        };
+
+        let layer = layer();
+        send_with(&layer, "/read", &forged, from_peer([10, 0, 0, 5])).await;
+        assert_eq!(asked_ip(&layer).as_deref(), Some("10.0.0.5"), "the peer");
+
+        let behind_proxy = layer.trusted_proxies(["10.0.0.0/8".parse().expect("a CIDR")]);
+        send_with(&behind_proxy, "/read", &forged, from_peer([10, 0, 0, 5])).await;
+        assert_eq!(
+            asked_ip(&behind_proxy).as_deref(),
+            Some("203.0.113.7"),
+            "forwarded by a trusted proxy"
+        );
+        send_with(&behind_proxy, "/read", &forged, from_peer([192, 0, 2, 9])).await;
+        assert_eq!(
+            asked_ip(&behind_proxy).as_deref(),
+            Some("192.0.2.9"),
+            "a peer that is no trusted proxy cannot forward"
+        );
+
+        let mut resolved = from_peer([10, 0, 0, 5]);
+        resolved.insert(ClientIp([198, 51, 100, 4].into()));
+        send_with(&behind_proxy, "/read", &forged, resolved).await;
+        assert_eq!(
+            asked_ip(&behind_proxy).as_deref(),
+            Some("198.51.100.4"),
+            "the server's own resolution wins"
         );
     }
 

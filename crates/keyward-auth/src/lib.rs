@@ -49,8 +49,9 @@ pub mod single_flight;
 pub mod sync;
 mod validator;
 
+pub use keyward_core::Cidr;
 pub use keyward_core::Scope;
-pub use layer::{CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
+pub use layer::{ClientIp, CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
 #[cfg(feature = "remote")]
 pub use remote::{
     DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_CACHE_TTL, DEFAULT_TIMEOUT,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 // keyward's limits on the usage data sent along: longer values would make
 // keyward reject the whole call as INVALID_ARGUMENT.
-use keyward_core::{MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, PresentedKey};
+use keyward_core::{MAX_USER_AGENT_CHARS, PresentedKey};
 use tonic::transport::Channel;
 
 use self::cache::{Limits, VerdictCache, cache_key};
@@ -119,9 +119,8 @@ impl RemoteValidator {
                 .collect(),
             client_ip: request
                 .client_ip
-                .filter(|ip| ip.chars().count() <= MAX_CLIENT_IP_CHARS)
-                .unwrap_or_default()
-                .to_owned(),
+                .map(|ip| ip.to_canonical().to_string())
+                .unwrap_or_default(),
             user_agent: request
                 .user_agent
                 .unwrap_or_default()

@@ -31,7 +31,7 @@ pub struct ValidationRequest<'a> {
     /// Scopes the request needs; all must be granted.
     pub required_scopes: &'a [Scope],
     /// The client's address, if known.
-    pub client_ip: Option<&'a str>,
+    pub client_ip: Option<std::net::IpAddr>,
     /// The client's user agent, if known.
     pub user_agent: Option<&'a str>,
 }
@@ -163,7 +163,7 @@ mod tests {
             let request = ValidationRequest {
                 key,
                 required_scopes: &scopes,
-                client_ip: Some("10.0.0.1"),
+                client_ip: Some([10, 0, 0, 1].into()),
                 user_agent: None,
             };
             let shown = format!("{request:?} {request:#?}");

@@ -8,6 +8,7 @@ mod fields;
 mod hash;
 mod id;
 mod key;
+mod net;
 mod secret;
 
 pub use fields::{
@@ -17,4 +18,5 @@ pub use fields::{
 pub use hash::{LookupHash, LookupHasher};
 pub use id::{KeyId, new_ulid};
 pub use key::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
+pub use net::{Cidr, client_address};
 pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError, PresentedKey};
