@@ -393,7 +393,12 @@ async fn report(reporter: &HealthReporter, service: &str, current: &mut bool, se
         tracing::info!(service, "serving again");
         ServingStatus::Serving
     } else {
-        tracing::warn!(service, "not serving: the database is unreachable");
+        let reason = if service == KEY_ADMIN_SERVICE {
+            "the database is unreachable"
+        } else {
+            "the change feed has not been read for stale-if-error"
+        };
+        tracing::warn!(service, reason, "not serving");
         ServingStatus::NotServing
     };
     reporter.set_service_status(service, status).await;
