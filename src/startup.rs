@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyward_auth::KeywardAuthLayer;
@@ -95,7 +95,6 @@ pub struct Application {
     usage_flush_interval: Duration,
     trusted_proxies: Vec<Cidr>,
     limits: LimitSettings,
-    stale_if_error: Duration,
     validator: Arc<KeyValidator>,
     /// The newest committed feed position when the cache was empty: the
     /// follower applies every event after it.
@@ -144,7 +143,6 @@ impl Application {
             usage_flush_interval: settings.usage_flush_interval,
             trusted_proxies: settings.trusted_proxies,
             limits: settings.limits,
-            stale_if_error: settings.validator.stale_if_error,
             validator,
             feed_head,
         })
@@ -227,8 +225,8 @@ impl Application {
         let follower = tokio::spawn(follow_changes(Arc::clone(&validator), self.feed_head));
         let readiness = tokio::spawn(report_readiness(
             self.store.clone(),
+            Arc::clone(&validator),
             health_reporter,
-            self.stale_if_error,
         ));
         tracing::info!(%addr, "keyward listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
@@ -341,37 +339,48 @@ async fn flush_usage_until(
     }
 }
 
-/// How often the database is pinged for health, and how long a ping may take.
+/// How often readiness is re-evaluated (a database ping; the feed's age).
 pub const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps `grpc.health.v1` true to readiness (SPEC §11): the admin service is
-/// NOT_SERVING while a ping of its database fails or takes longer than
-/// [`READINESS_INTERVAL`]; the validation service stays SERVING while it can
-/// answer from cache, i.e. until `stale_if_error` after the last good ping.
+/// Keeps `grpc.health.v1` true to readiness (SPEC §11), each service on its
+/// own tick so a slow ping never delays the other:
+/// - the admin service is NOT_SERVING while a ping of its database fails or
+///   outlives the store's operation deadline (`--database-timeout`), i.e.
+///   exactly while an admin call would fail for want of the database;
+/// - the validation service is SERVING while the validator answers from
+///   cache: the change feed synced within `stale_if_error`
+///   ([`KeyValidator::answers_from_cache`], the test every cached verdict
+///   passes), so health and verdicts cannot disagree.
+///
 /// Watchers are told only of changes. Runs until aborted.
-async fn report_readiness(store: Store, reporter: HealthReporter, stale_if_error: Duration) {
+async fn report_readiness(store: Store, validator: Arc<KeyValidator>, reporter: HealthReporter) {
+    let admin = {
+        let reporter = reporter.clone();
+        async move {
+            let (mut ticker, mut serving) = (readiness_ticker(), true);
+            loop {
+                ticker.tick().await;
+                let reachable = store.ping().await.is_ok();
+                report(&reporter, KEY_ADMIN_SERVICE, &mut serving, reachable).await;
+            }
+        }
+    };
+    let validation = async move {
+        let (mut ticker, mut serving) = (readiness_ticker(), true);
+        loop {
+            ticker.tick().await;
+            let answers = validator.answers_from_cache();
+            report(&reporter, KEY_VALIDATION_SERVICE, &mut serving, answers).await;
+        }
+    };
+    tokio::join!(admin, validation);
+}
+
+/// Ticks every [`READINESS_INTERVAL`]; a late tick delays the next ones.
+fn readiness_ticker() -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(READINESS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // `build` has just opened and migrated the database.
-    let mut reached_at = Instant::now();
-    let (mut admin_serving, mut validation_serving) = (true, true);
-    loop {
-        ticker.tick().await;
-        let ping = tokio::time::timeout(READINESS_INTERVAL, store.connection().ping()).await;
-        let reachable = matches!(ping, Ok(Ok(())));
-        if reachable {
-            reached_at = Instant::now();
-        }
-        let answers_from_cache = reached_at.elapsed() <= stale_if_error;
-        report(&reporter, KEY_ADMIN_SERVICE, &mut admin_serving, reachable).await;
-        report(
-            &reporter,
-            KEY_VALIDATION_SERVICE,
-            &mut validation_serving,
-            answers_from_cache,
-        )
-        .await;
-    }
+    ticker
 }
 
 /// Tells `reporter` that `service` is now `serving`, if that is a change.
@@ -384,7 +393,12 @@ async fn report(reporter: &HealthReporter, service: &str, current: &mut bool, se
         tracing::info!(service, "serving again");
         ServingStatus::Serving
     } else {
-        tracing::warn!(service, "not serving: the database is unreachable");
+        let reason = if service == KEY_ADMIN_SERVICE {
+            "the database is unreachable"
+        } else {
+            "the change feed has not been read for stale-if-error"
+        };
+        tracing::warn!(service, reason, "not serving");
         ServingStatus::NotServing
     };
     reporter.set_service_status(service, status).await;

@@ -212,6 +212,13 @@ impl KeyValidator {
         self.synced_at.store(now, Ordering::Relaxed);
     }
 
+    /// Whether cached verdicts are served now: the feed synced within
+    /// `stale_if_error`. The same test as every verdict's, so validation's
+    /// health and its answers cannot disagree.
+    pub fn answers_from_cache(&self) -> bool {
+        !self.is_stale(Instant::now())
+    }
+
     /// Whether cached verdicts are past `stale_if_error` at `now` (the feed
     /// has not synced for that long: the database is unreachable).
     fn is_stale(&self, now: Instant) -> bool {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::process::free_addr;
-use crate::helpers::{TestApp, eventually, missing_tool, with_app};
+use crate::helpers::{TestApp, eventually, missing_tool, serve_until_dropped, with_app};
 
 /// The Envoy binary: `KEYWARD_ENVOY_BIN`, the project's venv, or `PATH`.
 fn envoy_binary() -> Option<PathBuf> {
@@ -133,19 +133,38 @@ fn access_log(path: &str) -> String {
     )
 }
 
-/// `deploy/envoy/envoy.yaml` for this test: its ports, and an access log.
-fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_port: u16, log: &str) -> String {
+/// `deploy/envoy/envoy.yaml` for this test: the compose service names and
+/// ports it names replaced by this machine's (`keyward-1` and `keyward-2`
+/// by the two keyward ports, which may be the same), and an access log.
+fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_ports: [u16; 2], log: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let documented = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
         .expect("the documented config");
-    assert!(documented.contains("stat_prefix: ingress\n"));
-    documented
-        .replace("port_value: 9901", "port_value: 0")
-        .replace("port_value: 10000", &format!("port_value: {envoy_port}"))
-        .replace("address: 0.0.0.0", "address: 127.0.0.1")
-        .replace("port_value: 8080", &format!("port_value: {upstream_port}"))
-        .replace("port_value: 50051", &format!("port_value: {keyward_port}"))
-        .replacen("stat_prefix: ingress", &access_log(log), 1)
+    let replaced = [
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 10000", format!("port_value: {envoy_port}")),
+        ("address: 0.0.0.0", "address: 127.0.0.1".to_owned()),
+        (
+            "address: upstream, port_value: 8080",
+            format!("address: 127.0.0.1, port_value: {upstream_port}"),
+        ),
+        (
+            "address: keyward-1, port_value: 50051",
+            format!("address: 127.0.0.1, port_value: {}", keyward_ports[0]),
+        ),
+        (
+            "address: keyward-2, port_value: 50051",
+            format!("address: 127.0.0.1, port_value: {}", keyward_ports[1]),
+        ),
+        ("stat_prefix: ingress", access_log(log)),
+    ];
+    replaced.iter().fold(documented, |config, (from, to)| {
+        assert!(
+            config.contains(from),
+            "deploy/envoy/envoy.yaml has `{from}` for the test to replace"
+        );
+        config.replacen(from, to, 1)
+    })
 }
 
 /// The last request the upstream received.
@@ -178,7 +197,7 @@ async fn envoy_ext_authz_protects_an_http_service() {
 async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     let (upstream_port, seen) = upstream().await;
     let (_envoy, envoy_port, access_log_path) =
-        start_envoy(envoy_bin, app.addr.port(), upstream_port);
+        start_envoy(envoy_bin, [app.addr.port(); 2], upstream_port);
 
     // No key: 401 with www-authenticate (this also waits for Envoy to be up).
     let (status, headers) = eventually(Duration::from_secs(60), || get(envoy_port, "/", &[]))
@@ -341,11 +360,15 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     );
 }
 
-/// Starts Envoy with `deploy/envoy/envoy.yaml` (its ports rewritten and an
-/// access log added) in front of `upstream_port`, with keyward on
-/// `keyward_port`: the guard, Envoy's port and the access log's path. Callers
-/// wait for Envoy to answer.
-fn start_envoy(envoy_bin: &Path, keyward_port: u16, upstream_port: u16) -> (Envoy, u16, PathBuf) {
+/// Starts Envoy with `deploy/envoy/envoy.yaml` (its addresses and ports
+/// rewritten and an access log added) in front of `upstream_port`, with its
+/// two keyward endpoints on `keyward_ports`: the guard, Envoy's port and the
+/// access log's path. Callers wait for Envoy to answer.
+fn start_envoy(
+    envoy_bin: &Path,
+    keyward_ports: [u16; 2],
+    upstream_port: u16,
+) -> (Envoy, u16, PathBuf) {
     let envoy_port = free_addr().port();
     let unique = keyward_core::new_ulid();
     let access_log_path =
@@ -354,7 +377,7 @@ fn start_envoy(envoy_bin: &Path, keyward_port: u16, upstream_port: u16) -> (Envo
     let config = envoy_config(
         envoy_port,
         upstream_port,
-        keyward_port,
+        keyward_ports,
         access_log_path.to_str().expect("UTF-8 path"),
     );
     std::fs::write(&config_path, config).expect("the config is written");
@@ -391,7 +414,7 @@ async fn envoy_path_variants_cannot_skip_a_scoped_route() {
 
 async fn path_variants(app: &TestApp, envoy_bin: &Path) {
     let (upstream_port, seen) = upstream().await;
-    let (_envoy, port, _) = start_envoy(envoy_bin, app.addr.port(), upstream_port);
+    let (_envoy, port, _) = start_envoy(envoy_bin, [app.addr.port(); 2], upstream_port);
     eventually(Duration::from_secs(60), || get(port, "/", &[]))
         .await
         .expect("Envoy answers");
@@ -439,4 +462,51 @@ async fn path_variants(app: &TestApp, envoy_bin: &Path) {
         reached,
         "no path variant reached the upstream"
     );
+}
+
+/// The compose stack's two replicas behind one Envoy: Check calls are
+/// spread over both (each replica's first Check of a new key is a cache
+/// miss, so both count a database lookup), and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_spreads_checks_over_both_replicas() {
+    with_envoy(both_replicas).await;
+}
+
+async fn both_replicas(app: &TestApp, envoy_bin: &Path) {
+    let replica = app.build_replica().await;
+    let replica_port = replica.local_addr().port();
+    let replica_validator = std::sync::Arc::clone(replica.validator());
+    let replica = serve_until_dropped(replica);
+    let (upstream_port, seen) = upstream().await;
+    let (_envoy, port, _) = start_envoy(envoy_bin, [app.addr.port(), replica_port], upstream_port);
+    eventually(Duration::from_secs(60), || get(port, "/", &[]))
+        .await
+        .expect("Envoy answers");
+
+    let key = app.create_key("spread").await;
+    let bearer = format!("Bearer {}", key.secret);
+    let lookups = || {
+        (
+            app.validator.database_lookups(),
+            replica_validator.database_lookups(),
+        )
+    };
+    let before = lookups();
+    for _ in 0..8 {
+        let (status, _) = get(port, "/orders", &[("authorization", &bearer)])
+            .await
+            .expect("Envoy answers");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        8,
+        "every request got through"
+    );
+    let after = lookups();
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "both replicas answered Check calls (database lookups before {before:?}, after {after:?})"
+    );
+    replica.stop().await;
 }

@@ -9,7 +9,8 @@
 //! - a flood of unknown keys on one replica delays neither the change feed
 //!   nor admin RPCs there ([`flood`]);
 //! - two applications migrating one empty database at once both start
-//!   ([`migrations`]).
+//!   ([`migrations`]), and so do two `keyward migrate` processes before two
+//!   replicas, as the compose stack starts ([`compose_start`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -671,3 +672,76 @@ async fn two_applications_migrate_one_empty_database(backend: Backend) {
 }
 
 on_both_servers!(migrations, two_applications_migrate_one_empty_database);
+
+/// The compose stack's start, with real processes (`docker-compose.yml`:
+/// a one-shot `migrate`, then two `serve` replicas): two `keyward migrate`
+/// at once on one empty database both succeed, the migrations table lists
+/// every migration once, and two replicas started on it serve the same
+/// keys (a key created on one validates on the other).
+async fn migrate_twice_then_two_replicas(backend: Backend) {
+    on_fresh_database(backend, |url| async move {
+        let migrate = || {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::helpers::process::run_keyward(&["migrate", "--database-url", &url])
+            })
+        };
+        let (first, second) = tokio::join!(migrate(), migrate());
+        for output in [first, second] {
+            let output = output.expect("the migrate process ran");
+            assert!(
+                output.status.success(),
+                "keyward migrate fails: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let db = Database::connect(&url).await.expect("a direct connection");
+        let versions: Vec<String> = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT version FROM keyward_migrations ORDER BY version",
+            ))
+            .await
+            .expect("the migrations table")
+            .iter()
+            .map(|row| row.try_get("", "version").expect("a version"))
+            .collect();
+        let migrations_dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crates/keyward-store/src/migration"
+        );
+        let mut expected: Vec<String> = std::fs::read_dir(migrations_dir)
+            .expect("the migrations directory")
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".rs").map(str::to_owned)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(versions, expected, "every migration applied, once");
+        drop(db);
+
+        let acme_key = bootstrap_with_cli(&url);
+        let mut one = replica("keyward-1", &url, &[]);
+        let mut two = replica("keyward-2", &url, &[]);
+        let admin = KeyAdminServiceClient::new(one.wait_until_serving(&acme_key).await);
+        let mut on_two = KeyValidationServiceClient::new(two.wait_until_serving(&acme_key).await);
+        let key = NewKey::on(admin, &acme_key, "across replicas").await;
+        let valid = eventually(PROPAGATION + MARGIN, || {
+            let (on_two, secret) = (on_two.clone(), key.secret.clone());
+            async move {
+                let mut on_two = on_two;
+                (try_validate(&mut on_two, &secret, &[]).await == Ok(Valid)).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            valid.is_some(),
+            "a key created on keyward-1 validates on keyward-2: {:?}",
+            try_validate(&mut on_two, &key.secret, &[]).await
+        );
+    })
+    .await;
+}
+
+on_both_servers!(compose_start, migrate_twice_then_two_replicas);

@@ -2,7 +2,8 @@
 //! (v1.8, which speaks server reflection v1alpha only) against a real keyward:
 //! `list` and `describe` show the services with their proto comments, and the
 //! README's own commands, read from README.md, create, validate, list,
-//! archive, reactivate, rotate, update and audit a key.
+//! archive, reactivate, rotate, update and audit a key. grpcurl also watches
+//! `grpc.health.v1.Health` follow a database that is cut and restored.
 //!
 //! grpcurl is `KEYWARD_GRPCURL_BIN`, else `target/tools/venv/bin/grpcurl`
 //! (`bash scripts/install-tools.sh`), else `grpcurl` on `PATH`. Without one the
@@ -10,16 +11,18 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keyward_store::testing::Backend;
+use keyward_store::testing::{Backend, on_fresh_database};
 use prost::Message;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
-use crate::helpers::{TestApp, missing_tool, record_secret, with_app};
+use crate::helpers::proxy::proxied_database;
+use crate::helpers::{TestApp, eventually, missing_tool, record_secret, with_app};
 
 const README: &str = include_str!("../../README.md");
 
@@ -38,6 +41,14 @@ const ROTATE: &str = "keyward.v1.KeyAdminService/RotateKey";
 const UPDATE: &str = "keyward.v1.KeyAdminService/UpdateKey";
 const EVENTS: &str = "keyward.v1.KeyAdminService/ListKeyEvents";
 const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
+const HEALTH_CHECK: &str = "grpc.health.v1.Health/Check";
+const HEALTH_WATCH: &str = "grpc.health.v1.Health/Watch";
+const ADMIN_SERVICE: &str = "keyward.v1.KeyAdminService";
+const VALIDATION_SERVICE: &str = "keyward.v1.KeyValidationService";
+
+/// `--stale-if-error` of the health test: long enough to check validation
+/// while the database is away, short enough to wait out.
+const STALE_IF_ERROR: Duration = Duration::from_secs(10);
 
 /// How long one grpcurl call may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +74,103 @@ async fn errors_and_request_ids_show_in_grpcurl() {
     if grpcurl_or_skip().is_some() {
         with_app(Backend::Sqlite, errors).await;
     }
+}
+
+/// SPEC §11, seen by an outside client: with the database cut (a TCP proxy
+/// in front of PostgreSQL closes every connection and refuses new ones),
+/// `Health/Check` says NOT_SERVING for the admin service while validation
+/// stays SERVING and answers a cached key, until stale-if-error runs out;
+/// once the database is back both are SERVING again. One `Health/Watch`
+/// stream of the admin service shows SERVING → NOT_SERVING → SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_a_cut_database() {
+    if grpcurl_or_skip().is_none() {
+        return;
+    }
+    on_fresh_database(Backend::Postgres, |url| async move {
+        let (proxy, proxied_url) = proxied_database(&url).await;
+        let app = TestApp::start(&proxied_url, |settings| {
+            settings.validator.stale_if_error = STALE_IF_ERROR;
+        })
+        .await;
+        health_across_a_cut(&app, &proxy).await;
+        app.stop().await;
+    })
+    .await;
+}
+
+async fn health_across_a_cut(app: &TestApp, proxy: &crate::helpers::proxy::Proxy) {
+    assert_eq!(health(app, ADMIN_SERVICE).await, "SERVING");
+    assert_eq!(health(app, VALIDATION_SERVICE).await, "SERVING");
+    let mut watch = HealthWatch::start(app, ADMIN_SERVICE);
+    assert_eq!(
+        watch.next().await,
+        "SERVING",
+        "Watch starts with the status"
+    );
+
+    // A key validated once is in the cache.
+    let created = app.create_key("cached").scopes(&["orders:read"]).await;
+    let validate = readme_command(app, VALIDATE).with(README_SECRET, &created.secret);
+    assert_valid(&validate.clone().run().await.json(), &created.id);
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let admin_down = eventually(Duration::from_secs(15), || async {
+        (health(app, ADMIN_SERVICE).await == "NOT_SERVING").then_some(())
+    })
+    .await;
+    assert!(
+        admin_down.is_some(),
+        "the admin service is NOT_SERVING within 15 s of the cut"
+    );
+    assert_eq!(
+        watch.next().await,
+        "NOT_SERVING",
+        "Watch streams the change"
+    );
+    // Validation answers from cache for stale-if-error after the last sync,
+    // which was at most a sync interval before the cut.
+    let validation = health(app, VALIDATION_SERVICE).await;
+    let verdict = validate.clone().run().await;
+    if cut_at.elapsed() < STALE_IF_ERROR - Duration::from_secs(1) {
+        assert_eq!(validation, "SERVING", "validation answers from cache");
+        assert_valid(&verdict.json(), &created.id);
+    }
+
+    // Beyond stale-if-error: NOT_SERVING, and the cached key UNAVAILABLE
+    // (grpcurl exits 64 + 14), never valid.
+    let validation_down = eventually(STALE_IF_ERROR + Duration::from_secs(10), || async {
+        (health(app, VALIDATION_SERVICE).await == "NOT_SERVING").then_some(())
+    })
+    .await;
+    assert!(
+        validation_down.is_some(),
+        "validation NOT_SERVING once stale-if-error has run out"
+    );
+    assert!(
+        cut_at.elapsed() >= STALE_IF_ERROR - Duration::from_secs(1),
+        "validation stayed SERVING for stale-if-error"
+    );
+    let refused = validate.clone().run().await;
+    assert_eq!(refused.code, Some(64 + 14), "UNAVAILABLE: {refused}");
+    assert!(refused.stderr.contains("Code: Unavailable"), "{refused}");
+
+    proxy.restore();
+    assert_eq!(
+        watch.next().await,
+        "SERVING",
+        "the same Watch stream streams the recovery"
+    );
+    let both_back = eventually(Duration::from_secs(15), || async {
+        (health(app, ADMIN_SERVICE).await == "SERVING"
+            && health(app, VALIDATION_SERVICE).await == "SERVING")
+            .then_some(())
+    })
+    .await;
+    assert!(both_back.is_some(), "both services SERVING again");
+    assert_valid(&validate.run().await.json(), &created.id);
+    watch.assert_quiet();
 }
 
 async fn reflection(app: &TestApp) {
@@ -425,6 +533,85 @@ fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
     Grpcurl { args }
         .with(README_ADDR, &app.addr.to_string())
         .with("$ADMIN", &app.acme_key)
+}
+
+/// `grpcurl -plaintext -d '{"service": SERVICE}' ADDR METHOD` for a
+/// `grpc.health.v1.Health` method.
+fn health_command(app: &TestApp, method: &str, service: &str) -> Grpcurl {
+    let request = serde_json::json!({ "service": service }).to_string();
+    Grpcurl {
+        args: ["-plaintext", "-d", &request, &app.addr.to_string(), method]
+            .map(str::to_owned)
+            .to_vec(),
+    }
+}
+
+/// What `Health/Check` says of `service`: `SERVING`, `NOT_SERVING`, ...
+async fn health(app: &TestApp, service: &str) -> String {
+    let answer = health_command(app, HEALTH_CHECK, service)
+        .run()
+        .await
+        .json();
+    str_at(&answer, "/status").to_owned()
+}
+
+/// A running `grpcurl … grpc.health.v1.Health/Watch`: the statuses it
+/// prints, one JSON message each, in order. Killed when dropped.
+struct HealthWatch {
+    child: Child,
+    statuses: mpsc::UnboundedReceiver<String>,
+}
+
+impl HealthWatch {
+    fn start(app: &TestApp, service: &str) -> Self {
+        let bin = grpcurl().expect("checked before the test started");
+        let mut child = Command::new(&bin)
+            .args(health_command(app, HEALTH_WATCH, service).args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e})", bin.display()));
+        let stdout = child.stdout.take().expect("piped");
+        let (send, statuses) = mpsc::unbounded_channel();
+        // grpcurl prints each message as soon as it arrives, as indented
+        // JSON; the stream of documents ends when grpcurl does.
+        std::thread::spawn(move || {
+            for message in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
+                let Ok(message) = message else { return };
+                let status = message["status"].as_str().unwrap_or("UNKNOWN").to_owned();
+                if send.send(status).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, statuses }
+    }
+
+    /// The next status on the stream, within [`TIMEOUT`].
+    async fn next(&mut self) -> String {
+        match tokio::time::timeout(TIMEOUT, self.statuses.recv()).await {
+            Ok(Some(status)) => status,
+            Ok(None) => panic!("grpcurl's Watch stream ended: {:?}", self.child.try_wait()),
+            Err(_) => panic!("no Watch message within {TIMEOUT:?}"),
+        }
+    }
+
+    /// Panics if the stream printed anything not yet read, or ended.
+    #[track_caller]
+    fn assert_quiet(&mut self) {
+        match self.statuses.try_recv() {
+            Err(mpsc::error::TryRecvError::Empty) => {}
+            other => panic!("Watch tells only changes, and goes on: {other:?}"),
+        }
+    }
+}
+
+impl Drop for HealthWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Grpcurl {

@@ -174,6 +174,13 @@ impl Store {
             .map_err(Error::classify)
     }
 
+    /// Checks that the main pool reaches the database, within the same
+    /// deadline as any other operation: it fails exactly when an admin call
+    /// would (health readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async { Ok(self.db.ping().await?) }).await
+    }
+
     /// Records the hasher fingerprint on first use; afterwards fails with
     /// `HasherMismatch` if it differs.
     pub async fn check_hasher(&self, fingerprint: &str) -> Result<(), StoreError> {
