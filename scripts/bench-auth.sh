@@ -172,8 +172,9 @@ UPSTREAM_PORT="$(free_port)"
 bench_start upstream "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT"
 bench_wait_port "$UPSTREAM_PORT" upstream
 
-# envoy_config OUT WITH_EXT_AUTHZ: deploy/envoy/envoy.yaml with the ports
-# rewritten (as tests/api/envoy.rs does), optionally without ext_authz.
+# envoy_config OUT WITH_EXT_AUTHZ: deploy/envoy/envoy.yaml with the compose
+# names and ports rewritten (as tests/api/envoy.rs does), optionally without
+# ext_authz.
 envoy_config() {
   python3 - "$ROOT/deploy/envoy/envoy.yaml" "$1" "$2" "$3" "$UPSTREAM_PORT" "$KEYWARD_PORT" <<'PY'
 import re, sys
@@ -183,8 +184,10 @@ for old, new in [
     ("port_value: 9901", "port_value: 0"),
     ("port_value: 10000", f"port_value: {port}"),
     ("address: 0.0.0.0", "address: 127.0.0.1"),
-    ("port_value: 8080", f"port_value: {upstream}"),
-    ("port_value: 50051", f"port_value: {keyward}"),
+    # The compose service names (one keyward serves as both replicas here).
+    ("address: upstream, port_value: 8080", f"address: 127.0.0.1, port_value: {upstream}"),
+    ("address: keyward-1, port_value: 50051", f"address: 127.0.0.1, port_value: {keyward}"),
+    ("address: keyward-2, port_value: 50051", f"address: 127.0.0.1, port_value: {keyward}"),
 ]:
     assert old in text, old
     text = text.replace(old, new)
