@@ -26,8 +26,9 @@ COPY crates/keyward-core/Cargo.toml crates/keyward-core/
 COPY crates/keyward-store/Cargo.toml crates/keyward-store/
 COPY crates/keyward-auth/Cargo.toml crates/keyward-auth/
 COPY examples/orders-service/Cargo.toml examples/orders-service/
+COPY benches/null-authz/Cargo.toml benches/null-authz/
 RUN set -eu; \
-    for member in . crates/keyward-core crates/keyward-store crates/keyward-auth examples/orders-service; do \
+    for member in . crates/keyward-core crates/keyward-store crates/keyward-auth examples/orders-service benches/null-authz; do \
       mkdir -p "$member/src"; \
       : > "$member/src/lib.rs"; \
     done; \
@@ -40,8 +41,8 @@ RUN set -eu; \
     cargo clean --release --locked -p keyward -p keyward-core -p keyward-store -p keyward-auth; \
     rm -rf src build.rs crates/*/src crates/keyward-auth/build.rs
 
-# 2. keyward itself: only what its build reads (orders-service stays a stub;
-#    it is a workspace member, not part of the image).
+# 2. keyward itself: only what its build reads (orders-service and null-authz
+#    stay stubs; they are workspace members, not part of the image).
 COPY build.rs ./
 COPY proto proto
 COPY src src

@@ -9,10 +9,15 @@
 #    (warm verdict cache: keyward's 750 ms hint, so about one ValidateKey a
 #    second) vs the same binary with --no-auth; unary GetOrder, saturating
 #    load, in alternating rounds (BENCH_ROUNDS).
-# 2. Envoy with keyward as ext_authz (deploy/envoy/envoy.yaml, ports rewritten)
-#    vs the same config without the ext_authz filter; GET / to a trivial
-#    HTTP/1.1 upstream (examples/bench_upstream.rs), one request in flight,
-#    so the latency difference is what ext_authz adds to each request.
+# 2. Envoy (--concurrency 1) in front of a trivial HTTP/1.1 upstream
+#    (examples/bench_upstream.rs), four setups of deploy/envoy/envoy.yaml
+#    (ports rewritten) in alternating rounds: no auth; Envoy's native static
+#    `api_key_auth` filter; ext_authz to a null authorization server
+#    (benches/null-authz: allows everything, same response shape as keyward);
+#    ext_authz to keyward. Throughput, latency, and the CPU per request of
+#    Envoy and of the authorization server separately; judged: keyward >= 0.9x
+#    the null server's throughput, keyward's CPU per Check <= 1.2x the null
+#    server's.
 #
 # It builds the release binaries (slow the first time; target/ is reused),
 # installs the tools (scripts/install-tools.sh: h2load, envoy, grpcurl), starts
@@ -33,7 +38,7 @@
 #                            run each, order alternating); the loss is the
 #                            median of the rounds' losses
 #   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
-#   BENCH_ENVOY_LOAD="-c 1 -m 1"   h2load clients/streams for part 2
+#   BENCH_ENVOY_LOAD="-c 8 -m 8"   h2load clients/streams for part 2
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
 #   KEYWARD_BIN=PATH         use the binaries already built: keyward at PATH,
 #                            orders-service and examples/bench_upstream next
@@ -50,12 +55,13 @@ DURATION="${BENCH_DURATION:-5}"
 WARMUP="${BENCH_WARMUP:-2}"
 ROUNDS="${BENCH_ROUNDS:-6}"
 GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
-ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 1 -m 1}"
+ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 8 -m 8}"
 if [[ $QUICK == 1 ]]; then
   DURATION=1
   WARMUP=1
   ROUNDS=1
   GRPC_LOAD="-c 2 -m 4"
+  ENVOY_LOAD="-c 2 -m 2"
 fi
 
 bench_build orders
@@ -80,18 +86,25 @@ say "keyward on 127.0.0.1:$KEYWARD_PORT, standard key ${KEY:0:12}…"
 # --------------------------------------------------------------- h2load
 # load NAME URL "LOAD" "SERVERS" MIN-BYTES EXTRA-ARGS...: a warm-up run, then
 # the timed run; writes NAME.out (h2load's report), NAME.tsv (per-request
-# log) and NAME.cpu (CPU ticks the SERVERS used during the timed run).
+# log), NAME.cpu (CPU ticks the SERVERS used during the timed run) and
+# NAME.cpu.SERVER (each server's share).
 load() {
-  local name="$1" url="$2" load="$3" servers="$4" min="$5" before after
+  local name="$1" url="$2" load="$3" servers="$4" min="$5" server
+  local -A before
   shift 5
   # shellcheck disable=SC2086 # LOAD and SERVERS are lists
   {
     bench_h2load "$name-warmup" "$min" $load -t 1 -D "$WARMUP" "$@" "$url"
-    before="$(cpu_ticks $servers)"
+    for server in $servers; do before[$server]="$(cpu_ticks "$server")"; done
     bench_h2load "$name" "$min" $load -t 1 -D "$DURATION" --log-file "$WORK/$name.tsv" "$@" "$url"
-    after="$(cpu_ticks $servers)"
+    local total=0 used
+    for server in $servers; do
+      used=$(($(cpu_ticks "$server") - before[$server]))
+      echo "$used" >"$WORK/$name.cpu.$server"
+      total=$((total + used))
+    done
   }
-  echo "$((after - before))" >"$WORK/$name.cpu"
+  echo "$total" >"$WORK/$name.cpu"
   grep -E '^(finished in|requests:|status codes:|traffic:)' "$WORK/$name.out" | sed "s/^/  $name: /" >&2
 }
 
@@ -172,28 +185,47 @@ UPSTREAM_PORT="$(free_port)"
 bench_start upstream "$UPSTREAM" "127.0.0.1:$UPSTREAM_PORT"
 bench_wait_port "$UPSTREAM_PORT" upstream
 
-# envoy_config OUT WITH_EXT_AUTHZ: deploy/envoy/envoy.yaml with the compose
-# names and ports rewritten (as tests/api/envoy.rs does), optionally without
-# ext_authz.
+NULL_AUTHZ_PORT="$(free_port)"
+bench_start null-authz "$NULL_AUTHZ" "127.0.0.1:$NULL_AUTHZ_PORT"
+bench_wait_port "$NULL_AUTHZ_PORT" null-authz
+
+# envoy_config OUT MODE PORT [AUTHZ_PORT]: deploy/envoy/envoy.yaml with the
+# compose names and ports rewritten (as tests/api/envoy.rs does). MODE:
+# `none` (no auth filter), `native` (Envoy's static api_key_auth filter with
+# the bench key instead of ext_authz), `ext_authz` (to AUTHZ_PORT). Active
+# health checks are dropped: the null server has no health service, and both
+# ext_authz setups must do the same work.
 envoy_config() {
-  python3 - "$ROOT/deploy/envoy/envoy.yaml" "$1" "$2" "$3" "$UPSTREAM_PORT" "$KEYWARD_PORT" <<'PY'
+  python3 - "$ROOT/deploy/envoy/envoy.yaml" "$1" "$2" "$3" "$UPSTREAM_PORT" "${4:-0}" "$KEY" <<'PY'
 import re, sys
-src, out, with_authz, port, upstream, keyward = sys.argv[1:]
+src, out, mode, port, upstream, authz, key = sys.argv[1:]
 text = open(src).read()
 for old, new in [
     ("port_value: 9901", "port_value: 0"),
     ("port_value: 10000", f"port_value: {port}"),
     ("address: 0.0.0.0", "address: 127.0.0.1"),
-    # The compose service names (one keyward serves as both replicas here).
+    # The compose service names (one server plays both replicas here).
     ("address: upstream, port_value: 8080", f"address: 127.0.0.1, port_value: {upstream}"),
-    ("address: keyward-1, port_value: 50051", f"address: 127.0.0.1, port_value: {keyward}"),
-    ("address: keyward-2, port_value: 50051", f"address: 127.0.0.1, port_value: {keyward}"),
+    ("address: keyward-1, port_value: 50051", f"address: 127.0.0.1, port_value: {authz}"),
+    ("address: keyward-2, port_value: 50051", f"address: 127.0.0.1, port_value: {authz}"),
 ]:
     assert old in text, old
     text = text.replace(old, new)
-if with_authz == "0":
+text, n = re.subn(r"\n( *)# grpc\.health[^\n]*\n\1health_checks:\n(?:\1 +.*\n)*", "\n", text)
+assert n == 1, "health_checks not found"
+if mode in ("none", "native"):
     # Drop the ext_authz HTTP filter and the per-route settings naming it.
-    text, n = re.subn(r"\n( *)- name: envoy\.filters\.http\.ext_authz\n.*?(?=\n\1- name: )", "", text, flags=re.S)
+    filter_re = r"\n( *)- name: envoy\.filters\.http\.ext_authz\n.*?(?=\n\1- name: )"
+    native = ""
+    if mode == "native":
+        native = (
+            "\n\\1- name: envoy.filters.http.api_key_auth"
+            "\n\\1  typed_config:"
+            '\n\\1    "@type": type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth'
+            f"\n\\1    credentials: [{{ key: \"{key}\", client: bench }}]"
+            "\n\\1    key_sources: [{ header: authorization }]"
+        )
+    text, n = re.subn(filter_re, native, text, flags=re.S)
     assert n == 1, "ext_authz filter not found"
     text, n = re.subn(r"\n( *)typed_per_filter_config:\n(?:\1 .*\n)*", "\n", text)
     assert n == 1, "typed_per_filter_config not found"
@@ -203,29 +235,50 @@ open(out, "w").write(text)
 PY
 }
 
-ENVOY_ALONE_PORT="$(free_port)"
-ENVOY_AUTHZ_PORT="$(free_port)"
-envoy_config "$WORK/envoy-alone.yaml" 0 "$ENVOY_ALONE_PORT"
-envoy_config "$WORK/envoy-authz.yaml" 1 "$ENVOY_AUTHZ_PORT"
+# Setups: NAME MODE AUTHZ-SERVER (the process whose CPU counts as authorization)
+ENVOY_SETUPS=(none native null keyward)
+declare -A ENVOY_PORT
+for setup in "${ENVOY_SETUPS[@]}"; do
+  ENVOY_PORT[$setup]="$(free_port)"
+  case "$setup" in
+    none | native) envoy_config "$WORK/envoy-$setup.yaml" "$setup" "${ENVOY_PORT[$setup]}" ;;
+    null) envoy_config "$WORK/envoy-$setup.yaml" ext_authz "${ENVOY_PORT[$setup]}" "$NULL_AUTHZ_PORT" ;;
+    keyward) envoy_config "$WORK/envoy-$setup.yaml" ext_authz "${ENVOY_PORT[$setup]}" "$KEYWARD_PORT" ;;
+  esac
+done
 # Envoy's own logging off the hot path; one worker thread (all on CPU 0 anyway).
 ENVOY_ARGS=(--disable-hot-restart --concurrency 1 -l error)
-bench_start envoy-alone "$ENVOY" -c "$WORK/envoy-alone.yaml" "${ENVOY_ARGS[@]}"
-bench_start envoy-authz "$ENVOY" -c "$WORK/envoy-authz.yaml" "${ENVOY_ARGS[@]}"
-bench_wait_port "$ENVOY_ALONE_PORT" envoy-alone
-bench_wait_port "$ENVOY_AUTHZ_PORT" envoy-authz
+for setup in "${ENVOY_SETUPS[@]}"; do
+  bench_start "envoy-$setup" "$ENVOY" -c "$WORK/envoy-$setup.yaml" "${ENVOY_ARGS[@]}"
+done
+for setup in "${ENVOY_SETUPS[@]}"; do
+  bench_wait_port "${ENVOY_PORT[$setup]}" "envoy-$setup"
+  # The upstream answers "ok": 2 bytes.
+  bench_h2load "envoy-$setup-check" 2 -n 20 -c 1 "${AUTH[@]}" "http://127.0.0.1:${ENVOY_PORT[$setup]}/"
+done
+# Authentication in force: no key, refused (401).
+for setup in native null keyward; do
+  [[ $setup == null ]] && continue # the null server allows everything, by design
+  refused "envoy-$setup-no-key" "http://127.0.0.1:${ENVOY_PORT[$setup]}/"
+done
 
-# The upstream answers "ok": 2 bytes.
-bench_h2load envoy-alone-check 2 -n 20 -c 1 "${AUTH[@]}" "http://127.0.0.1:$ENVOY_ALONE_PORT/"
-bench_h2load envoy-authz-check 2 -n 20 -c 1 "${AUTH[@]}" "http://127.0.0.1:$ENVOY_AUTHZ_PORT/"
-# ext_authz in force: no key, 401.
-refused envoy-authz-no-key "http://127.0.0.1:$ENVOY_AUTHZ_PORT/"
+authz_server() { # authz_server SETUP: the authorization process of that setup
+  case "$1" in null) echo null-authz ;; keyward) echo keyward ;; *) echo "" ;; esac
+}
 
-say "part 2: Envoy GET /, h2load $ENVOY_LOAD, ${WARMUP}s warm-up + ${DURATION}s"
-load envoy-alone "http://127.0.0.1:$ENVOY_ALONE_PORT/" "$ENVOY_LOAD" "envoy-alone upstream" 2 "${AUTH[@]}"
-load envoy-authz "http://127.0.0.1:$ENVOY_AUTHZ_PORT/" "$ENVOY_LOAD" "envoy-authz upstream keyward" 2 "${AUTH[@]}"
+say "part 2: Envoy GET /, h2load $ENVOY_LOAD, $ROUNDS round(s) of ${WARMUP}s warm-up + ${DURATION}s per setup"
+# Each round runs the four setups in a rotated order, so a slow spell of a
+# shared machine does not always hit the same one.
+for round in $(seq "$ROUNDS"); do
+  for i in 0 1 2 3; do
+    setup="${ENVOY_SETUPS[$(((i + round - 1) % 4))]}"
+    load "envoy-$setup-$round" "http://127.0.0.1:${ENVOY_PORT[$setup]}/" "$ENVOY_LOAD" \
+      "envoy-$setup upstream $(authz_server "$setup")" 2 "${AUTH[@]}"
+  done
+done
 UPTIME_2="$(uptime)"
 PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
-for name in keyward orders-protected orders-unprotected upstream envoy-alone envoy-authz; do
+for name in keyward orders-protected orders-unprotected upstream null-authz "${ENVOY_SETUPS[@]/#/envoy-}"; do
   bench_alive "$name"
 done
 
@@ -253,12 +306,11 @@ part1 = {kind: [run(f"{kind}-{i}") for i in range(1, rounds + 1)] for kind in ["
 losses = [(1 - p["rps"] / u["rps"]) * 100 for u, p in zip(part1["unprotected"], part1["protected"])]
 loss = median(losses)
 r = {kind: pooled(runs) for kind, runs in part1.items()}
-r.update({name: pooled([run(name)]) for name in ["envoy-alone", "envoy-authz"]})
 def row(label, x):
     return f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['cpu']:.1f} | {x['n']:,} |"
 head = ("| run | req/s | p50 ms | p99 ms | server CPU µs/req | requests |\n"
         "|---|---:|---:|---:|---:|---:|")
-u, p, a, z = r["unprotected"], r["protected"], r["envoy-alone"], r["envoy-authz"]
+u, p = r["unprotected"], r["protected"]
 print()
 if quick == "1":
     print("QUICK smoke run (debug binaries, 1 s loads): figures are not meaningful")
@@ -276,12 +328,37 @@ print(f"\nthroughput loss: median of rounds {loss:.1f}% (rounds {', '.join(f'{x:
       f"p50 {p['p50'] - u['p50']:+.3f} ms, p99 {p['p99'] - u['p99']:+.3f} ms; "
       f"CPU {p['cpu'] - u['cpu']:+.1f} µs/req ({(p['cpu'] / u['cpu'] - 1) * 100:+.1f}%)")
 print()
-print(f"Envoy GET / (h2c, h2load {envoy_load}); CPU is Envoy + upstream (+ keyward):")
-print(head)
-print(row("Envoy alone", a))
-print(row("Envoy + keyward ext_authz", z))
-print(f"\next_authz adds: p50 {z['p50'] - a['p50']:+.3f} ms, p99 {z['p99'] - a['p99']:+.3f} ms, "
-      f"CPU {z['cpu'] - a['cpu']:+.1f} µs/req; throughput {(1 - z['rps'] / a['rps']) * 100:.1f}% lower")
+def server_cpu(name, server):
+    ticks = int(open(f"{work}/{name}.cpu.{server}").read())
+    n = report(f"{work}/{name}.out")["done"]
+    return ticks / int(clk_tck) * 1e6 / max(n, 1)
+
+setups = [("none", "no auth", None), ("native", "Envoy native api_key_auth", None),
+          ("null", "ext_authz → null server", "null-authz"), ("keyward", "ext_authz → keyward", "keyward")]
+e = {}
+for setup, _, authz in setups:
+    names = [f"envoy-{setup}-{i}" for i in range(1, rounds + 1)]
+    x = pooled([run(n) for n in names])
+    x["envoy"] = median([server_cpu(n, f"envoy-{setup}") for n in names])
+    x["authz"] = median([server_cpu(n, authz) for n in names]) if authz else None
+    e[setup] = x
+print(f"Envoy GET / (h2c, Envoy --concurrency 1, h2load {envoy_load}), {rounds} round(s), rotated order; "
+      "CPU per request is the median of the rounds:")
+print("| setup | req/s | p50 ms | p99 ms | Envoy CPU µs/req | authz server CPU µs/req | requests |\n"
+      "|---|---:|---:|---:|---:|---:|---:|")
+for setup, label, authz in setups:
+    x = e[setup]
+    authz_cpu = f"{x['authz']:.1f}" if x["authz"] is not None else "–"
+    print(f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['envoy']:.1f} | {authz_cpu} | {x['n']:,} |")
+null, kw = e["null"], e["keyward"]
+ratio, cpu_ratio = kw["rps"] / null["rps"], kw["authz"] / null["authz"]
+def judged(ok):
+    return "not judged (--quick)" if quick == "1" else "met" if ok else "MISSED"
+print(f"\nkeyward vs the null server: throughput {ratio:.3f}x (target >= 0.9: {judged(ratio >= 0.9)}); "
+      f"CPU per Check {kw['authz']:.1f} vs {null['authz']:.1f} µs = {cpu_ratio:.2f}x (target <= 1.2: {judged(cpu_ratio <= 1.2)})")
+print(f"ext_authz to keyward vs no auth: p50 {kw['p50'] - e['none']['p50']:+.3f} ms, throughput "
+      f"{(1 - kw['rps'] / e['none']['rps']) * 100:.1f}% lower; Envoy's own CPU "
+      f"{e['none']['envoy']:.1f} (no auth), {e['native']['envoy']:.1f} (native), {kw['envoy']:.1f} µs/req (ext_authz)")
 PY
 echo
 echo "load before: $UPTIME_1 | CPU pressure: $PSI_1"

@@ -103,7 +103,8 @@ bench_wait_port() {
 
 # ----------------------------------------------------------- binaries, tools
 # bench_build keyward|orders: sets KEYWARD, and with `orders` also ORDERS
-# (orders-service) and UPSTREAM (examples/bench_upstream). Without
+# (orders-service), NULL_AUTHZ (benches/null-authz) and UPSTREAM
+# (examples/bench_upstream). Without
 # KEYWARD_BIN it builds them: release, or with --quick debug binaries with
 # --all-features, as the test suite.
 bench_build() {
@@ -113,7 +114,7 @@ bench_build() {
     dir="$(dirname "$KEYWARD")"
   else
     local packages=(-p keyward)
-    if [[ "$1" == orders ]]; then packages+=(-p orders-service); fi
+    if [[ "$1" == orders ]]; then packages+=(-p orders-service -p null-authz); fi
     if [[ $QUICK == 1 ]]; then
       dir="$ROOT/target/debug"
       say "building ${packages[*]} (debug)"
@@ -136,7 +137,8 @@ bench_build() {
   if [[ "$1" == orders ]]; then
     ORDERS="$dir/orders-service"
     UPSTREAM="$dir/examples/bench_upstream"
-    bins+=("$ORDERS" "$UPSTREAM")
+    NULL_AUTHZ="$dir/null-authz"
+    bins+=("$ORDERS" "$UPSTREAM" "$NULL_AUTHZ")
   fi
   local bin
   for bin in "${bins[@]}"; do
