@@ -1,16 +1,19 @@
 //! `envoy.service.auth.v3.Authorization/Check`: keyward as Envoy's ext_authz
 //! service, so any HTTP service behind Envoy is protected with no code.
 //!
-//! Allowed: OK, with `x-keyward-key-id`, `-organization-id`, `-workspace-id`
-//! and `-scopes` set on the upstream request (overwriting anything the client
-//! sent), every credential header removed, and the same data as dynamic
-//! metadata. Denied: 401 with `www-authenticate` (403 when a required scope is
+//! Allowed: OK, with `x-keyward-key-id`, `-organization-id`, `-workspace-id`,
+//! `-scopes` and `-environment` (`live` or `test`) set on the upstream request
+//! (overwriting anything the client sent; a client-sent workspace header is
+//! removed when the key has no workspace), every credential header removed,
+//! and the same data as dynamic metadata, plus `expires_at` (RFC 3339) when
+//! the key expires. Denied: 401 with `www-authenticate` (403 when a required scope is
 //! missing). Required scopes come from the route's `context_extensions`
 //! (`required_scopes`, separated by commas or spaces).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::SecondsFormat;
 use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
@@ -34,6 +37,7 @@ const KEY_ID: &str = "x-keyward-key-id";
 const ORGANIZATION_ID: &str = "x-keyward-organization-id";
 const WORKSPACE_ID: &str = "x-keyward-workspace-id";
 const SCOPES: &str = "x-keyward-scopes";
+const ENVIRONMENT: &str = "x-keyward-environment";
 
 /// The ext_authz service over the shared validator.
 #[derive(Debug, Clone)]
@@ -183,10 +187,12 @@ impl Authorization for ExtAuthz {
                     .collect::<Vec<_>>()
                     .join(",");
                 let key_id = key.id.to_string();
+                let environment = key.environment.as_str();
                 let mut upstream = vec![
                     set_header(KEY_ID, &key_id),
                     set_header(ORGANIZATION_ID, &key.organization_id),
                     set_header(SCOPES, &scopes),
+                    set_header(ENVIRONMENT, environment),
                 ];
                 let mut remove = credential_headers(headers);
                 let mut fields = HashMap::from([
@@ -196,7 +202,14 @@ impl Authorization for ExtAuthz {
                         string_value(&key.organization_id),
                     ),
                     ("scopes".to_owned(), string_value(&scopes)),
+                    ("environment".to_owned(), string_value(environment)),
                 ]);
+                if let Some(expires_at) = key.expires_at {
+                    fields.insert(
+                        "expires_at".to_owned(),
+                        string_value(&expires_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                    );
+                }
                 match &key.workspace_id {
                     Some(workspace) => {
                         upstream.push(set_header(WORKSPACE_ID, workspace));

@@ -78,7 +78,8 @@ impl KeyValidationService for ValidationApi {
             user_agent: Some(req.user_agent.as_str()),
         };
         let validation = self.validator.validate(&req.key, &required, client).await?;
-        let response = convert::validate_key_response(validation, self.validator.cache_hint());
+        let hint = self.validator.cache_hint_for(&validation);
+        let response = convert::validate_key_response(validation, hint);
         Ok(Response::new(response))
     }
 }

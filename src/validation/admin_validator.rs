@@ -76,6 +76,8 @@ mod tests {
             };
             assert_eq!(identity.key_id, admin_key.id.as_str());
             assert_eq!(identity.organization_id, "acme");
+            assert_eq!(identity.environment, Environment::Live);
+            assert_eq!(identity.expires_at, admin_key.expires_at);
             assert_eq!(admin.0.usage.pending(), 1, "its use is noted");
 
             let (_, standard) = create_key(&store).await;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use keyward_auth::{Identity, IdentityDetails, SingleFlight};
 use keyward_core::{ApiKey, KeyId, LookupHash, LookupHasher, PresentedKey, Scope, ValidationCode};
 use keyward_store::{EventType, KeyEvent, Store};
@@ -197,6 +198,17 @@ impl KeyValidator {
         PROPAGATION_BOUND.saturating_sub(self.settings.sync_interval)
     }
 
+    /// How long a caller may reuse `validation`'s verdict: the
+    /// [`cache_hint`](Self::cache_hint), cut at the key's `expires_at` so
+    /// that no caller reuses "valid" past it.
+    pub fn cache_hint_for(&self, validation: &Validation) -> Duration {
+        let hint = self.cache_hint();
+        match validation.key.as_ref().and_then(|key| key.expires_at) {
+            Some(expires_at) => until_expiry(hint, expires_at, self.clock.utc(Instant::now())),
+            None => hint,
+        }
+    }
+
     /// The cache, for inspection.
     pub fn cache(&self) -> &KeyCache {
         &self.cache
@@ -347,6 +359,13 @@ impl KeyValidator {
     }
 }
 
+/// `hint`, or less when the key expires sooner (zero once it has expired).
+fn until_expiry(hint: Duration, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (expires_at - now)
+        .to_std()
+        .map_or(Duration::ZERO, |left| hint.min(left))
+}
+
 /// The identity a key grants, as the auth layer hands it to handlers.
 pub fn identity(key: &ApiKey) -> Identity {
     Identity::new(IdentityDetails {
@@ -358,6 +377,8 @@ pub fn identity(key: &ApiKey) -> Identity {
         metadata: key.metadata.as_map().clone(),
         user_id: key.user_id.clone(),
         service_account_id: key.service_account_id.clone(),
+        environment: key.environment,
+        expires_at: key.expires_at,
     })
 }
 
@@ -465,6 +486,17 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_cache_hint_never_reaches_past_the_keys_expiry() {
+        let now = Utc::now();
+        let hint = Duration::from_millis(750);
+        let at = |millis| now + chrono::Duration::milliseconds(millis);
+        assert_eq!(until_expiry(hint, at(10_000), now), hint);
+        assert_eq!(until_expiry(hint, at(300), now), Duration::from_millis(300));
+        assert_eq!(until_expiry(hint, at(0), now), Duration::ZERO);
+        assert_eq!(until_expiry(hint, at(-5), now), Duration::ZERO);
     }
 
     #[test]

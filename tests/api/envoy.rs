@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::Timelike;
 use keyward_store::testing::Backend;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,8 +72,15 @@ async fn upstream() -> (u16, Seen) {
                             break;
                         }
                         if let Some((name, value)) = line.split_once(':') {
+                            // A repeated header shows all its values, so a
+                            // client-sent copy of a header keyward sets is seen.
                             headers
-                                .insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                                .entry(name.trim().to_ascii_lowercase())
+                                .and_modify(|seen: &mut String| {
+                                    seen.push_str(", ");
+                                    seen.push_str(value.trim());
+                                })
+                                .or_insert_with(|| value.trim().to_owned());
                         }
                     }
                     record
@@ -229,6 +237,7 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
             ("authorization", &bearer),
             ("x-keyward-workspace-id", "spoofed"),
             ("x-keyward-key-id", "spoofed"),
+            ("x-keyward-environment", "test"),
         ],
     )
     .await
@@ -236,6 +245,11 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     assert_eq!(status, 200);
     let received = last_seen(&seen);
     assert_eq!(received.get("x-keyward-key-id"), Some(&created.id));
+    assert_eq!(
+        received.get("x-keyward-environment").map(String::as_str),
+        Some("live"),
+        "keyward's environment, never the client's: {received:?}"
+    );
     assert_eq!(
         received
             .get("x-keyward-organization-id")
@@ -264,18 +278,25 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
         "the key is removed: {received:?}"
     );
 
-    // A key with a workspace: its workspace reaches the upstream, a spoofed
-    // one does not.
+    // A test key with a workspace and an expiry: its workspace and
+    // environment reach the upstream, spoofed ones do not.
+    let expires_at = (chrono::Utc::now() + chrono::Duration::days(1))
+        .with_nanosecond(0)
+        .expect("a whole second");
     let in_workspace = app
         .create_key("workspace client")
         .workspace("wrk_envoy")
+        .test_environment()
+        .expires_at(expires_at)
         .await;
+    assert!(in_workspace.secret.starts_with("sk_test_"));
     let (status, _) = get(
         envoy_port,
         "/workspace",
         &[
             ("x-api-key", &in_workspace.secret),
             ("x-keyward-workspace-id", "spoofed"),
+            ("x-keyward-environment", "live"),
         ],
     )
     .await
@@ -288,6 +309,11 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
         "{received:?}"
     );
     assert_eq!(received.get("x-keyward-key-id"), Some(&in_workspace.id));
+    assert_eq!(
+        received.get("x-keyward-environment").map(String::as_str),
+        Some("test"),
+        "{received:?}"
+    );
 
     // Envoy read keyward's dynamic metadata: its access log prints it.
     let logged = eventually(Duration::from_secs(15), || async {
@@ -302,6 +328,11 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
         format!("\"key_id\":\"{}\"", in_workspace.id),
         "\"organization_id\":\"acme\"".to_owned(),
         "\"workspace_id\":\"wrk_envoy\"".to_owned(),
+        "\"environment\":\"test\"".to_owned(),
+        format!(
+            "\"expires_at\":\"{}\"",
+            expires_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        ),
     ] {
         assert!(
             logged.contains(&expected),

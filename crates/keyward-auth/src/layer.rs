@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use foldhash::fast::RandomState;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Request, Response, StatusCode};
-use keyward_core::{Cidr, Scope, client_address};
+use keyward_core::{Cidr, Environment, Scope, client_address};
 use tower::{Layer, Service};
 
 use crate::validator::{Denial, ValidationRequest, Validator, Verdict};
@@ -49,6 +49,7 @@ struct Config {
     method_scopes: HashMap<String, Vec<Scope>, RandomState>,
     public_prefixes: Vec<String>,
     trusted_proxies: Vec<Cidr>,
+    environment: Option<Environment>,
 }
 
 /// A tower layer that authenticates every request with a keyward key.
@@ -119,6 +120,23 @@ impl<V: Validator> KeywardAuthLayer<V> {
     /// headers are ignored, since anyone can write them.
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = Cidr>) -> Self {
         self.config_mut().trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// Lets only keys of `environment` through: a live service refuses
+    /// `sk_test_` keys, a test deployment `sk_live_` keys. Without it (the
+    /// default) keys of both environments are accepted.
+    ///
+    /// A key of the other environment is refused as unauthenticated (gRPC
+    /// `UNAUTHENTICATED`, HTTP 401), like any key that is no credential for
+    /// this service: the client learns nothing about whether the key exists.
+    /// The key's prefix is checked before the validator is asked (such a key
+    /// costs no call to keyward), and the allowed identity's
+    /// [`environment`](crate::IdentityDetails::environment) after, so a
+    /// cached verdict, or a validator whose keys carry no prefix, is held to
+    /// it as well.
+    pub fn require_environment(mut self, environment: Environment) -> Self {
+        self.config_mut().environment = Some(environment);
         self
     }
 
@@ -198,6 +216,11 @@ where
             else {
                 return Ok(deny(grpc, Denial::Unauthenticated));
             };
+            if config.environment.is_some_and(|wanted| {
+                Environment::of_key_prefix(key).is_some_and(|named| named != wanted)
+            }) {
+                return Ok(deny(grpc, Denial::Unauthenticated));
+            }
             let required = config
                 .method_scopes
                 .get(request.uri().path())
@@ -212,6 +235,13 @@ where
                 })
                 .await;
             match verdict {
+                Ok(Verdict::Allow(identity))
+                    if config
+                        .environment
+                        .is_some_and(|wanted| identity.environment != wanted) =>
+                {
+                    Ok(deny(grpc, Denial::Unauthenticated))
+                }
                 Ok(Verdict::Allow(identity)) => {
                     if config.hide_credentials {
                         let headers = request.headers_mut();
@@ -360,11 +390,12 @@ mod tests {
     use super::*;
     use crate::validator::{Identity, IdentityDetails, ValidationFuture, ValidatorError};
 
-    /// Allows `good` (scope `orders:read`), fails on `down`, denies the rest;
-    /// remembers what it was asked.
-    /// One question the stub was asked: key, required scopes, user agent.
+    /// One question the stub was asked: key, required scopes, client address.
     type Asked = (String, Vec<String>, Option<String>);
 
+    /// Allows `good` (a live key) and `good-test` (a test key), both with
+    /// scope `orders:read`; fails on `down`; denies the rest. Remembers what
+    /// it was asked.
     #[derive(Default)]
     struct Stub {
         asked: Mutex<Vec<Asked>>,
@@ -384,14 +415,19 @@ mod tests {
             Box::pin(async move {
                 match request.key {
                     "down" => Err(ValidatorError::unavailable("stub is down")),
-                    "good"
+                    "good" | "good-test"
                         if request
                             .required_scopes
                             .iter()
                             .all(|s| s.as_str() == "orders:read") =>
                     {
+                        let environment = if request.key == "good" {
+                            Environment::Live
+                        } else {
+                            Environment::Test
+                        };
                         Ok(Verdict::Allow(Identity::new(IdentityDetails {
-                            key_id: "key_good".to_owned(),
+                            key_id: format!("key_{}", request.key),
                             organization_id: "acme".to_owned(),
                             workspace_id: None,
                             name: "good".to_owned(),
@@ -399,9 +435,11 @@ mod tests {
                             metadata: Default::default(),
                             user_id: None,
                             service_account_id: None,
+                            environment,
+                            expires_at: None,
                         })))
                     }
-                    "good" => Ok(Verdict::Deny(Denial::Forbidden)),
+                    "good" | "good-test" => Ok(Verdict::Deny(Denial::Forbidden)),
                     _ => Ok(Verdict::Deny(Denial::Unauthenticated)),
                 }
             })
@@ -624,5 +662,73 @@ mod tests {
             response.body(),
             "key_good authorization=true x-api-key=true"
         );
+    }
+
+    #[tokio::test]
+    async fn require_environment_refuses_keys_of_the_other_environment_as_unauthenticated() {
+        use keyward_core::{ApiKeySecret, KeyKind};
+
+        let asked = |layer: &KeywardAuthLayer<Stub>| {
+            let asked = layer.validator.asked.lock().expect("no panic");
+            asked
+                .iter()
+                .map(|(key, _, _)| key.clone())
+                .collect::<Vec<_>>()
+        };
+        let bearer = |key: &str| format!("Bearer {key}");
+        let grpc = ("content-type", "application/grpc");
+
+        // Without the option, both environments pass.
+        let any = layer();
+        for key in ["good", "good-test"] {
+            let response = send(&any, "/read", &[("authorization", &bearer(key))]).await;
+            assert_eq!(response.status(), StatusCode::OK, "{key}");
+        }
+
+        // Prefix-less stub keys: the allowed identity's environment decides
+        // (what a cached verdict is held to as well).
+        let live = layer().require_environment(Environment::Live);
+        let response = send(&live, "/read", &[("authorization", &bearer("good"))]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.body().starts_with("key_good "));
+        let response = send(&live, "/read", &[("authorization", &bearer("good-test"))]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response
+                .headers()
+                .contains_key(http::header::WWW_AUTHENTICATE)
+        );
+        assert!(response.body().is_empty(), "never passed to the handler");
+        let response = send(&live, "/read", &[grpc, ("x-api-key", "good-test")]).await;
+        assert_eq!(grpc_status(&response), Some("16"));
+
+        let test = layer().require_environment(Environment::Test);
+        let response = send(&test, "/read", &[("authorization", &bearer("good-test"))]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = send(&test, "/read", &[("authorization", &bearer("good"))]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+        // Real keys: the prefix names the environment, so a key of the other
+        // environment is refused without asking the validator.
+        let test_key = ApiKeySecret::generate(KeyKind::Standard, Environment::Test);
+        let live_key = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+        let live = layer().require_environment(Environment::Live);
+        let response = send(&live, "/read", &[("x-api-key", test_key.expose())]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let response = send(&live, "/read", &[("x-api-key", live_key.expose())]).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "unknown to the stub"
+        );
+        assert_eq!(
+            asked(&live),
+            [live_key.expose()],
+            "the test key was never asked about"
+        );
+        // Admin keys name no environment: the validator decides.
+        let admin_key = ApiKeySecret::generate(KeyKind::Admin, Environment::Live);
+        send(&live, "/read", &[("x-api-key", admin_key.expose())]).await;
+        assert_eq!(asked(&live).len(), 2);
     }
 }

@@ -50,6 +50,7 @@ pub mod sync;
 mod validator;
 
 pub use keyward_core::Cidr;
+pub use keyward_core::Environment;
 pub use keyward_core::Scope;
 pub use layer::{ClientIp, CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
 #[cfg(feature = "remote")]

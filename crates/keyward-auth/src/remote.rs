@@ -10,7 +10,8 @@ use std::time::Duration;
 
 // keyward's limits on the usage data sent along: longer values would make
 // keyward reject the whole call as INVALID_ARGUMENT.
-use keyward_core::{MAX_USER_AGENT_CHARS, PresentedKey};
+use chrono::{DateTime, Utc};
+use keyward_core::{Environment, MAX_USER_AGENT_CHARS, PresentedKey};
 use tonic::transport::Channel;
 
 use self::cache::{Limits, VerdictCache, cache_key};
@@ -57,8 +58,10 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// A [`Validator`] that asks a keyward server, for product services.
 ///
 /// - Verdicts are cached locally for the `cache_ttl` keyward sends with each
-///   answer, capped by [`RemoteValidatorBuilder::max_cache_ttl`]; a zero or
-///   missing hint means the verdict is not cached. The cache is bounded in
+///   answer, capped by [`RemoteValidatorBuilder::max_cache_ttl`] and by the
+///   key's `expires_at` (read against this machine's clock), so a verdict is
+///   never reused past the key's expiry; a zero or missing hint means the
+///   verdict is not cached. The cache is bounded in
 ///   verdicts ([`RemoteValidatorBuilder::cache_capacity`]) and in bytes
 ///   ([`RemoteValidatorBuilder::cache_max_bytes`]), and keyed by a BLAKE3 hash
 ///   of the key and the required scopes, never by the raw key.
@@ -142,7 +145,11 @@ impl RemoteValidator {
                 ))
             })?
             .into_inner();
-        let hint = cache_hint(response.cache_ttl);
+        let hint = within_lifetime(
+            cache_hint(response.cache_ttl),
+            response.expires_at.as_ref(),
+            Utc::now(),
+        );
         Ok((verdict(response), hint))
     }
 }
@@ -236,10 +243,21 @@ impl RemoteValidatorBuilder {
 }
 
 /// keyward's answer as a verdict: only VALID allows; a valid key lacking a
-/// scope is forbidden; anything else is unauthenticated.
+/// scope is forbidden; anything else is unauthenticated. A VALID answer that
+/// names no environment, or an expiry out of range, fails closed.
 fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
     match response.code() {
         pb::ValidationCode::Valid if response.valid => {
+            let environment = match response.environment() {
+                pb::Environment::Live => Environment::Live,
+                pb::Environment::Test => Environment::Test,
+                pb::Environment::Unspecified => return Verdict::Deny(Denial::Unauthenticated),
+            };
+            let expires_at = match response.expires_at.as_ref().map(date_time) {
+                None => None,
+                Some(Some(at)) => Some(at),
+                Some(None) => return Verdict::Deny(Denial::Unauthenticated),
+            };
             Verdict::Allow(Identity::new(IdentityDetails {
                 key_id: response.key_id,
                 organization_id: response.organization_id,
@@ -249,6 +267,8 @@ fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
                 metadata: response.metadata.into_iter().collect(),
                 user_id: non_empty(response.user_id),
                 service_account_id: non_empty(response.service_account_id),
+                environment,
+                expires_at,
             }))
         }
         pb::ValidationCode::InsufficientScope => Verdict::Deny(Denial::Forbidden),
@@ -260,6 +280,29 @@ fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
 fn cache_hint(ttl: Option<prost_types::Duration>) -> Duration {
     ttl.and_then(|ttl| Duration::try_from(ttl).ok())
         .unwrap_or(Duration::ZERO)
+}
+
+/// `hint`, cut so that a verdict is never reused past the key's expiry
+/// (`now` is this machine's clock): zero for a key that is already past it
+/// or whose expiry cannot be read, `hint` for a key that never expires.
+fn within_lifetime(
+    hint: Duration,
+    expires_at: Option<&prost_types::Timestamp>,
+    now: DateTime<Utc>,
+) -> Duration {
+    let Some(expires_at) = expires_at else {
+        return hint;
+    };
+    let left = date_time(expires_at)
+        .and_then(|at| (at - now).to_std().ok())
+        .unwrap_or(Duration::ZERO);
+    hint.min(left)
+}
+
+/// A protobuf timestamp as a time; `None` if out of range.
+fn date_time(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(timestamp.nanos).ok()?;
+    DateTime::from_timestamp(timestamp.seconds, nanos)
 }
 
 fn non_empty(value: String) -> Option<String> {
@@ -281,8 +324,78 @@ mod tests {
             scopes: vec!["orders:read".to_owned()],
             metadata: [("team".to_owned(), "core".to_owned())].into(),
             user_id: "u1".to_owned(),
+            environment: pb::Environment::Live.into(),
             ..Default::default()
         }
+    }
+
+    fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+        prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("under a second"),
+        }
+    }
+
+    #[test]
+    fn the_identity_carries_the_environment_and_the_expiry() {
+        let Verdict::Allow(identity) = verdict(response(true, pb::ValidationCode::Valid)) else {
+            panic!("a valid key is allowed");
+        };
+        assert_eq!(identity.environment, Environment::Live);
+        assert_eq!(identity.expires_at, None);
+
+        let at = DateTime::from_timestamp(1_900_000_000, 250_000_000).expect("in range");
+        let mut test_key = response(true, pb::ValidationCode::Valid);
+        test_key.environment = pb::Environment::Test.into();
+        test_key.expires_at = Some(timestamp(at));
+        let Verdict::Allow(identity) = verdict(test_key) else {
+            panic!("a valid key is allowed");
+        };
+        assert_eq!(identity.environment, Environment::Test);
+        assert_eq!(identity.expires_at, Some(at));
+
+        // A valid answer that does not say which environment, or whose
+        // expiry cannot be read, fails closed.
+        let mut unnamed = response(true, pb::ValidationCode::Valid);
+        unnamed.environment = pb::Environment::Unspecified.into();
+        assert_eq!(verdict(unnamed), Verdict::Deny(Denial::Unauthenticated));
+        let mut unreadable = response(true, pb::ValidationCode::Valid);
+        unreadable.expires_at = Some(prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+        assert_eq!(verdict(unreadable), Verdict::Deny(Denial::Unauthenticated));
+    }
+
+    #[test]
+    fn a_verdict_is_never_reused_past_the_keys_expiry() {
+        let now = DateTime::from_timestamp(1_900_000_000, 0).expect("in range");
+        let hint = Duration::from_secs(3600);
+        let in_2s = timestamp(now + chrono::Duration::seconds(2));
+        assert_eq!(within_lifetime(hint, None, now), hint, "never expires");
+        assert_eq!(
+            within_lifetime(hint, Some(&in_2s), now),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            within_lifetime(Duration::from_secs(1), Some(&in_2s), now),
+            Duration::from_secs(1),
+            "a shorter hint stays"
+        );
+        let past = timestamp(now - chrono::Duration::milliseconds(1));
+        assert_eq!(within_lifetime(hint, Some(&past), now), Duration::ZERO);
+        assert_eq!(
+            within_lifetime(hint, Some(&timestamp(now)), now),
+            Duration::ZERO
+        );
+        let unreadable = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(
+            within_lifetime(hint, Some(&unreadable), now),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use keyward_core::{PresentedKey, Scope};
+use chrono::{DateTime, Utc};
+use keyward_core::{Environment, PresentedKey, Scope};
 
 /// The future a [`Validator`] returns.
 pub type ValidationFuture<'a> =
@@ -127,6 +128,14 @@ pub struct IdentityDetails {
     pub user_id: Option<String>,
     /// The service account the key acts for, if any.
     pub service_account_id: Option<String>,
+    /// The key's environment: `Live` for `sk_live_` keys, `Test` for
+    /// `sk_test_` keys. A layer built with
+    /// [`require_environment`](crate::KeywardAuthLayer::require_environment)
+    /// only lets one of them through.
+    pub environment: Environment,
+    /// When the key expires; `None` if never. A cached "allowed" verdict is
+    /// never reused past it.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The validator could not reach a verdict; the layer fails closed.

@@ -183,6 +183,23 @@ impl fmt::Debug for ApiKeySecret {
     }
 }
 
+impl Environment {
+    /// The environment a standard key's prefix names: `Live` for `sk_live_…`,
+    /// `Test` for `sk_test_…`, `None` for admin keys and anything else. Reads
+    /// the prefix alone (no shape or checksum check), so it costs nothing on
+    /// a hot path; the prefix is part of what the lookup hash covers, so a
+    /// found key's prefix is its environment.
+    pub fn of_key_prefix(raw: &str) -> Option<Self> {
+        if raw.starts_with("sk_live_") {
+            Some(Self::Live)
+        } else if raw.starts_with("sk_test_") {
+            Some(Self::Test)
+        } else {
+            None
+        }
+    }
+}
+
 fn prefix_for(kind: KeyKind, environment: Environment) -> &'static str {
     match (kind, environment) {
         (KeyKind::Admin, _) => "sk_admin",
@@ -253,6 +270,8 @@ mod tests {
             prop_assert_eq!(&parsed, &key);
             prop_assert_eq!(parsed.kind(), kind);
             prop_assert_eq!(parsed.environment(), env);
+            let by_prefix = (kind == KeyKind::Standard).then_some(env);
+            prop_assert_eq!(Environment::of_key_prefix(key.expose()), by_prefix);
             let presented = PresentedKey::parse(key.expose()).unwrap();
             prop_assert_eq!(presented, PresentedKey::from(&key));
             let shown = format!("{presented:?}");

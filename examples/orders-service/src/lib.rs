@@ -4,8 +4,11 @@
 //! [`KeywardAuthLayer`], which validates each request's key through a
 //! [`RemoteValidator`] (keyward's `ValidateKey` over gRPC, with a local
 //! verdict cache), requires `orders:read` for `GetOrder` and `orders:write`
-//! for `CreateOrder`, and hands the caller's [`Identity`] to the handlers in
-//! the request extensions. Orders live in memory, per organization.
+//! for `CreateOrder`, accepts keys of one environment only (live keys by
+//! default: a production service refuses `sk_test_` keys, and a test
+//! deployment, [`OrdersServer::environment`], refuses `sk_live_` ones), and
+//! hands the caller's [`Identity`] to the handlers in the request extensions.
+//! Orders live in memory, per organization.
 //!
 //! Like keyward's `Application`, [`OrdersServer`] binds nothing itself: it is
 //! given a listener, so tests start it on port 0. It depends on the auth layer
@@ -23,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use keyward_auth::{
-    Identity, IdentityDetails, KeywardAuthLayer, RemoteValidator, Scope, Validator,
+    Environment, Identity, IdentityDetails, KeywardAuthLayer, RemoteValidator, Scope, Validator,
 };
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -43,11 +46,15 @@ pub const GET_ORDER: &str = "/orders.v1.OrderService/GetOrder";
 /// The gRPC path of `CreateOrder`, which needs `orders:write`.
 pub const CREATE_ORDER: &str = "/orders.v1.OrderService/CreateOrder";
 
-/// The auth layer of the order service: every call needs a valid key, each
-/// method its scope; the key is stripped before the handlers run, since they
-/// only need the identity.
-pub fn auth_layer<V: Validator>(validator: Arc<V>) -> KeywardAuthLayer<V> {
+/// The auth layer of the order service: every call needs a valid key of
+/// `environment`, each method its scope; the key is stripped before the
+/// handlers run, since they only need the identity.
+pub fn auth_layer<V: Validator>(
+    validator: Arc<V>,
+    environment: Environment,
+) -> KeywardAuthLayer<V> {
     KeywardAuthLayer::from_shared(validator)
+        .require_environment(environment)
         .require_scopes(GET_ORDER, [scope("orders:read")])
         .require_scopes(CREATE_ORDER, [scope("orders:write")])
         .hide_credentials(true)
@@ -62,6 +69,7 @@ fn scope(raw: &str) -> Scope {
 pub struct OrdersServer<V = RemoteValidator> {
     listener: TcpListener,
     validator: Arc<V>,
+    environment: Environment,
 }
 
 impl OrdersServer<RemoteValidator> {
@@ -81,12 +89,21 @@ impl OrdersServer<RemoteValidator> {
 }
 
 impl<V: Validator> OrdersServer<V> {
-    /// An order service on `listener` validating keys with `validator`.
+    /// An order service on `listener` validating keys with `validator`,
+    /// accepting live keys only.
     pub fn with_validator(listener: TcpListener, validator: Arc<V>) -> Self {
         Self {
             listener,
             validator,
+            environment: Environment::Live,
         }
+    }
+
+    /// Accepts keys of `environment` only (default `Live`); keys of the
+    /// other environment are refused as UNAUTHENTICATED.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = environment;
+        self
     }
 
     /// The address actually bound.
@@ -107,7 +124,7 @@ impl<V: Validator> OrdersServer<V> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         Server::builder()
-            .layer(auth_layer(self.validator))
+            .layer(auth_layer(self.validator, self.environment))
             .add_service(OrderServiceServer::new(Orders::default()))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(self.listener).with_nodelay(Some(true)),
@@ -135,7 +152,7 @@ pub async fn run_unprotected_until(
 }
 
 /// The caller of every call to an unprotected order service: organization
-/// `anonymous`, no key, no scopes.
+/// `anonymous`, no key, no scopes (environment `Live`, like the service).
 pub fn anonymous() -> Identity {
     Identity::new(IdentityDetails {
         key_id: String::new(),
@@ -146,6 +163,8 @@ pub fn anonymous() -> Identity {
         metadata: Default::default(),
         user_id: None,
         service_account_id: None,
+        environment: Environment::Live,
+        expires_at: None,
     })
 }
 
@@ -203,6 +222,7 @@ fn to_caller(identity: &Identity) -> pb::Caller {
         organization_id: identity.organization_id.clone(),
         key_name: identity.name.clone(),
         scopes: identity.scopes.clone(),
+        environment: identity.environment.as_str().to_owned(),
     }
 }
 

@@ -5,24 +5,31 @@
 //! ```
 //!
 //! Each flag has an environment equivalent: `KEYWARD_URL`, `ORDERS_LISTEN`,
-//! `ORDERS_NO_AUTH`. `--no-auth` serves the same handlers without the auth
+//! `ORDERS_ENVIRONMENT`, `ORDERS_NO_AUTH`. `--environment` picks the keys the
+//! service accepts: `live` (the default, a production service: `sk_test_`
+//! keys are refused) or `test` (a test deployment: `sk_live_` keys are
+//! refused). `--no-auth` serves the same handlers without the auth
 //! layer (every call as the anonymous caller): the baseline of
 //! `scripts/bench-auth.sh`, never for deployment.
 
 use std::net::SocketAddr;
 
+use keyward_auth::Environment;
 use orders_service::{OrdersServer, run_unprotected_until};
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: orders-service [--keyward-url URL] [--listen ADDR] [--no-auth]
+const USAGE: &str = "usage: orders-service [--keyward-url URL] [--listen ADDR] [--environment ENV] [--no-auth]
   --keyward-url URL  keyward's gRPC address [env KEYWARD_URL] [default http://127.0.0.1:50051]
   --listen ADDR      address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]
+  --environment ENV  the keys accepted: live (sk_live_) or test (sk_test_); keys of the
+                     other environment are refused [env ORDERS_ENVIRONMENT] [default live]
   --no-auth          serve WITHOUT the auth layer, every call as organization \"anonymous\";
                      for benchmarks only [env ORDERS_NO_AUTH=1]";
 
 struct Args {
     keyward_url: String,
     listen: SocketAddr,
+    environment: Environment,
     no_auth: bool,
 }
 
@@ -32,6 +39,7 @@ impl Args {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
         let mut keyward_url = std::env::var("KEYWARD_URL").ok();
         let mut listen = std::env::var("ORDERS_LISTEN").ok();
+        let mut environment = std::env::var("ORDERS_ENVIRONMENT").ok();
         let mut no_auth = std::env::var("ORDERS_NO_AUTH")
             .is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"));
         while let Some(arg) = args.next() {
@@ -46,6 +54,7 @@ impl Args {
             let slot = match flag.as_str() {
                 "--keyward-url" => &mut keyward_url,
                 "--listen" => &mut listen,
+                "--environment" => &mut environment,
                 "-h" | "--help" => return Ok(None),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             };
@@ -53,11 +62,15 @@ impl Args {
             *slot = Some(value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?);
         }
         let listen = listen.unwrap_or_else(|| "127.0.0.1:50052".to_owned());
+        let environment = environment.unwrap_or_else(|| "live".to_owned());
         Ok(Some(Self {
             keyward_url: keyward_url.unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
             listen: listen
                 .parse()
                 .map_err(|error| format!("invalid listen address {listen:?}: {error}"))?,
+            environment: Environment::from_stored(&environment).ok_or_else(|| {
+                format!("invalid environment {environment:?}: expected live or test\n{USAGE}")
+            })?,
             no_auth,
         }))
     }
@@ -91,10 +104,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         run_unprotected_until(listener, shutdown).await?;
         return Ok(());
     }
-    let server = OrdersServer::build(listener, &args.keyward_url)?;
+    let server = OrdersServer::build(listener, &args.keyward_url)?.environment(args.environment);
     eprintln!(
-        "orders-service listening on {}, validating keys with keyward at {}",
+        "orders-service listening on {}, validating {} keys with keyward at {}",
         server.local_addr(),
+        args.environment.as_str(),
         args.keyward_url
     );
     server.run_until(shutdown).await?;
@@ -116,6 +130,12 @@ mod tests {
             .expect("not help");
         assert_eq!(args.keyward_url, "http://kw:1");
         assert_eq!(args.listen, "127.0.0.1:0".parse().expect("an address"));
+        assert_eq!(args.environment, Environment::Live, "live keys by default");
+        let test = parse(&["--environment", "test"])
+            .expect("valid flags")
+            .expect("not help");
+        assert_eq!(test.environment, Environment::Test);
+        assert!(parse(&["--environment", "staging"]).is_err());
         let no_auth = parse(&["--no-auth", "--listen", "127.0.0.1:0"])
             .expect("valid flags")
             .expect("not help");

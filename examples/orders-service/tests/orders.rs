@@ -52,6 +52,8 @@ impl Validator for StubValidator {
                 metadata: Default::default(),
                 user_id: None,
                 service_account_id: None,
+                environment: Environment::Live,
+                expires_at: None,
             })))
         })
     }

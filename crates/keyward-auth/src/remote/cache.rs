@@ -399,6 +399,8 @@ mod tests {
                 .collect(),
             user_id: Some("u".repeat(128)),
             service_account_id: Some("s".repeat(128)),
+            environment: keyward_core::Environment::Test,
+            expires_at: Some(chrono::DateTime::<chrono::Utc>::MAX_UTC),
         }))
     }
 
