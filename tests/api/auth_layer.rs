@@ -16,9 +16,14 @@ use axum::extract::Extension;
 use axum::routing::{get, post};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request as HttpRequest, StatusCode};
+use keyward::pb;
+use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
+use keyward::pb::key_validation_service_server::{
+    KeyValidationService, KeyValidationServiceServer,
+};
 use keyward_auth::{
-    Identity, KeywardAuthLayer, RemoteValidator, Scope, ValidationFuture, ValidationRequest,
-    Validator,
+    Environment, Identity, KeywardAuthLayer, RemoteValidator, Scope, ValidationFuture,
+    ValidationRequest, Validator,
 };
 use keyward_store::testing::Backend;
 use orders_service::OrdersServer;
@@ -66,8 +71,13 @@ impl Drop for Orders {
 }
 
 async fn start_orders<V: Validator>(validator: Arc<V>) -> Orders {
+    start_orders_for(validator, Environment::Live).await
+}
+
+/// [`start_orders`] accepting keys of `environment` only.
+async fn start_orders_for<V: Validator>(validator: Arc<V>, environment: Environment) -> Orders {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
-    let server = OrdersServer::with_validator(listener, validator);
+    let server = OrdersServer::with_validator(listener, validator).environment(environment);
     // Bound already: the lazy channel's first call finds it listening.
     let client = OrderServiceClient::new(lazy_channel(server.local_addr()));
     let server = tokio::spawn(server.run_until(std::future::pending())).abort_handle();
@@ -168,6 +178,209 @@ async fn grpc_calls_need_a_valid_key_holding_the_method_scope() {
             .expect("a key with orders:read reads orders");
         assert_eq!(fetched.caller.expect("the caller").key_id, reader_id);
         assert_eq!(fetched.order, Some(order));
+    })
+    .await;
+}
+
+/// The example service accepts keys of its environment only: live keys by
+/// default, test keys when deployed as a test service; a key of the other
+/// environment is UNAUTHENTICATED, also when a verdict for it is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_services_accept_only_keys_of_their_environment() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let live = keyward
+            .create_key("live client")
+            .scopes(&["orders:read", "orders:write"])
+            .await;
+        let test = keyward
+            .create_key("test client")
+            .scopes(&["orders:read", "orders:write"])
+            .test_environment()
+            .await;
+        assert!(live.secret.starts_with("sk_live_"));
+        assert!(test.secret.starts_with("sk_test_"));
+        // One validator, hence one verdict cache, for both services.
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let production = start_orders(Arc::clone(&validator)).await;
+        let staging = start_orders_for(Arc::clone(&validator), Environment::Test).await;
+
+        let created = production
+            .create(Some(&live.secret))
+            .await
+            .expect("a live key works on a live service");
+        let caller = created.caller.expect("the handler echoes its caller");
+        assert_eq!(caller.key_id, live.id);
+        assert_eq!(caller.environment, "live");
+        assert_eq!(
+            code(production.create(Some(&test.secret)).await),
+            Code::Unauthenticated,
+            "a test key is no credential for a live service"
+        );
+
+        let created = staging
+            .create(Some(&test.secret))
+            .await
+            .expect("a test key works on a test service");
+        let caller = created.caller.expect("the handler echoes its caller");
+        assert_eq!(caller.key_id, test.id);
+        assert_eq!(caller.environment, "test");
+        assert_eq!(
+            code(staging.create(Some(&live.secret)).await),
+            Code::Unauthenticated,
+            "a live key is refused by a test service"
+        );
+
+        // Both keys now have "allowed" verdicts in the shared cache: each is
+        // still refused by the service of the other environment, without a
+        // call to keyward.
+        let calls = validator.calls();
+        assert_eq!(
+            code(production.create(Some(&test.secret)).await),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code(staging.get(&live.secret, "ord_missing").await),
+            Code::Unauthenticated
+        );
+        assert!(production.create(Some(&live.secret)).await.is_ok());
+        assert!(staging.create(Some(&test.secret)).await.is_ok());
+        assert_eq!(
+            validator.calls(),
+            calls,
+            "every verdict came from the cache"
+        );
+    })
+    .await;
+}
+
+/// keyward's `ValidateKey` with a one-hour cache hint: a keyward (an older
+/// one, or one with a long propagation bound) that lets verdicts be reused
+/// far longer than a key lives.
+struct LongHint {
+    keyward: KeyValidationServiceClient<Channel>,
+}
+
+#[tonic::async_trait]
+impl KeyValidationService for LongHint {
+    async fn validate_key(
+        &self,
+        request: Request<pb::ValidateKeyRequest>,
+    ) -> Result<tonic::Response<pb::ValidateKeyResponse>, tonic::Status> {
+        let mut response = self
+            .keyward
+            .clone()
+            .validate_key(request.into_inner())
+            .await?
+            .into_inner();
+        response.cache_ttl = Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        });
+        Ok(tonic::Response::new(response))
+    }
+}
+
+/// The remote validator bounds a cached verdict by the key's `expires_at`:
+/// with keyward hinting an hour (and the validator allowing it), a key that
+/// expires in a few seconds is refused soon after it expires, not an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_verdict_is_never_reused_past_the_keys_expiry() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let long_hint = listener.local_addr().expect("an address");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(KeyValidationServiceServer::new(LongHint {
+                    keyward: keyward.validation(),
+                }))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let validator = Arc::new(
+            RemoteValidator::builder(lazy_channel(long_hint))
+                .max_cache_ttl(Duration::from_secs(3600))
+                .build(),
+        );
+        let orders = start_orders(Arc::clone(&validator)).await;
+
+        // A key that never expires keeps its verdict for the hour.
+        let lasting = keyward.create_key("lasting").scopes(&["orders:read"]).await;
+        assert_eq!(
+            code(orders.get(&lasting.secret, "ord_missing").await),
+            Code::NotFound
+        );
+        let calls = validator.calls();
+        assert_eq!(
+            code(orders.get(&lasting.secret, "ord_missing").await),
+            Code::NotFound
+        );
+        assert_eq!(validator.calls(), calls, "cached for keyward's long hint");
+
+        let expires_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+        let expiring = keyward
+            .create_key("expiring")
+            .scopes(&["orders:read"])
+            .expires_at(expires_at)
+            .await;
+        assert_eq!(
+            code(orders.get(&expiring.secret, "ord_missing").await),
+            Code::NotFound,
+            "allowed before its expiry"
+        );
+        let calls = validator.calls();
+        let refused = eventually(DEADLINE, || async {
+            (code(orders.get(&expiring.secret, "ord_missing").await) == Code::Unauthenticated)
+                .then_some(())
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "the expired key was still accepted {:?} after its expiry",
+            chrono::Utc::now() - expires_at
+        );
+        assert!(
+            chrono::Utc::now() >= expires_at,
+            "refused only once it expired"
+        );
+        assert!(
+            validator.calls() > calls,
+            "keyward was asked again once the key expired"
+        );
+        server.abort();
+    })
+    .await;
+}
+
+/// keyward itself never hints a cache time past the key's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyward_cuts_its_cache_hint_at_the_keys_expiry() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let lasting = keyward.create_key("lasting").await;
+        let response = keyward.validate(&lasting.secret, &[]).await;
+        let full = response.cache_ttl.expect("a hint");
+        assert!(full.seconds > 0 || full.nanos > 0, "{full:?}");
+
+        // A key expiring well within the hint; on a machine slow enough
+        // that it expired before it was validated, try again.
+        let mut checked = false;
+        for _ in 0..5 {
+            let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(400);
+            let key = keyward.create_key("short").expires_at(expires_at).await;
+            let asked_at = chrono::Utc::now();
+            let response = keyward.validate(&key.secret, &[]).await;
+            if response.code() != pb::ValidationCode::Valid {
+                continue;
+            }
+            let hint = response.cache_ttl.expect("a hint");
+            let hint = chrono::Duration::seconds(hint.seconds)
+                + chrono::Duration::nanoseconds(i64::from(hint.nanos));
+            assert!(
+                asked_at + hint <= expires_at,
+                "hint {hint:?} reaches past the expiry {expires_at} (asked at {asked_at})"
+            );
+            checked = true;
+            break;
+        }
+        assert!(checked, "no short-lived key was ever validated in time");
     })
     .await;
 }
