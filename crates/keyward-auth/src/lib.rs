@@ -7,24 +7,28 @@
 //! extensions or answers with a generic denial: gRPC `UNAUTHENTICATED` /
 //! `PERMISSION_DENIED` for gRPC requests, HTTP 401 / 403 otherwise. A
 //! validator that cannot answer makes the layer fail closed (`UNAVAILABLE` /
-//! 503).
+//! 503). The identity carries the key's [`Environment`] and expiry; a layer
+//! built with [`KeywardAuthLayer::require_environment`] refuses keys of the
+//! other environment (a test key on a live service) as unauthenticated.
 //!
 //! keyward itself validates in process. Product services use
 //! `RemoteValidator` (cargo feature `remote`, on by default), which calls
 //! keyward's `ValidateKey` over gRPC and caches verdicts for keyward's cache
-//! hint:
+//! hint, never past the key's `expires_at`:
 //!
 //! ```no_run
 //! # #[cfg(feature = "remote")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //!
-//! use keyward_auth::{Identity, KeywardAuthLayer, RemoteValidator, Scope};
+//! use keyward_auth::{Environment, Identity, KeywardAuthLayer, RemoteValidator, Scope};
 //! use tonic::transport::Endpoint;
 //!
 //! let keyward = Endpoint::from_shared("http://keyward:50051")?.connect_lazy();
 //! let validator = Arc::new(RemoteValidator::new(keyward));
 //! let auth = KeywardAuthLayer::from_shared(Arc::clone(&validator))
+//!     // A live service: sk_test_ keys are refused as unauthenticated.
+//!     .require_environment(Environment::Live)
 //!     .require_scopes("/orders.v1.OrderService/GetOrder", [Scope::parse("orders:read")?])
 //!     .require_scopes("/orders.v1.OrderService/CreateOrder", [Scope::parse("orders:write")?])
 //!     .public_prefix("/grpc.health.v1.Health/")
