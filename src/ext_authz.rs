@@ -8,7 +8,9 @@
 //! and the same data as dynamic metadata, plus `expires_at` (RFC 3339) when
 //! the key expires. Denied: 401 with `www-authenticate` (403 when a required scope is
 //! missing). Required scopes come from the route's `context_extensions`
-//! (`required_scopes`, separated by commas or spaces).
+//! (`required_scopes`, separated by commas or spaces); `required_environment`
+//! (`live` or `test`) there refuses keys of the other environment with 401,
+//! as the auth layer's `require_environment` does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,13 +25,16 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::HeaderName;
 use keyward_auth::{CredentialSource, presented_key};
-use keyward_core::{MAX_SCOPES, Scope, ValidationCode};
+use keyward_core::{Environment, MAX_SCOPES, Scope, ValidationCode};
 use tonic::{Code, Request, Response, Status};
 
 use crate::validation::{ClientInfo, KeyValidator};
 
 /// The `context_extensions` entry naming the scopes a route requires.
 pub const REQUIRED_SCOPES: &str = "required_scopes";
+/// The `context_extensions` entry naming the one environment (`live` or
+/// `test`) whose keys a route accepts.
+pub const REQUIRED_ENVIRONMENT: &str = "required_environment";
 /// The dynamic-metadata namespace keyward writes under.
 pub const METADATA_NAMESPACE: &str = "keyward";
 
@@ -100,6 +105,26 @@ fn required_scopes(request: &CheckRequest) -> Result<Vec<Scope>, Status> {
         .collect()
 }
 
+fn required_environment(request: &CheckRequest) -> Result<Option<Environment>, Status> {
+    let Some(raw) = request
+        .attributes
+        .as_ref()
+        .and_then(|attributes| attributes.context_extensions.get(REQUIRED_ENVIRONMENT))
+    else {
+        return Ok(None);
+    };
+    Environment::from_stored(raw).map(Some).ok_or_else(|| {
+        // A route misconfiguration: deny, and tell the operator why.
+        tracing::error!(
+            environment = raw,
+            "bad required_environment in an Envoy route's context_extensions"
+        );
+        Status::invalid_argument(format!(
+            "context_extensions {REQUIRED_ENVIRONMENT} {raw:?} must be live or test"
+        ))
+    })
+}
+
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -166,6 +191,17 @@ impl Authorization for ExtAuthz {
             )));
         };
         let required = required_scopes(&request)?;
+        let environment = required_environment(&request)?;
+        // A key of another environment is no credential here: refused before
+        // it is looked up (its prefix is authentic: the lookup hash covers it).
+        if environment.is_some_and(|wanted| {
+            Environment::of_key_prefix(key).is_some_and(|named| named != wanted)
+        }) {
+            return Ok(Response::new(denied(
+                Code::Unauthenticated,
+                HttpStatusCode::Unauthorized,
+            )));
+        }
         let client = ClientInfo {
             ip: request.get_client_address().map(String::as_str),
             user_agent: headers.get("user-agent").map(String::as_str),
@@ -178,6 +214,11 @@ impl Authorization for ExtAuthz {
             .await
             .map_err(Status::from)?;
         let response = match (validation.code, validation.key) {
+            (ValidationCode::Valid, Some(key))
+                if environment.is_some_and(|wanted| key.environment != wanted) =>
+            {
+                denied(Code::Unauthenticated, HttpStatusCode::Unauthorized)
+            }
             (ValidationCode::Valid, Some(key)) => {
                 let scopes = key
                     .scopes
@@ -246,7 +287,46 @@ impl Authorization for ExtAuthz {
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
     use super::*;
+
+    #[test]
+    fn a_route_names_its_environment_as_live_or_test() {
+        let with = |extensions: &[(&str, &str)]| CheckRequest {
+            attributes: Some(AttributeContext {
+                context_extensions: extensions
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            required_environment(&CheckRequest::default()).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            required_environment(&with(&[(REQUIRED_SCOPES, "orders:read")])).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            required_environment(&with(&[(REQUIRED_ENVIRONMENT, "live")])).ok(),
+            Some(Some(Environment::Live))
+        );
+        assert_eq!(
+            required_environment(&with(&[(REQUIRED_ENVIRONMENT, "test")])).ok(),
+            Some(Some(Environment::Test))
+        );
+        for bad in ["", "LIVE", "production"] {
+            let refused = required_environment(&with(&[(REQUIRED_ENVIRONMENT, bad)]));
+            assert_eq!(
+                refused.map_err(|status| status.code()),
+                Err(Code::InvalidArgument),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn credentials_come_from_bearer_then_x_api_key() {

@@ -141,9 +141,22 @@ fn access_log(path: &str) -> String {
     )
 }
 
+/// A route for live keys only (`required_environment`), put before the
+/// catch-all route of `deploy/envoy/envoy.yaml` (which it ends with).
+const LIVE_ROUTE: &str = "- match: { prefix: \"/live/\" }
+                          route: { cluster: app }
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              check_settings:
+                                context_extensions:
+                                  required_environment: \"live\"
+                        - match: { prefix: \"/\" }";
+
 /// `deploy/envoy/envoy.yaml` for this test: the compose service names and
 /// ports it names replaced by this machine's (`keyward-1` and `keyward-2`
-/// by the two keyward ports, which may be the same), and an access log.
+/// by the two keyward ports, which may be the same), an access log, and a
+/// route for live keys only ([`LIVE_ROUTE`]).
 fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_ports: [u16; 2], log: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let documented = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
@@ -165,6 +178,7 @@ fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_ports: [u16; 2], lo
             format!("address: 127.0.0.1, port_value: {}", keyward_ports[1]),
         ),
         ("stat_prefix: ingress", access_log(log)),
+        ("- match: { prefix: \"/\" }", LIVE_ROUTE.to_owned()),
     ];
     replaced.iter().fold(documented, |config, (from, to)| {
         assert!(
@@ -339,6 +353,30 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
             "the access log line {logged:?} shows keyward's metadata {expected}"
         );
     }
+
+    // A route for live keys only: the test key is refused (401, upstream
+    // not reached), a live key passes.
+    let before = seen.lock().expect("lock").len();
+    let (status, headers) = get(
+        envoy_port,
+        "/live/orders",
+        &[("x-api-key", &in_workspace.secret)],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 401, "a test key on a live route");
+    assert!(headers.contains_key("www-authenticate"));
+    assert_eq!(seen.lock().expect("lock").len(), before);
+    let (status, _) = get(envoy_port, "/live/orders", &[("authorization", &bearer)])
+        .await
+        .expect("Envoy answers");
+    assert_eq!(status, 200, "a live key on a live route");
+    assert_eq!(
+        last_seen(&seen)
+            .get("x-keyward-environment")
+            .map(String::as_str),
+        Some("live")
+    );
 
     // A route requiring a scope the key lacks: 403, upstream not reached.
     let before = seen.lock().expect("lock").len();
