@@ -438,6 +438,16 @@ impl Grpcurl {
         self
     }
 
+    /// Replaces every argument that is exactly `from` with `to`.
+    pub(crate) fn with_arg(mut self, from: &str, to: &str) -> Self {
+        for arg in &mut self.args {
+            if arg == from {
+                to.clone_into(arg);
+            }
+        }
+        self
+    }
+
     /// Replaces the last argument.
     fn last_arg(mut self, arg: &str) -> Self {
         *self.args.last_mut().expect("a command has arguments") = arg.to_owned();
@@ -501,25 +511,40 @@ impl Grpcurl {
 fn readme_commands() -> &'static [Vec<String>] {
     static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     COMMANDS.get_or_init(|| {
-        let section = README
-            .split("## Using it with grpcurl")
-            .nth(1)
-            .expect("README has a \"Using it with grpcurl\" section");
-        let block = section
-            .split("```sh")
-            .nth(1)
-            .and_then(|block| block.split("```").next())
-            .expect("the section has a ```sh block");
-        let commands: Vec<Vec<String>> = block
-            .replace("\\\n", " ")
-            .lines()
-            .map(shell_words)
-            .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
-            .map(|words| words[1..].to_vec())
-            .collect();
+        let commands = section_commands("## Using it with grpcurl");
         assert!(commands.len() >= 10, "README's commands: {commands:?}");
         commands
     })
+}
+
+/// The grpcurl commands (without `grpcurl`) of the first ```sh block after
+/// README's `heading`; other commands of the block are left out.
+fn section_commands(heading: &str) -> Vec<Vec<String>> {
+    let section = README
+        .split(&format!("{heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("the section has a ```sh block");
+    block
+        .replace("\\\n", " ")
+        .lines()
+        .map(shell_words)
+        .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
+        .map(|words| words[1..].to_vec())
+        .collect()
+}
+
+/// The grpcurl commands of README's section `heading`, to run as they are
+/// after replacements (see [`Grpcurl::with`]).
+pub(crate) fn readme_section(heading: &str) -> Vec<Grpcurl> {
+    section_commands(heading)
+        .into_iter()
+        .map(|args| Grpcurl { args })
+        .collect()
 }
 
 /// The words of one shell line. `$ADMIN` stays as it is (replaced later).
