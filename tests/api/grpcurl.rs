@@ -16,11 +16,13 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keyward_auth::ClientTls;
 use keyward_store::testing::{Backend, on_fresh_database};
 use prost::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::helpers::certs::display;
 use crate::helpers::proxy::proxied_database;
 use crate::helpers::{TestApp, eventually, missing_tool, record_secret, with_app};
 
@@ -29,18 +31,18 @@ const README: &str = include_str!("../../README.md");
 /// The address the README's commands use; replaced by the test server's.
 const README_ADDR: &str = "127.0.0.1:50051";
 /// The README's placeholder for a raw key.
-const README_SECRET: &str = "sk_live_…";
+pub(crate) const README_SECRET: &str = "sk_live_…";
 /// The README's placeholder for a key id.
 const README_KEY_ID: &str = "key_…";
 
-const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
-const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
+pub(crate) const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
+pub(crate) const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
 const ARCHIVE: &str = "keyward.v1.KeyAdminService/ArchiveKey";
 const REACTIVATE: &str = "keyward.v1.KeyAdminService/ReactivateKey";
 const ROTATE: &str = "keyward.v1.KeyAdminService/RotateKey";
 const UPDATE: &str = "keyward.v1.KeyAdminService/UpdateKey";
 const EVENTS: &str = "keyward.v1.KeyAdminService/ListKeyEvents";
-const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
+pub(crate) const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
 const HEALTH_CHECK: &str = "grpc.health.v1.Health/Check";
 const HEALTH_WATCH: &str = "grpc.health.v1.Health/Watch";
 const ADMIN_SERVICE: &str = "keyward.v1.KeyAdminService";
@@ -399,7 +401,7 @@ async fn errors(app: &TestApp) {
 // ---------------------------------------------------------------- verdicts
 
 #[track_caller]
-fn assert_valid(verdict: &Value, id: &str) {
+pub(crate) fn assert_valid(verdict: &Value, id: &str) {
     assert_eq!(verdict["valid"], Value::Bool(true), "{verdict:#}");
     assert_eq!(str_at(verdict, "/code"), "VALIDATION_CODE_VALID");
     assert_eq!(str_at(verdict, "/keyId"), id);
@@ -417,7 +419,7 @@ fn assert_invalid(verdict: &Value, code: &str) {
 
 /// The string at a JSON pointer, or a panic showing the document.
 #[track_caller]
-fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
     match json.pointer(pointer).and_then(Value::as_str) {
         Some(text) => text,
         None => panic!("a string at {pointer} in {json:#}"),
@@ -516,13 +518,13 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 /// One grpcurl command line (without `grpcurl` itself).
 #[derive(Debug, Clone)]
-struct Grpcurl {
+pub(crate) struct Grpcurl {
     args: Vec<String>,
 }
 
 /// The README command with the word `word` (a method, `list` or `describe`),
 /// pointed at `app`, with acme's admin key as `$ADMIN`.
-fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
+pub(crate) fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
     let args = readme_commands()
         .iter()
         .find(|args| args.iter().any(|arg| arg == word))
@@ -616,9 +618,19 @@ impl Drop for HealthWatch {
 
 impl Grpcurl {
     /// Replaces `from` with `to` in every argument.
-    fn with(mut self, from: &str, to: &str) -> Self {
+    pub(crate) fn with(mut self, from: &str, to: &str) -> Self {
         for arg in &mut self.args {
             *arg = arg.replace(from, to);
+        }
+        self
+    }
+
+    /// Replaces every argument that is exactly `from` with `to`.
+    pub(crate) fn with_arg(mut self, from: &str, to: &str) -> Self {
+        for arg in &mut self.args {
+            if arg == from {
+                to.clone_into(arg);
+            }
         }
         self
     }
@@ -640,6 +652,29 @@ impl Grpcurl {
         self
     }
 
+    /// The same command over TLS: `-plaintext` replaced by `-cacert` and,
+    /// with a client certificate, `-cert` and `-key`.
+    pub(crate) fn over_tls(mut self, tls: &ClientTls) -> Self {
+        let mut flags = Vec::new();
+        let paths = [
+            ("-cacert", &tls.ca_cert),
+            ("-cert", &tls.client_cert),
+            ("-key", &tls.client_key),
+        ];
+        for (flag, path) in paths {
+            if let Some(path) = path {
+                flags.extend([flag.to_owned(), display(path)]);
+            }
+        }
+        let at = self
+            .args
+            .iter()
+            .position(|arg| arg == "-plaintext")
+            .unwrap_or_else(|| panic!("a -plaintext flag in {:?}", self.args));
+        self.args.splice(at..=at, flags);
+        self
+    }
+
     /// Puts `flags` in front of the README's flags.
     fn flags(mut self, flags: &[&str]) -> Self {
         self.args
@@ -648,7 +683,7 @@ impl Grpcurl {
     }
 
     /// Runs grpcurl (off the async runtime's worker threads).
-    async fn run(self) -> Run {
+    pub(crate) async fn run(self) -> Run {
         let bin = grpcurl().expect("checked before the test started");
         let args = self.args;
         tokio::task::spawn_blocking(move || run_blocking(&bin, args))
@@ -663,25 +698,40 @@ impl Grpcurl {
 fn readme_commands() -> &'static [Vec<String>] {
     static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     COMMANDS.get_or_init(|| {
-        let section = README
-            .split("## Using it with grpcurl")
-            .nth(1)
-            .expect("README has a \"Using it with grpcurl\" section");
-        let block = section
-            .split("```sh")
-            .nth(1)
-            .and_then(|block| block.split("```").next())
-            .expect("the section has a ```sh block");
-        let commands: Vec<Vec<String>> = block
-            .replace("\\\n", " ")
-            .lines()
-            .map(shell_words)
-            .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
-            .map(|words| words[1..].to_vec())
-            .collect();
+        let commands = section_commands("## Using it with grpcurl");
         assert!(commands.len() >= 10, "README's commands: {commands:?}");
         commands
     })
+}
+
+/// The grpcurl commands (without `grpcurl`) of the first ```sh block after
+/// README's `heading`; other commands of the block are left out.
+fn section_commands(heading: &str) -> Vec<Vec<String>> {
+    let section = README
+        .split(&format!("{heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("the section has a ```sh block");
+    block
+        .replace("\\\n", " ")
+        .lines()
+        .map(shell_words)
+        .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
+        .map(|words| words[1..].to_vec())
+        .collect()
+}
+
+/// The grpcurl commands of README's section `heading`, to run as they are
+/// after replacements (see [`Grpcurl::with`]).
+pub(crate) fn readme_section(heading: &str) -> Vec<Grpcurl> {
+    section_commands(heading)
+        .into_iter()
+        .map(|args| Grpcurl { args })
+        .collect()
 }
 
 /// The words of one shell line. `$ADMIN` stays as it is (replaced later).
@@ -727,11 +777,11 @@ fn shell_words(line: &str) -> Vec<String> {
 // ------------------------------------------------------- running grpcurl
 
 /// What a grpcurl run printed.
-struct Run {
+pub(crate) struct Run {
     args: Vec<String>,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl std::fmt::Display for Run {
@@ -747,14 +797,14 @@ impl std::fmt::Display for Run {
 impl Run {
     /// Panics unless grpcurl succeeded.
     #[track_caller]
-    fn success(self) -> Self {
+    pub(crate) fn success(self) -> Self {
         assert_eq!(self.code, Some(0), "grpcurl succeeds:\n{self}");
         self
     }
 
     /// The response: grpcurl's JSON output of a successful call.
     #[track_caller]
-    fn json(self) -> Value {
+    pub(crate) fn json(self) -> Value {
         let run = self.success();
         match serde_json::from_str(&run.stdout) {
             Ok(json) => json,
@@ -836,7 +886,7 @@ fn grpcurl() -> Option<PathBuf> {
 
 /// The grpcurl binary; `None` (after saying so) when there is none outside
 /// CI; a panic in CI, where a missing tool is a failure.
-fn grpcurl_or_skip() -> Option<PathBuf> {
+pub(crate) fn grpcurl_or_skip() -> Option<PathBuf> {
     let found = grpcurl();
     if found.is_none() {
         missing_tool(

@@ -297,13 +297,19 @@ fn client_ip<B>(request: &Request<B>, trusted: &[Cidr]) -> Option<IpAddr> {
     }
 }
 
-/// The peer address tonic's server records for each connection.
+/// The peer address tonic's server records for each connection, plaintext
+/// or over tonic's own TLS.
 #[cfg(feature = "remote")]
 fn connection_peer<B>(request: &Request<B>) -> Option<IpAddr> {
-    use tonic::transport::server::TcpConnectInfo;
-    request
-        .extensions()
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
         .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
         .and_then(TcpConnectInfo::remote_addr)
         .map(|addr| addr.ip())
 }

@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! orders-service --keyward-url http://127.0.0.1:50051 --listen 127.0.0.1:50052
+//! orders-service --keyward-url https://keyward:50051 --keyward-ca-cert ca.pem \
+//!     --keyward-client-cert orders.pem --keyward-client-key orders-key.pem
 //! ```
 //!
-//! Each flag has an environment equivalent: `KEYWARD_URL`, `ORDERS_LISTEN`,
+//! Each flag has an environment equivalent: `KEYWARD_URL`, `KEYWARD_CA_CERT`,
+//! `KEYWARD_CLIENT_CERT`, `KEYWARD_CLIENT_KEY`, `ORDERS_LISTEN`,
 //! `ORDERS_ENVIRONMENT`, `ORDERS_NO_AUTH`. `--environment` picks the keys the
 //! service accepts: `live` (the default, a production service: `sk_test_`
 //! keys are refused) or `test` (a test deployment: `sk_live_` keys are
@@ -13,21 +16,28 @@
 //! `scripts/bench-auth.sh`, never for deployment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use keyward_auth::Environment;
+use keyward_auth::{ClientTls, Environment};
 use orders_service::{OrdersServer, run_unprotected_until};
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: orders-service [--keyward-url URL] [--listen ADDR] [--environment ENV] [--no-auth]
-  --keyward-url URL  keyward's gRPC address [env KEYWARD_URL] [default http://127.0.0.1:50051]
-  --listen ADDR      address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]
-  --environment ENV  the keys accepted: live (sk_live_) or test (sk_test_); keys of the
-                     other environment are refused [env ORDERS_ENVIRONMENT] [default live]
-  --no-auth          serve WITHOUT the auth layer, every call as organization \"anonymous\";
-                     for benchmarks only [env ORDERS_NO_AUTH=1]";
+const USAGE: &str = "usage: orders-service [--keyward-url URL] [--keyward-ca-cert PEM]
+                      [--keyward-client-cert PEM --keyward-client-key PEM] [--listen ADDR]
+                      [--environment ENV] [--no-auth]
+  --keyward-url URL           keyward's gRPC address; https:// speaks TLS [env KEYWARD_URL] [default http://127.0.0.1:50051]
+  --keyward-ca-cert PEM       CA bundle that signed keyward's certificate [env KEYWARD_CA_CERT] [default: system roots]
+  --keyward-client-cert PEM   client certificate for a keyward requiring mTLS [env KEYWARD_CLIENT_CERT]
+  --keyward-client-key PEM    its private key [env KEYWARD_CLIENT_KEY]
+  --listen ADDR               address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]
+  --environment ENV           the keys accepted: live (sk_live_) or test (sk_test_); keys of the
+                              other environment are refused [env ORDERS_ENVIRONMENT] [default live]
+  --no-auth                   serve WITHOUT the auth layer, every call as organization \"anonymous\";
+                              for benchmarks only [env ORDERS_NO_AUTH=1]";
 
 struct Args {
     keyward_url: String,
+    tls: ClientTls,
     listen: SocketAddr,
     environment: Environment,
     no_auth: bool,
@@ -38,6 +48,9 @@ impl Args {
     /// help was asked for.
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, String> {
         let mut keyward_url = std::env::var("KEYWARD_URL").ok();
+        let mut ca_cert = std::env::var("KEYWARD_CA_CERT").ok();
+        let mut client_cert = std::env::var("KEYWARD_CLIENT_CERT").ok();
+        let mut client_key = std::env::var("KEYWARD_CLIENT_KEY").ok();
         let mut listen = std::env::var("ORDERS_LISTEN").ok();
         let mut environment = std::env::var("ORDERS_ENVIRONMENT").ok();
         let mut no_auth = std::env::var("ORDERS_NO_AUTH")
@@ -53,6 +66,9 @@ impl Args {
             };
             let slot = match flag.as_str() {
                 "--keyward-url" => &mut keyward_url,
+                "--keyward-ca-cert" => &mut ca_cert,
+                "--keyward-client-cert" => &mut client_cert,
+                "--keyward-client-key" => &mut client_key,
                 "--listen" => &mut listen,
                 "--environment" => &mut environment,
                 "-h" | "--help" => return Ok(None),
@@ -65,6 +81,11 @@ impl Args {
         let environment = environment.unwrap_or_else(|| "live".to_owned());
         Ok(Some(Self {
             keyward_url: keyward_url.unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+            tls: ClientTls {
+                ca_cert: ca_cert.map(PathBuf::from),
+                client_cert: client_cert.map(PathBuf::from),
+                client_key: client_key.map(PathBuf::from),
+            },
             listen: listen
                 .parse()
                 .map_err(|error| format!("invalid listen address {listen:?}: {error}"))?,
@@ -104,7 +125,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         run_unprotected_until(listener, shutdown).await?;
         return Ok(());
     }
-    let server = OrdersServer::build(listener, &args.keyward_url)?.environment(args.environment);
+    let server =
+        OrdersServer::build(listener, &args.keyward_url, &args.tls)?.environment(args.environment);
     eprintln!(
         "orders-service listening on {}, validating {} keys with keyward at {}",
         server.local_addr(),
@@ -136,6 +158,20 @@ mod tests {
             .expect("not help");
         assert_eq!(test.environment, Environment::Test);
         assert!(parse(&["--environment", "staging"]).is_err());
+        let tls = parse(&[
+            "--keyward-url=https://kw:1",
+            "--keyward-ca-cert",
+            "ca.pem",
+            "--keyward-client-cert=c.pem",
+            "--keyward-client-key",
+            "k.pem",
+        ])
+        .expect("valid flags")
+        .expect("not help")
+        .tls;
+        assert_eq!(tls.ca_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.client_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(tls.client_key, Some(PathBuf::from("k.pem")));
         let no_auth = parse(&["--no-auth", "--listen", "127.0.0.1:0"])
             .expect("valid flags")
             .expect("not help");
