@@ -47,6 +47,8 @@ mod layer;
 mod remote;
 pub mod single_flight;
 pub mod sync;
+#[cfg(feature = "remote")]
+pub mod tls;
 mod validator;
 
 pub use keyward_core::Scope;
@@ -57,6 +59,8 @@ pub use remote::{
     RemoteValidator, RemoteValidatorBuilder,
 };
 pub use single_flight::SingleFlight;
+#[cfg(feature = "remote")]
+pub use tls::{ClientTls, TlsError};
 pub use validator::{
     Denial, Identity, IdentityDetails, RedactedKey, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,
