@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use keyward_auth::tls::ClientTls;
 use keyward_core::ApiKeySecret;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
@@ -296,23 +297,16 @@ pub(crate) async fn connect(args: &ClientArgs) -> Result<AdminClient, CliError> 
     ))
 }
 
-/// The endpoint of `--server`, plaintext for `http://`.
+/// The endpoint of `--server`: plaintext for `http://`, TLS with the
+/// `--ca-cert`/`--client-cert`/`--client-key` files for `https://`.
 fn endpoint(args: &ClientArgs) -> Result<Endpoint, CliError> {
-    let tls_given =
-        args.ca_cert.is_some() || args.client_cert.is_some() || args.client_key.is_some();
-    if args.server.starts_with("https://") || tls_given {
-        return Err(CliError::Config(
-            "TLS is not supported by this build; use an http:// --server".into(),
-        ));
-    }
-    if !args.server.starts_with("http://") {
-        return Err(CliError::Config(format!(
-            "--server {:?} must start with http:// or https://",
-            args.server
-        )));
-    }
-    Endpoint::from_shared(args.server.clone())
-        .map_err(|_| CliError::Config(format!("--server {:?} is not a valid URL", args.server)))
+    let tls = ClientTls {
+        ca_cert: args.ca_cert.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+    };
+    keyward_auth::tls::endpoint(&args.server, &tls)
+        .map_err(|error| CliError::Config(error_chain(&error)))
 }
 
 /// An error and its causes, `: `-separated (tonic's transport error alone

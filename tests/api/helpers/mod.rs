@@ -258,6 +258,17 @@ impl TestApp {
             .expect("RevokeKey succeeds");
     }
 
+    /// The admin CLI against this keyward, with no admin key yet.
+    pub fn admin_cli(&self) -> process::AdminCli {
+        process::AdminCli::new(self.addr)
+    }
+
+    /// `keyward ARGS` (`keys …` or `events …`) against this keyward with
+    /// acme's admin key in `KEYWARD_ADMIN_KEY`.
+    pub async fn cli(&self, args: &[&str]) -> process::CliRun {
+        self.admin_cli().admin_key(&self.acme_key).run(args).await
+    }
+
     /// Every key (archived ones too) that `admin_key`'s organization sees.
     pub async fn list_keys(&self, admin_key: &str) -> Vec<pb::ApiKey> {
         self.admin()
