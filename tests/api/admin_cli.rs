@@ -2,8 +2,8 @@
 //! against a port-0 server. Every subcommand, its exit code, `--output json`
 //! parsed with serde_json, `--all` across pages, errors with their gRPC code
 //! and field violations, and the admin key never printed (the harness
-//! checks that on every run). The CLI is a gRPC client, so one backend is
-//! enough: the API tests cover the others.
+//! checks that on every run), and README's own CLI commands. The CLI is a
+//! gRPC client, so one backend is enough: the API tests cover the others.
 
 use keyward::pb;
 use keyward_core::{ApiKeySecret, Environment, KeyKind};
@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::e2e_test;
 use crate::helpers::process::free_addr;
-use crate::helpers::{TestApp, unknown_key};
+use crate::helpers::{TestApp, readme, unknown_key};
 
 /// The exit codes README's "Admin CLI" section documents.
 mod exit {
@@ -538,3 +538,51 @@ e2e_test!(
         refused.failure(exit::UNAUTHENTICATED);
     }
 );
+
+e2e_test!(the_readme_commands_work, backends = [sqlite], |app| {
+    let commands = readme::commands("Using it with the CLI", "keyward");
+    let mut id: Option<String> = None;
+    let mut shown = std::collections::BTreeSet::new();
+    for command in commands {
+        let mut args: Vec<String> = command
+            .iter()
+            .map(|arg| match &id {
+                Some(id) => arg.replace("key_…", id),
+                None => arg.clone(),
+            })
+            .collect();
+        shown.insert(args[..2].join(" "));
+        if args[..2] == ["keys", "create"] && id.is_none() {
+            // The key the other commands act on: its id from the JSON answer.
+            args.extend(["--output".into(), "json".into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert!(!args.contains(&"key_…"), "a key is created first: {args:?}");
+        let run = app.cli(&args).await;
+        if args.contains(&"json") {
+            let answer = run.json();
+            if let Some(created) = answer["api_key"]["id"].as_str() {
+                id.get_or_insert_with(|| created.to_owned());
+            }
+        } else {
+            run.success();
+        }
+    }
+    for subcommand in [
+        "keys create",
+        "keys get",
+        "keys list",
+        "keys update",
+        "keys archive",
+        "keys reactivate",
+        "keys revoke",
+        "keys rotate",
+        "keys delete",
+        "events list",
+    ] {
+        assert!(
+            shown.contains(subcommand),
+            "README shows `keyward {subcommand}`: {shown:?}"
+        );
+    }
+});

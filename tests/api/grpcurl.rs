@@ -19,9 +19,7 @@ use keyward_store::testing::Backend;
 use prost::Message;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, missing_tool, record_secret, with_app};
-
-const README: &str = include_str!("../../README.md");
+use crate::helpers::{TestApp, missing_tool, readme, record_secret, with_app};
 
 /// The address the README's commands use; replaced by the test server's.
 const README_ADDR: &str = "127.0.0.1:50051";
@@ -471,70 +469,14 @@ impl Grpcurl {
     }
 }
 
-/// The grpcurl commands of README's "Using it with grpcurl" block, split into
-/// words like a shell would (quotes, `\` line continuations, comments).
+/// The grpcurl commands of README's "Using it with grpcurl" block.
 fn readme_commands() -> &'static [Vec<String>] {
     static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     COMMANDS.get_or_init(|| {
-        let section = README
-            .split("## Using it with grpcurl")
-            .nth(1)
-            .expect("README has a \"Using it with grpcurl\" section");
-        let block = section
-            .split("```sh")
-            .nth(1)
-            .and_then(|block| block.split("```").next())
-            .expect("the section has a ```sh block");
-        let commands: Vec<Vec<String>> = block
-            .replace("\\\n", " ")
-            .lines()
-            .map(shell_words)
-            .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
-            .map(|words| words[1..].to_vec())
-            .collect();
+        let commands = readme::commands("Using it with grpcurl", "grpcurl");
         assert!(commands.len() >= 10, "README's commands: {commands:?}");
         commands
     })
-}
-
-/// The words of one shell line. `$ADMIN` stays as it is (replaced later).
-fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => words.extend(word.take()),
-            '#' if word.is_none() => break,
-            '\'' => {
-                let word = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => panic!("unclosed ' in README line: {line}"),
-                    }
-                }
-            }
-            '"' => {
-                let word = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => word.extend(chars.next()),
-                        Some(c) => word.push(c),
-                        None => panic!("unclosed \" in README line: {line}"),
-                    }
-                }
-            }
-            '\\' | '`' | '|' | ';' | '&' | '<' | '>' | '(' | ')' => {
-                panic!("this test reads no {c:?} in README's grpcurl commands: {line}")
-            }
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    words
 }
 
 // ------------------------------------------------------- running grpcurl

@@ -29,6 +29,7 @@ mod keys;
 pub mod logs;
 pub mod process;
 pub mod proxy;
+pub mod readme;
 
 pub use keys::{CreatedKey, NewKey};
 pub use logs::{captured_logs, init_logs, record_secret, recorded_secrets};
