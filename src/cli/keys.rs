@@ -390,7 +390,7 @@ impl Call {
                 Report::Rotated {
                     key: key(response.api_key)?,
                     secret: response.secret,
-                    previous: key(response.previous_key)?,
+                    previous: Box::new(key(response.previous_key)?),
                 }
             }
             Self::Delete(request) => {

@@ -40,8 +40,9 @@ pub(crate) enum Report {
         key: pb::ApiKey,
         /// The new raw key, shown this once.
         secret: String,
-        /// The old key, expiring at the end of the grace period.
-        previous: pb::ApiKey,
+        /// The old key, expiring at the end of the grace period (boxed:
+        /// the variants stay about one key in size).
+        previous: Box<pb::ApiKey>,
     },
     /// A deleted key's id.
     Deleted {
