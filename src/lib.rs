@@ -20,6 +20,7 @@ pub mod pb;
 pub mod request_id;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod validation;
 pub mod validation_api;
 

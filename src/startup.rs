@@ -24,12 +24,13 @@ use tower::load_shed::LoadShedLayer;
 use crate::admin::AdminApi;
 pub use crate::config::Settings;
 use crate::config::{Cidr, DatabaseArgs, LimitSettings};
-use crate::connection::{ClientAddrLayer, LimitedIncoming};
+use crate::connection::{ClientAddrLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
+use crate::tls::{ServerTls, TlsError, TlsFiles};
 use crate::validation::{AdminValidator, KeyValidator, follow_changes};
 use crate::validation_api::ValidationApi;
 
@@ -85,6 +86,9 @@ pub enum StartupError {
     /// The lookup secret file could not be read.
     #[error("cannot read the lookup secret: {0}")]
     LookupSecret(std::io::Error),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A built, bound, not yet running server.
@@ -97,6 +101,9 @@ pub struct Application {
     limits: LimitSettings,
     stale_if_error: Duration,
     validator: Arc<KeyValidator>,
+    /// TLS on the listener (with how long a handshake may take and how
+    /// often the files are checked for changes).
+    tls: Option<(ServerTls, Duration, Duration)>,
     /// The newest committed feed position when the cache was empty: the
     /// follower applies every event after it.
     feed_head: i64,
@@ -117,6 +124,18 @@ impl Application {
     /// Checks the settings, opens the store and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         settings.check().map_err(StartupError::Config)?;
+        // Before the database: a bad certificate is a configuration error
+        // worth reporting at once.
+        let tls = TlsFiles::from_settings(&settings.tls)
+            .map(ServerTls::load)
+            .transpose()?
+            .map(|tls| {
+                (
+                    tls,
+                    settings.tls.tls_handshake_timeout,
+                    settings.tls.tls_reload_interval,
+                )
+            });
         let hasher = settings
             .database
             .hasher()
@@ -132,6 +151,13 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
+        if tls.is_none() && !settings.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %settings.listen,
+                "serving plaintext on a non-loopback address: keys and admin calls cross the \
+                 network unencrypted; set --tls-cert and --tls-key"
+            );
+        }
         let validator = Arc::new(KeyValidator::new(
             store.clone(),
             hasher.clone(),
@@ -146,6 +172,7 @@ impl Application {
             limits: settings.limits,
             stale_if_error: settings.validator.stale_if_error,
             validator,
+            tls,
             feed_head,
         })
     }
@@ -230,7 +257,18 @@ impl Application {
             health_reporter,
             self.stale_if_error,
         ));
-        tracing::info!(%addr, "keyward listening");
+        let tls_watcher = self
+            .tls
+            .as_ref()
+            .map(|(tls, _, every)| tokio::spawn(tls.clone().watch(*every)));
+        match &self.tls {
+            Some((tls, _, _)) => tracing::info!(
+                %addr,
+                client_certificates = tls.requires_client_certificates(),
+                "keyward listening (TLS)"
+            ),
+            None => tracing::info!(%addr, "keyward listening"),
+        }
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
             let stopping = Arc::clone(&stopping);
@@ -241,9 +279,18 @@ impl Application {
         };
         // Without TCP_NODELAY a small response waits for the peer's delayed
         // ACK (~40 ms): every ext_authz check and every unary call pays it.
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(limits.keepalive_interval));
+        let incoming = LimitedIncoming::new(
+            TcpIncoming::from(self.listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(limits.keepalive_interval)),
+            limits.max_connections,
+        );
+        let incoming = match self.tls {
+            Some((tls, handshake_timeout, _)) => {
+                ServerIncoming::tls(incoming, tls, handshake_timeout)
+            }
+            None => ServerIncoming::plaintext(incoming),
+        };
         // Bounded by construction (SPEC §11): each layer caps a request's
         // size, time or the number in flight and fails fast with a status.
         let serve = Server::builder()
@@ -281,10 +328,7 @@ impl Application {
             .add_service(health_service.max_decoding_message_size(small))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                LimitedIncoming::new(incoming, limits.max_connections),
-                signal,
-            );
+            .serve_with_incoming_shutdown(incoming, signal);
         // Clients that keep idle connections open would hold a graceful
         // shutdown forever: bound the drain.
         let served = tokio::select! {
@@ -299,6 +343,9 @@ impl Application {
         };
         follower.abort();
         readiness.abort();
+        if let Some(watcher) = tls_watcher {
+            watcher.abort();
+        }
         // Not an abort: a batch the flusher has taken is written, not dropped.
         let _ = stop_flusher.send(());
         if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, &mut flusher)

@@ -15,27 +15,29 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keyward_auth::ClientTls;
 use keyward_store::testing::Backend;
 use prost::Message;
 use serde_json::Value;
 
+use crate::helpers::certs::display;
 use crate::helpers::{TestApp, missing_tool, readme, record_secret, with_app};
 
 /// The address the README's commands use; replaced by the test server's.
 const README_ADDR: &str = "127.0.0.1:50051";
 /// The README's placeholder for a raw key.
-const README_SECRET: &str = "sk_live_…";
+pub(crate) const README_SECRET: &str = "sk_live_…";
 /// The README's placeholder for a key id.
 const README_KEY_ID: &str = "key_…";
 
-const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
-const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
+pub(crate) const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
+pub(crate) const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
 const ARCHIVE: &str = "keyward.v1.KeyAdminService/ArchiveKey";
 const REACTIVATE: &str = "keyward.v1.KeyAdminService/ReactivateKey";
 const ROTATE: &str = "keyward.v1.KeyAdminService/RotateKey";
 const UPDATE: &str = "keyward.v1.KeyAdminService/UpdateKey";
 const EVENTS: &str = "keyward.v1.KeyAdminService/ListKeyEvents";
-const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
+pub(crate) const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
 
 /// How long one grpcurl call may take before the test fails.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -289,7 +291,7 @@ async fn errors(app: &TestApp) {
 // ---------------------------------------------------------------- verdicts
 
 #[track_caller]
-fn assert_valid(verdict: &Value, id: &str) {
+pub(crate) fn assert_valid(verdict: &Value, id: &str) {
     assert_eq!(verdict["valid"], Value::Bool(true), "{verdict:#}");
     assert_eq!(str_at(verdict, "/code"), "VALIDATION_CODE_VALID");
     assert_eq!(str_at(verdict, "/keyId"), id);
@@ -307,7 +309,7 @@ fn assert_invalid(verdict: &Value, code: &str) {
 
 /// The string at a JSON pointer, or a panic showing the document.
 #[track_caller]
-fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
     match json.pointer(pointer).and_then(Value::as_str) {
         Some(text) => text,
         None => panic!("a string at {pointer} in {json:#}"),
@@ -406,13 +408,13 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 /// One grpcurl command line (without `grpcurl` itself).
 #[derive(Debug, Clone)]
-struct Grpcurl {
+pub(crate) struct Grpcurl {
     args: Vec<String>,
 }
 
 /// The README command with the word `word` (a method, `list` or `describe`),
 /// pointed at `app`, with acme's admin key as `$ADMIN`.
-fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
+pub(crate) fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
     let args = readme_commands()
         .iter()
         .find(|args| args.iter().any(|arg| arg == word))
@@ -427,7 +429,7 @@ fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
 
 impl Grpcurl {
     /// Replaces `from` with `to` in every argument.
-    fn with(mut self, from: &str, to: &str) -> Self {
+    pub(crate) fn with(mut self, from: &str, to: &str) -> Self {
         for arg in &mut self.args {
             *arg = arg.replace(from, to);
         }
@@ -451,6 +453,29 @@ impl Grpcurl {
         self
     }
 
+    /// The same command over TLS: `-plaintext` replaced by `-cacert` and,
+    /// with a client certificate, `-cert` and `-key`.
+    pub(crate) fn over_tls(mut self, tls: &ClientTls) -> Self {
+        let mut flags = Vec::new();
+        let paths = [
+            ("-cacert", &tls.ca_cert),
+            ("-cert", &tls.client_cert),
+            ("-key", &tls.client_key),
+        ];
+        for (flag, path) in paths {
+            if let Some(path) = path {
+                flags.extend([flag.to_owned(), display(path)]);
+            }
+        }
+        let at = self
+            .args
+            .iter()
+            .position(|arg| arg == "-plaintext")
+            .unwrap_or_else(|| panic!("a -plaintext flag in {:?}", self.args));
+        self.args.splice(at..=at, flags);
+        self
+    }
+
     /// Puts `flags` in front of the README's flags.
     fn flags(mut self, flags: &[&str]) -> Self {
         self.args
@@ -459,7 +484,7 @@ impl Grpcurl {
     }
 
     /// Runs grpcurl (off the async runtime's worker threads).
-    async fn run(self) -> Run {
+    pub(crate) async fn run(self) -> Run {
         let bin = grpcurl().expect("checked before the test started");
         let args = self.args;
         tokio::task::spawn_blocking(move || run_blocking(&bin, args))
@@ -482,11 +507,11 @@ fn readme_commands() -> &'static [Vec<String>] {
 // ------------------------------------------------------- running grpcurl
 
 /// What a grpcurl run printed.
-struct Run {
+pub(crate) struct Run {
     args: Vec<String>,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl std::fmt::Display for Run {
@@ -502,14 +527,14 @@ impl std::fmt::Display for Run {
 impl Run {
     /// Panics unless grpcurl succeeded.
     #[track_caller]
-    fn success(self) -> Self {
+    pub(crate) fn success(self) -> Self {
         assert_eq!(self.code, Some(0), "grpcurl succeeds:\n{self}");
         self
     }
 
     /// The response: grpcurl's JSON output of a successful call.
     #[track_caller]
-    fn json(self) -> Value {
+    pub(crate) fn json(self) -> Value {
         let run = self.success();
         match serde_json::from_str(&run.stdout) {
             Ok(json) => json,
@@ -591,7 +616,7 @@ fn grpcurl() -> Option<PathBuf> {
 
 /// The grpcurl binary; `None` (after saying so) when there is none outside
 /// CI; a panic in CI, where a missing tool is a failure.
-fn grpcurl_or_skip() -> Option<PathBuf> {
+pub(crate) fn grpcurl_or_skip() -> Option<PathBuf> {
     let found = grpcurl();
     if found.is_none() {
         missing_tool(

@@ -16,6 +16,7 @@ use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
 use keyward::validation::KeyValidator;
 use keyward::{Application, Settings, bootstrap};
+use keyward_auth::ClientTls;
 use keyward_core::{ApiKeySecret, Environment, KeyKind, KeyName, LookupHasher, OrganizationId};
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase, on_fresh_database};
@@ -25,6 +26,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+pub mod certs;
 mod keys;
 pub mod logs;
 pub mod process;
@@ -85,6 +87,10 @@ pub fn test_settings(database_url: &str) -> Settings {
 pub struct TestApp {
     /// The address the server listens on.
     pub addr: SocketAddr,
+    /// Its URL: `http://ADDR`, or `https://ADDR` when it serves TLS.
+    pub url: String,
+    /// How the test's clients speak TLS to it (empty for plaintext).
+    pub client_tls: ClientTls,
     /// The database URL (for tests that inspect rows or run the CLI).
     pub database_url: String,
     /// The settings the server was started with.
@@ -116,6 +122,17 @@ impl TestApp {
     /// Starts keyward on `database_url` with [`test_settings`] changed by
     /// `configure`, and bootstraps admin keys of `acme` and `globex`.
     pub async fn start(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::start_with_client_tls(database_url, configure, ClientTls::default()).await
+    }
+
+    /// [`TestApp::start`] for a server that `configure` may put on TLS: the
+    /// test's clients connect over `https://` with `client_tls` when the
+    /// settings name a certificate.
+    pub async fn start_with_client_tls(
+        database_url: &str,
+        configure: impl FnOnce(&mut Settings),
+        client_tls: ClientTls,
+    ) -> TestApp {
         init_logs();
         let mut settings = test_settings(database_url);
         configure(&mut settings);
@@ -140,8 +157,14 @@ impl TestApp {
             keys.push(secret.expose().to_owned());
         }
         let running = serve(app);
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("a valid URI")
+        let scheme = if settings.tls.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{addr}");
+        let channel = keyward_auth::tls::endpoint(&url, &client_tls)
+            .expect("valid client TLS settings")
             .connect()
             .await
             .expect("the server accepts connections");
@@ -149,6 +172,8 @@ impl TestApp {
         let acme_key = keys.pop().expect("two keys");
         TestApp {
             addr,
+            url,
+            client_tls,
             database_url: database_url.to_owned(),
             settings,
             store,
@@ -185,8 +210,8 @@ impl TestApp {
     /// A channel to this keyward that connects on first use (and again after
     /// the server went away).
     pub fn lazy_channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("a valid URI")
+        keyward_auth::tls::endpoint(&self.url, &self.client_tls)
+            .expect("valid client TLS settings")
             .connect_lazy()
     }
 
@@ -459,8 +484,19 @@ pub async fn with_app_configured(
     configure: impl FnOnce(&mut Settings),
     body: impl AsyncFnOnce(&TestApp),
 ) {
+    with_tls_app(backend, configure, ClientTls::default(), body).await;
+}
+
+/// [`with_app_configured`] for a server `configure` may put on TLS (see
+/// [`TestApp::start_with_client_tls`]).
+pub async fn with_tls_app(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+    client_tls: ClientTls,
+    body: impl AsyncFnOnce(&TestApp),
+) {
     on_fresh_database(backend, |url| async move {
-        let app = TestApp::start(&url, configure).await;
+        let app = TestApp::start_with_client_tls(&url, configure, client_tls).await;
         body(&app).await;
         app.stop().await;
     })

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use keyward::pb;
 use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
+use keyward_auth::ClientTls;
 use tonic::transport::Channel;
 
 use super::logs::new_process_log;
@@ -209,7 +210,11 @@ impl KeywardProcess {
 
     /// [`serve`](Self::serve) in the working directory `dir`.
     pub fn serve_in(name: &str, args: &[&str], dir: Option<&Path>) -> Self {
-        let addr = free_addr();
+        Self::serve_at(name, free_addr(), args, dir)
+    }
+
+    /// `keyward serve --listen ADDR ARGS` in the working directory `dir`.
+    pub fn serve_at(name: &str, addr: SocketAddr, args: &[&str], dir: Option<&Path>) -> Self {
         let (log_out, log) = log_file(&format!("keyward-serve-{name}"));
         let log_err = log_out.try_clone().expect("a second handle to the log");
         let mut command = keyward_command();
@@ -264,6 +269,25 @@ impl KeywardProcess {
 
     /// Waits until it answers ListKeys with `admin_key`; its channel.
     pub async fn wait_until_serving(&mut self, admin_key: &str) -> Channel {
+        self.wait_until_serving_over(admin_key, &ClientTls::default())
+            .await
+    }
+
+    /// [`wait_until_serving`](Self::wait_until_serving) over TLS with
+    /// `client_tls` (plaintext when it is empty), on 127.0.0.1 and this
+    /// process's port.
+    pub async fn wait_until_serving_over(
+        &mut self,
+        admin_key: &str,
+        client_tls: &ClientTls,
+    ) -> Channel {
+        let scheme = if client_tls.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!("{scheme}://127.0.0.1:{}", self.addr.port());
+        let endpoint = keyward_auth::tls::endpoint(&url, client_tls).expect("valid client TLS");
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("the process can be polled") {
@@ -273,11 +297,7 @@ impl KeywardProcess {
                     self.log_tail()
                 );
             }
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
-                .expect("a valid URI")
-                .connect()
-                .await
-            {
+            if let Ok(channel) = endpoint.connect().await {
                 let answered = KeyAdminServiceClient::new(channel.clone())
                     .list_keys(with_key(admin_key, pb::ListKeysRequest::default()))
                     .await;
@@ -293,6 +313,20 @@ impl KeywardProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends SIGHUP (reload the TLS files).
+    pub fn hang_up(&self) {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -HUP works");
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the process to exit.
