@@ -116,6 +116,8 @@ pub(crate) enum CliError {
         /// The transport error and its causes.
         detail: String,
     },
+    /// The connection broke during a call (exit 4).
+    Transport(String),
     /// keyward answered with an error.
     Status(Status),
     /// keyward answered without a field it always sends (exit 1).
@@ -124,7 +126,15 @@ pub(crate) enum CliError {
 
 impl From<Status> for CliError {
     fn from(status: Status) -> Self {
-        Self::Status(status)
+        // A status with a source was made here from a local error, not sent
+        // by keyward: tonic reports a connection that broke (a TLS client
+        // certificate the server refused after the handshake, a reset, a
+        // timeout) as UNKNOWN "transport error" or the like; its cause is
+        // the source.
+        match std::error::Error::source(&status) {
+            Some(cause) => Self::Transport(format!("{}: {}", status.message(), error_chain(cause))),
+            None => Self::Status(status),
+        }
     }
 }
 
@@ -134,7 +144,7 @@ impl CliError {
         match self {
             Self::Usage(_) => exit::USAGE,
             Self::Config(_) => exit::CONFIG,
-            Self::Connect { .. } => exit::UNAVAILABLE,
+            Self::Connect { .. } | Self::Transport(_) => exit::UNAVAILABLE,
             Self::BadResponse(_) => exit::FAILURE,
             Self::Status(status) => match status.code() {
                 Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
@@ -165,6 +175,9 @@ impl CliError {
             Self::Usage(message) | Self::Config(message) => text.push_str(message),
             Self::Connect { server, detail } => {
                 let _ = write!(text, "cannot connect to {server}: {detail}");
+            }
+            Self::Transport(detail) => {
+                let _ = write!(text, "the connection to keyward failed: {detail}");
             }
             Self::BadResponse(field) => {
                 let _ = write!(text, "keyward answered without {field}");
@@ -219,21 +232,21 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// Runs `keyward keys …`; prints the answer on stdout or the error on stderr.
 pub async fn run_keys(args: KeysArgs) -> ExitCode {
-    let format = args.client.output;
-    finish(keys::run(args).await, format)
+    let client = args.client.clone();
+    finish(keys::run(args).await, &client)
 }
 
 /// Runs `keyward events …`; prints the answer on stdout or the error on stderr.
 pub async fn run_events(args: EventsArgs) -> ExitCode {
-    let format = args.client.output;
-    finish(events::run(args).await, format)
+    let client = args.client.clone();
+    finish(events::run(args).await, &client)
 }
 
 /// Prints the outcome of a command and picks the exit code.
-fn finish(outcome: Result<output::Report, CliError>, format: OutputFormat) -> ExitCode {
+fn finish(outcome: Result<output::Report, CliError>, client: &ClientArgs) -> ExitCode {
     match outcome {
         Ok(report) => {
-            let text = report.render(format);
+            let text = report.render(client.output);
             let mut stdout = std::io::stdout().lock();
             match std::io::Write::write_all(&mut stdout, text.as_bytes())
                 .and_then(|()| std::io::Write::flush(&mut stdout))
@@ -251,6 +264,15 @@ fn finish(outcome: Result<output::Report, CliError>, format: OutputFormat) -> Ex
         }
         Err(error) => {
             eprintln!("{}", error.render());
+            let broken = matches!(error, CliError::Connect { .. } | CliError::Transport(_));
+            if broken && client.server.starts_with("https://") && client.client_cert.is_none() {
+                // With TLS 1.3 a refused client certificate shows as a
+                // connection closed after the handshake, not as a TLS error.
+                eprintln!(
+                    "  hint: a keyward that requires client certificates closes connections \
+                     without one (--client-cert and --client-key)"
+                );
+            }
             ExitCode::from(error.exit_code())
         }
     }
@@ -315,7 +337,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
+        // Layers often repeat their cause's words: say them once.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            let _ = write!(text, ": {cause_text}");
+        }
         source = cause.source();
     }
     text

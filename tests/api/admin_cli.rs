@@ -7,11 +7,13 @@
 
 use keyward::pb;
 use keyward_core::{ApiKeySecret, Environment, KeyKind};
+use keyward_store::testing::Backend;
 use serde_json::Value;
 
 use crate::e2e_test;
-use crate::helpers::process::free_addr;
-use crate::helpers::{TestApp, readme, unknown_key};
+use crate::helpers::certs::{TestPki, display};
+use crate::helpers::process::{AdminCli, free_addr};
+use crate::helpers::{TestApp, readme, unknown_key, with_tls_app};
 
 /// The exit codes README's "Admin CLI" section documents.
 mod exit {
@@ -104,7 +106,17 @@ e2e_test!(every_key_subcommand_works, backends = [sqlite], |app| {
 
     // get, as JSON and as a table.
     let got = json(app, &["keys", "get", &id]).await;
-    assert_eq!(got["api_key"], *key);
+    // The same key, but for last-used data (the validation above may have
+    // been flushed meanwhile).
+    let without_usage = |key: &Value| {
+        let mut key = key.clone();
+        let fields = key.as_object_mut().expect("a key is an object");
+        for usage in ["last_used_at", "last_used_ip", "last_used_user_agent"] {
+            assert!(fields.remove(usage).is_some(), "{usage} is always present");
+        }
+        key
+    };
+    assert_eq!(without_usage(&got["api_key"]), without_usage(key));
     let shown = app.cli(&["keys", "get", &id]).await;
     assert!(shown.success().contains("orders service"), "{shown:?}");
     assert!(
@@ -415,7 +427,9 @@ e2e_test!(
         );
         let none = app.admin_cli().run(&["keys", "list"]).await;
         assert!(none.failure(exit::CONFIG).contains("KEYWARD_ADMIN_KEY"));
-        let typo = format!("{}x", &app.acme_key[..app.acme_key.len() - 1]);
+        // The last character changed (to one it is not): a checksum mismatch.
+        let (body, last) = app.acme_key.split_at(app.acme_key.len() - 1);
+        let typo = format!("{body}{}", if last == "x" { 'y' } else { 'x' });
         let mistyped = app
             .admin_cli()
             .admin_key(&typo)
@@ -424,7 +438,7 @@ e2e_test!(
         assert!(mistyped.failure(exit::CONFIG).contains("checksum"));
 
         // No server.
-        let nobody = crate::helpers::process::AdminCli::new(free_addr())
+        let nobody = AdminCli::new(&format!("http://{}", free_addr()))
             .admin_key(&app.acme_key)
             .run(&["events", "list"])
             .await;
@@ -586,3 +600,92 @@ e2e_test!(the_readme_commands_work, backends = [sqlite], |app| {
         );
     }
 });
+
+/// `--ca-cert`, `--client-cert` and `--client-key` (or their `KEYWARD_*`
+/// variables) reach a keyward that requires client certificates; without a
+/// certificate of its CA, or trusting another CA, there is no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_mtls() {
+    let pki = TestPki::new();
+    let [ca, cert, key, other_ca] = ["ca.pem", "client.pem", "client-key.pem", "other-ca.pem"]
+        .map(|name| display(&pki.path(name)));
+    with_tls_app(
+        Backend::Sqlite,
+        |settings| pki.serve_tls(settings, true),
+        pki.client(),
+        async |app| {
+            assert!(app.url.starts_with("https://"), "{}", app.url);
+            let created = app
+                .cli(&[
+                    "keys",
+                    "create",
+                    "--name",
+                    "over mtls",
+                    "--ca-cert",
+                    &ca,
+                    "--client-cert",
+                    &cert,
+                    "--client-key",
+                    &key,
+                    "--output",
+                    "json",
+                ])
+                .await
+                .json();
+            let id = text(&created["api_key"]["id"]);
+            assert_eq!(app.get_key(id).await.name, "over mtls");
+
+            let listed = app
+                .admin_cli()
+                .admin_key(&app.acme_key)
+                .env("KEYWARD_CA_CERT", &ca)
+                .env("KEYWARD_CLIENT_CERT", &cert)
+                .env("KEYWARD_CLIENT_KEY", &key)
+                .run(&["events", "list", "--output", "json"])
+                .await
+                .json();
+            assert_eq!(listed["events"][0]["key_id"], id);
+
+            let without_certificate = app.cli(&["keys", "list", "--ca-cert", &ca]).await;
+            let stderr = without_certificate.failure(exit::UNAVAILABLE);
+            assert!(
+                stderr.starts_with("error: the connection to keyward failed: "),
+                "{stderr}"
+            );
+            assert!(stderr.contains("hint: "), "{stderr}");
+            let wrong_ca = app
+                .cli(&[
+                    "keys",
+                    "list",
+                    "--ca-cert",
+                    &other_ca,
+                    "--client-cert",
+                    &cert,
+                    "--client-key",
+                    &key,
+                ])
+                .await;
+            assert!(
+                wrong_ca
+                    .failure(exit::UNAVAILABLE)
+                    .starts_with("error: cannot connect to https://"),
+                "{wrong_ca:?}"
+            );
+            let half = app
+                .cli(&["keys", "list", "--ca-cert", &ca, "--client-cert", &cert])
+                .await;
+            assert!(half.failure(exit::CONFIG).contains("give both or neither"));
+            let plaintext = app
+                .admin_cli()
+                .admin_key(&app.acme_key)
+                .env("KEYWARD_SERVER", &app.url.replace("https://", "http://"))
+                .run(&["keys", "list"])
+                .await;
+            assert_ne!(
+                plaintext.code, 0,
+                "plaintext to a TLS port fails: {plaintext:?}"
+            );
+        },
+    )
+    .await;
+}

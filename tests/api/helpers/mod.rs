@@ -284,9 +284,10 @@ impl TestApp {
             .expect("RevokeKey succeeds");
     }
 
-    /// The admin CLI against this keyward, with no admin key yet.
+    /// The admin CLI against this keyward ([`TestApp::url`]), with no admin
+    /// key yet (and no TLS options: a TLS test adds its own).
     pub fn admin_cli(&self) -> process::AdminCli {
-        process::AdminCli::new(self.addr)
+        process::AdminCli::new(&self.url)
     }
 
     /// `keyward ARGS` (`keys …` or `events …`) against this keyward with

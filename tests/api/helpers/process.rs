@@ -72,10 +72,10 @@ pub struct CliRun {
 }
 
 impl AdminCli {
-    /// `keyward` with `KEYWARD_SERVER=http://<addr>` and no admin key.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// `keyward` with `KEYWARD_SERVER=<url>` and no admin key.
+    pub fn new(url: &str) -> Self {
         let mut command = keyward_command();
-        command.env("KEYWARD_SERVER", format!("http://{addr}"));
+        command.env("KEYWARD_SERVER", url);
         Self {
             command,
             options: Vec::new(),
