@@ -23,7 +23,7 @@ use tower::load_shed::LoadShedLayer;
 
 use crate::admin::AdminApi;
 pub use crate::config::Settings;
-use crate::config::{Cidr, DatabaseArgs, LimitSettings};
+use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
 use crate::connection::{ClientAddrLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
 use crate::pb;
@@ -101,9 +101,10 @@ pub struct Application {
     limits: LimitSettings,
     stale_if_error: Duration,
     validator: Arc<KeyValidator>,
-    /// TLS on the listener (with how long a handshake may take and how
-    /// often the files are checked for changes).
-    tls: Option<(ServerTls, Duration, Duration)>,
+    /// TLS on the listener, if configured.
+    tls: Option<ServerTls>,
+    /// Its handshake deadline and reload interval.
+    tls_settings: TlsSettings,
     /// The newest committed feed position when the cache was empty: the
     /// follower applies every event after it.
     feed_head: i64,
@@ -128,14 +129,7 @@ impl Application {
         // worth reporting at once.
         let tls = TlsFiles::from_settings(&settings.tls)
             .map(ServerTls::load)
-            .transpose()?
-            .map(|tls| {
-                (
-                    tls,
-                    settings.tls.tls_handshake_timeout,
-                    settings.tls.tls_reload_interval,
-                )
-            });
+            .transpose()?;
         let hasher = settings
             .database
             .hasher()
@@ -173,6 +167,7 @@ impl Application {
             stale_if_error: settings.validator.stale_if_error,
             validator,
             tls,
+            tls_settings: settings.tls,
             feed_head,
         })
     }
@@ -260,9 +255,9 @@ impl Application {
         let tls_watcher = self
             .tls
             .as_ref()
-            .map(|(tls, _, every)| tokio::spawn(tls.clone().watch(*every)));
+            .map(|tls| tokio::spawn(tls.clone().watch(self.tls_settings.tls_reload_interval)));
         match &self.tls {
-            Some((tls, _, _)) => tracing::info!(
+            Some(tls) => tracing::info!(
                 %addr,
                 client_certificates = tls.requires_client_certificates(),
                 "keyward listening (TLS)"
@@ -286,8 +281,8 @@ impl Application {
             limits.max_connections,
         );
         let incoming = match self.tls {
-            Some((tls, handshake_timeout, _)) => {
-                ServerIncoming::tls(incoming, tls, handshake_timeout)
+            Some(tls) => {
+                ServerIncoming::tls(incoming, tls, self.tls_settings.tls_handshake_timeout)
             }
             None => ServerIncoming::plaintext(incoming),
         };

@@ -17,6 +17,7 @@
 //! in the `ServerConfig`.
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -161,9 +162,15 @@ impl ServerTls {
     }
 
     /// Reloads on SIGHUP and whenever a file changes (checked every
-    /// `poll`), logging the outcome. Runs until aborted.
-    pub async fn watch(self, poll: Duration) {
-        let mut hangup = hangup_signal();
+    /// `poll`), logging the outcome; the returned future runs until aborted.
+    /// SIGHUP is handled from this call on (no longer the default action,
+    /// which ends the process), before the future is first polled.
+    pub fn watch(self, poll: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let hangup = hangup_signal();
+        self.reload_on(hangup, poll)
+    }
+
+    async fn reload_on(self, mut hangup: Hangup, poll: Duration) {
         let mut seen = self.fingerprint();
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -326,4 +333,60 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::BadPrivateKey {
         path: path.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `localhost` and its key, as PEM.
+    fn self_signed() -> (String, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a certificate");
+        (certified.cert.pem(), certified.signing_key.serialize_pem())
+    }
+
+    fn files(name: &str, cert: &str, key: &str) -> TlsFiles {
+        let dir =
+            std::env::temp_dir().join(format!("keyward-tls-unit-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::write(dir.join("cert.pem"), cert).expect("writable");
+        std::fs::write(dir.join("key.pem"), key).expect("writable");
+        TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+        }
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_load() {
+        let (cert, key) = self_signed();
+        let tls = ServerTls::load(files("good", &cert, &key)).expect("a valid pair");
+        assert!(!tls.requires_client_certificates());
+        tls.reload().expect("the same files load again");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_without_showing_it() {
+        let (cert, _) = self_signed();
+        let (_, other_key) = self_signed();
+        let error = ServerTls::load(files("mismatch", &cert, &other_key)).expect_err("mismatch");
+        assert!(matches!(error, TlsError::Identity { .. }), "{error:?}");
+        let body = other_key.lines().nth(1).expect("a PEM body line");
+        assert!(!error.to_string().contains(body), "{error}");
+    }
+
+    #[test]
+    fn files_without_pem_content_are_named_in_the_error() {
+        let (cert, key) = self_signed();
+        let error = ServerTls::load(files("nocert", "junk", &key)).expect_err("no certificate");
+        assert!(
+            matches!(error, TlsError::BadCertificate { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("cert.pem"), "{error}");
+        let error = ServerTls::load(files("nokey", &cert, "junk")).expect_err("no key");
+        assert!(matches!(error, TlsError::BadPrivateKey { .. }), "{error:?}");
+    }
 }

@@ -554,7 +554,7 @@ e2e_test!(
 );
 
 e2e_test!(the_readme_commands_work, backends = [sqlite], |app| {
-    let commands = readme::commands("Using it with the CLI", "keyward");
+    let commands = readme::commands("## Using it with the CLI", "keyward");
     let mut id: Option<String> = None;
     let mut shown = std::collections::BTreeSet::new();
     for command in commands {

@@ -436,6 +436,16 @@ impl Grpcurl {
         self
     }
 
+    /// Replaces every argument that is exactly `from` with `to`.
+    pub(crate) fn with_arg(mut self, from: &str, to: &str) -> Self {
+        for arg in &mut self.args {
+            if arg == from {
+                to.clone_into(arg);
+            }
+        }
+        self
+    }
+
     /// Replaces the last argument.
     fn last_arg(mut self, arg: &str) -> Self {
         *self.args.last_mut().expect("a command has arguments") = arg.to_owned();
@@ -498,10 +508,19 @@ impl Grpcurl {
 fn readme_commands() -> &'static [Vec<String>] {
     static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     COMMANDS.get_or_init(|| {
-        let commands = readme::commands("Using it with grpcurl", "grpcurl");
+        let commands = readme::commands("## Using it with grpcurl", "grpcurl");
         assert!(commands.len() >= 10, "README's commands: {commands:?}");
         commands
     })
+}
+
+/// The grpcurl commands of README's section `heading` (with its `#`s), to
+/// run as they are after replacements (see [`Grpcurl::with`]).
+pub(crate) fn readme_section(heading: &str) -> Vec<Grpcurl> {
+    readme::commands(heading, "grpcurl")
+        .into_iter()
+        .map(|args| Grpcurl { args })
+        .collect()
 }
 
 // ------------------------------------------------------- running grpcurl

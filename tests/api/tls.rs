@@ -1,6 +1,7 @@
 //! TLS and mTLS on keyward's port (SPEC §12), with a CA and certificates
 //! made for each test (`helpers::certs`): tonic clients through
-//! `keyward_auth::tls`, the real grpcurl with `-cacert` (and `-cert`/`-key`),
+//! `keyward_auth::tls`, the real grpcurl with `-cacert` (and `-cert`/`-key`,
+//! README's "TLS and mTLS" commands among them),
 //! the example order service validating through a TLS `RemoteValidator`,
 //! certificates reloaded under a running server (file change and SIGHUP),
 //! slow handshakes that hold up no one, and the startup warning of a
@@ -22,9 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
 use crate::grpcurl::{
-    LIST, README_SECRET, VALIDATE, assert_valid, grpcurl_or_skip, readme_command,
+    LIST, README_SECRET, VALIDATE, assert_valid, grpcurl_or_skip, readme_command, readme_section,
 };
-use crate::helpers::certs::TestPki;
+use crate::helpers::certs::{TestPki, display};
 use crate::helpers::process::{KeywardProcess, bootstrap_with_cli, free_addr};
 use crate::helpers::{
     TestApp, captured_logs, code, eventually, unknown_key, with_key, with_tls_app,
@@ -214,6 +215,44 @@ async fn grpcurl_lists_and_validates_over_tls_and_mtls() {
         })
         .await;
     }
+}
+
+/// README's "TLS and mTLS" grpcurl commands, run as written against a
+/// keyward requiring client certificates (its host and files replaced by the
+/// test's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tls_commands_work() {
+    if grpcurl_or_skip().is_none() {
+        return;
+    }
+    let pki = TestPki::new();
+    with_tls(&pki, true, async |app| {
+        let key = app.create_key("readme over tls").await;
+        let commands = readme_section("### TLS and mTLS");
+        assert_eq!(commands.len(), 2, "list and ValidateKey");
+        let mut outputs = Vec::new();
+        for command in commands {
+            let run = command
+                .with("keyward.example:50051", &app.addr.to_string())
+                .with(README_SECRET, &key.secret)
+                .with_arg("ca.pem", &display(&pki.path("ca.pem")))
+                .with_arg("client.pem", &display(&pki.path("client.pem")))
+                .with_arg("client-key.pem", &display(&pki.path("client-key.pem")))
+                .run()
+                .await
+                .success();
+            outputs.push(run.stdout);
+        }
+        assert!(
+            outputs[0].contains("keyward.v1.KeyValidationService"),
+            "{}",
+            outputs[0]
+        );
+        let verdict: serde_json::Value =
+            serde_json::from_str(&outputs[1]).expect("grpcurl prints JSON");
+        assert_valid(&verdict, &key.id);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

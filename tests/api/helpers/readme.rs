@@ -5,19 +5,19 @@
 pub const README: &str = include_str!("../../../README.md");
 
 /// The commands of `program` in the first ```sh block of README's section
-/// `## heading`, split into words like a shell would (quotes, `\` line
+/// `heading` (the heading line, e.g. `## Using it with grpcurl`), split into words like a shell would (quotes, `\` line
 /// continuations, comments), without the program name. Other lines of the
 /// block (comments, `read`, `export`) are skipped.
 pub fn commands(heading: &str, program: &str) -> Vec<Vec<String>> {
     let section = README
-        .split(&format!("\n## {heading}\n"))
+        .split(&format!("\n{heading}\n"))
         .nth(1)
-        .unwrap_or_else(|| panic!("README has a \"{heading}\" section"));
+        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
     let block = section
         .split("```sh")
         .nth(1)
         .and_then(|block| block.split("```").next())
-        .unwrap_or_else(|| panic!("README's \"{heading}\" has a ```sh block"));
+        .unwrap_or_else(|| panic!("README's {heading:?} has a ```sh block"));
     block
         .replace("\\\n", " ")
         .lines()
