@@ -356,41 +356,46 @@ impl Call {
     }
 
     async fn send(self, client: &mut AdminClient) -> Result<Report, CliError> {
-        let key = |key: Option<pb::ApiKey>| key.ok_or(CliError::BadResponse("api_key"));
+        /// The key of a response: keyward always sends it.
+        fn required(key: Option<pb::ApiKey>) -> Result<pb::ApiKey, CliError> {
+            key.ok_or(CliError::BadResponse("api_key"))
+        }
+        let one = |key| required(key).map(Report::Key);
         Ok(match self {
             Self::Create(request) => {
                 let response = client.create_key(request).await?.into_inner();
                 Report::Created {
-                    key: key(response.api_key)?,
+                    key: required(response.api_key)?,
                     secret: response.secret,
                 }
             }
             Self::Get(request) => {
-                Report::Key(key(client.get_key(request).await?.into_inner().api_key)?)
+                let response = client.get_key(request).await?.into_inner();
+                one(response.api_key)?
             }
             Self::List { request, all } => list(client, request, all).await?,
             Self::Update(request) => {
-                Report::Key(key(client.update_key(request).await?.into_inner().api_key)?)
+                let response = client.update_key(request).await?.into_inner();
+                one(response.api_key)?
             }
-            Self::Archive(request) => Report::Key(key(client
-                .archive_key(request)
-                .await?
-                .into_inner()
-                .api_key)?),
-            Self::Reactivate(request) => Report::Key(key(client
-                .reactivate_key(request)
-                .await?
-                .into_inner()
-                .api_key)?),
+            Self::Archive(request) => {
+                let response = client.archive_key(request).await?.into_inner();
+                one(response.api_key)?
+            }
+            Self::Reactivate(request) => {
+                let response = client.reactivate_key(request).await?.into_inner();
+                one(response.api_key)?
+            }
             Self::Revoke(request) => {
-                Report::Key(key(client.revoke_key(request).await?.into_inner().api_key)?)
+                let response = client.revoke_key(request).await?.into_inner();
+                one(response.api_key)?
             }
             Self::Rotate(request) => {
                 let response = client.rotate_key(request).await?.into_inner();
                 Report::Rotated {
-                    key: key(response.api_key)?,
+                    key: required(response.api_key)?,
                     secret: response.secret,
-                    previous: Box::new(key(response.previous_key)?),
+                    previous: Box::new(required(response.previous_key)?),
                 }
             }
             Self::Delete(request) => {
