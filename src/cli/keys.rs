@@ -103,6 +103,18 @@ pub struct ListKeysArgs {
     /// Only keys of this workspace.
     #[arg(long, default_value = "")]
     pub workspace_id: String,
+    /// Only keys created by this actor (an admin key id; `cli` for bootstrap).
+    #[arg(long, default_value = "")]
+    pub created_by_id: String,
+    /// Only keys acting for this user.
+    #[arg(long, default_value = "")]
+    pub user_id: String,
+    /// Only keys acting for this service account.
+    #[arg(long, default_value = "")]
+    pub service_account_id: String,
+    /// Only keys never used or last used before this time (RFC 3339): stale keys.
+    #[arg(long, value_parser = parse_time)]
+    pub last_used_before: Option<DateTime<Utc>>,
     /// Keys per page, 1 to 1000 (keyward's default: 20; with --all: 1000).
     #[arg(long)]
     pub limit: Option<i32>,
@@ -337,7 +349,11 @@ impl Call {
                         .collect(),
                     include_archived: args.include_archived,
                     workspace_id: args.workspace_id,
-                    ..Default::default()
+                    created_by_id: args.created_by_id,
+                    user_id: args.user_id,
+                    service_account_id: args.service_account_id,
+                    last_used_before: args.last_used_before.map(timestamp),
+                    before_id: String::new(),
                 },
                 all: args.all,
             },

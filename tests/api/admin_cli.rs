@@ -124,7 +124,7 @@ e2e_test!(every_key_subcommand_works, backends = [sqlite], |app| {
         "get never shows the raw key"
     );
 
-    // list.
+    // list, and its filters.
     let listed = json(app, &["keys", "list"]).await;
     assert!(
         listed["keys"]
@@ -133,6 +133,46 @@ e2e_test!(every_key_subcommand_works, backends = [sqlite], |app| {
             .iter()
             .any(|k| k["id"] == id),
         "{listed}"
+    );
+    let owned = json(
+        app,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "owned",
+            "--user-id",
+            "user:42",
+            "--workspace-id",
+            "eu",
+        ],
+    )
+    .await;
+    let owned_id = text(&owned["api_key"]["id"]).to_owned();
+    for filter in [&["--user-id", "user:42"][..], &["--workspace-id", "eu"]] {
+        let mut args = vec!["keys", "list"];
+        args.extend(filter);
+        let filtered = json(app, &args).await;
+        let ids: Vec<&str> = filtered["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| text(&k["id"]))
+            .collect();
+        assert_eq!(ids, [owned_id.as_str()], "{filter:?}");
+    }
+    let stale = json(
+        app,
+        &["keys", "list", "--last-used-before", "2000-01-01T00:00:00Z"],
+    )
+    .await;
+    assert!(
+        stale["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == owned_id),
+        "a key never used is stale: {stale}"
     );
 
     // update: the mask is the flags given; clearing is explicit.
