@@ -39,6 +39,10 @@ pub enum Command {
     /// Audit-log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manages keys on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
+    Keys(crate::cli::KeysArgs),
+    /// Reads the audit log on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
+    Events(crate::cli::EventsArgs),
 }
 
 /// Audit-log subcommands.

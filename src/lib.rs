@@ -5,10 +5,12 @@
 //! `Authorization/Check`; `validation` is the
 //! validation path they share with the auth layer; `error` is the one place
 //! where errors become `tonic::Status`; `convert` holds every wire/domain
-//! conversion. Only this crate knows about tonic.
+//! conversion; `cli` is the admin CLI (`keyward keys …`, `keyward events
+//! list`), a gRPC client of a running server. Only this crate knows about tonic.
 
 pub mod admin;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod convert;

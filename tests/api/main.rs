@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin_cli;
 mod auth_layer;
 mod bad_input;
 mod cli;

@@ -31,6 +31,7 @@ mod keys;
 pub mod logs;
 pub mod process;
 pub mod proxy;
+pub mod readme;
 
 pub use keys::{CreatedKey, NewKey};
 pub use logs::{captured_logs, init_logs, record_secret, recorded_secrets};
@@ -281,6 +282,18 @@ impl TestApp {
             .revoke_key(self.acme(pb::RevokeKeyRequest { id: id.to_owned() }))
             .await
             .expect("RevokeKey succeeds");
+    }
+
+    /// The admin CLI against this keyward ([`TestApp::url`]), with no admin
+    /// key yet (and no TLS options: a TLS test adds its own).
+    pub fn admin_cli(&self) -> process::AdminCli {
+        process::AdminCli::new(&self.url)
+    }
+
+    /// `keyward ARGS` (`keys …` or `events …`) against this keyward with
+    /// acme's admin key in `KEYWARD_ADMIN_KEY`.
+    pub async fn cli(&self, args: &[&str]) -> process::CliRun {
+        self.admin_cli().admin_key(&self.acme_key).run(args).await
     }
 
     /// Every key (archived ones too) that `admin_key`'s organization sees.
