@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 mod layer;
+mod metrics;
 #[cfg(feature = "remote")]
 mod remote;
 pub mod single_flight;
@@ -51,6 +52,7 @@ mod validator;
 
 pub use keyward_core::Scope;
 pub use layer::{CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
+pub use metrics::{AuthMetrics, DenialReason};
 #[cfg(feature = "remote")]
 pub use remote::{
     DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_CACHE_TTL, DEFAULT_TIMEOUT,
