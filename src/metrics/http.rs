@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 
 /// The path metrics are served on.
 pub const METRICS_PATH: &str = "/metrics";
-/// What a scrape is answered with.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What a scrape is answered with: Prometheus' text format (see [`text_format`]).
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Scrapers open one or two connections; beyond this a connection is closed.
 const MAX_CONNECTIONS: usize = 16;
 /// How long a client may take to send its request headers.
@@ -74,11 +74,12 @@ fn respond<B>(registry: &Registry, request: &Request<B>) -> Response<Full<Bytes>
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
-    let mut text = String::new();
-    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, registry) {
+    let mut openmetrics = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut openmetrics, registry) {
         tracing::error!(%error, "metrics could not be encoded");
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n");
     }
+    let text = text_format(&openmetrics);
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -91,4 +92,67 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+/// prometheus-client's OpenMetrics text as Prometheus' text format 0.0.4,
+/// which every Prometheus reads and `promtool check metrics` lints (it
+/// parses only this format). For the metric types keyward exports the two
+/// differ in three places only: a counter family is named with its `_total`
+/// suffix in `# HELP` and `# TYPE`, `unknown` is `untyped`, and there is no
+/// `# EOF` (nor `# UNIT`) line.
+pub fn text_format(openmetrics: &str) -> String {
+    let mut text = String::with_capacity(openmetrics.len());
+    // A `# HELP` line waits for its `# TYPE` line, which says whether the
+    // family is a counter.
+    let mut help: Option<(&str, &str)> = None;
+    let flush_help = |text: &mut String, help: &mut Option<(&str, &str)>, suffix: &str| {
+        if let Some((name, rest)) = help.take() {
+            text.push_str(&format!("# HELP {name}{suffix} {rest}\n"));
+        }
+    };
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(described) = line.strip_prefix("# HELP ") {
+            flush_help(&mut text, &mut help, "");
+            let (name, rest) = described.split_once(' ').unwrap_or((described, ""));
+            help = Some((name, rest));
+            continue;
+        }
+        if let Some(typed) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = typed.split_once(' ').unwrap_or((typed, "untyped"));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "unknown" => ("", "untyped"),
+                other => ("", other),
+            };
+            flush_help(&mut text, &mut help, suffix);
+            text.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        flush_help(&mut text, &mut help, "");
+        text.push_str(line);
+        text.push('\n');
+    }
+    flush_help(&mut text, &mut help, "");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text_format;
+
+    #[test]
+    fn counters_are_named_with_total_and_eof_is_dropped() {
+        let openmetrics = "# HELP c Things.\n# TYPE c counter\nc_total{a=\"b\"} 3\n\
+                           # HELP g Level.\n# TYPE g gauge\ng 1\n\
+                           # HELP u Odd.\n# TYPE u unknown\n# UNIT u seconds\nu 2\n# EOF\n";
+        assert_eq!(
+            text_format(openmetrics),
+            "# HELP c_total Things.\n# TYPE c_total counter\nc_total{a=\"b\"} 3\n\
+             # HELP g Level.\n# TYPE g gauge\ng 1\n\
+             # HELP u Odd.\n# TYPE u untyped\nu 2\n"
+        );
+    }
 }

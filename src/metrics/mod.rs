@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-pub use self::http::serve;
+pub use self::http::{METRICS_PATH, serve, text_format};
 use crate::validation::KeyValidator;
 
 /// Which entrypoint validated a key: the `path` label of
@@ -230,65 +230,65 @@ impl ValidationMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "keyward_validations",
-            "Validation verdicts by code (as in ValidateKey, lowercase) and entrypoint.",
+            "Validation verdicts by code (as in ValidateKey, lowercase) and entrypoint",
             self.validations.clone(),
         );
         registry.register(
             "keyward_validation_errors",
-            "Validations that could not answer (UNAVAILABLE: the database was needed and failed).",
+            "Validations that could not answer (UNAVAILABLE: the database was needed and failed)",
             self.errors.clone(),
         );
         registry.register(
             "keyward_validation_duration_seconds",
             "Time to a verdict inside keyward. A cache hit does no I/O and is recorded as 0 \
-             (it takes well under the first bucket); a miss as its database read.",
+             (it takes well under the first bucket); a miss as its database read",
             self.durations.clone(),
         );
         for (name, help, counter) in [
             (
                 "keyward_cache_hits",
-                "Presented keys found in the key cache.",
+                "Presented keys found in the key cache",
                 &self.cache_hits,
             ),
             (
                 "keyward_negative_cache_hits",
-                "Presented keys remembered as unknown (no database read).",
+                "Presented keys remembered as unknown (no database read)",
                 &self.negative_cache_hits,
             ),
             (
                 "keyward_cache_misses",
-                "Presented keys in neither cache (read from the database).",
+                "Presented keys in neither cache (read from the database)",
                 &self.cache_misses,
             ),
             (
                 "keyward_database_lookup_errors",
-                "Database reads of a missed key that failed or timed out.",
+                "Database reads of a missed key that failed or timed out",
                 &self.lookup_errors,
             ),
             (
                 "keyward_feed_events",
-                "Change-feed events applied to the cache.",
+                "Change-feed events applied to the cache",
                 &self.feed_events,
             ),
             (
                 "keyward_feed_sync_errors",
                 "Change-feed reads that failed or timed out (cached verdicts are then \
-                 served for stale-if-error).",
+                 served for stale-if-error)",
                 &self.feed_sync_errors,
             ),
             (
                 "keyward_usage_flushes",
-                "Last-used batches written.",
+                "Last-used batches written",
                 &self.usage_flushes,
             ),
             (
                 "keyward_usage_flushed_keys",
-                "Keys whose last-used data a batch wrote.",
+                "Keys whose last-used data a batch wrote",
                 &self.usage_flushed_keys,
             ),
             (
                 "keyward_usage_flush_failures",
-                "Last-used flushes that failed or timed out (the batch is retried).",
+                "Last-used flushes that failed or timed out (the batch is retried)",
                 &self.usage_flush_failures,
             ),
         ] {
@@ -297,7 +297,7 @@ impl ValidationMetrics {
         registry.register(
             "keyward_feed_lag_seconds",
             "Seconds from a change's commit (its event time, on the writer's clock) to this \
-             replica applying it.",
+             replica applying it",
             self.feed_lag.clone(),
         );
     }
@@ -350,30 +350,30 @@ impl Collector for Gauges {
         gauge(
             &mut encoder,
             "keyward_cache_entries",
-            "Keys in the key cache.",
+            "Keys in the key cache",
             entries as u64,
         )?;
         gauge(
             &mut encoder,
             "keyward_cache_bytes",
-            "Estimated memory held by the key cache.",
+            "Estimated memory held by the key cache",
             validator.cache().bytes() as u64,
         )?;
         gauge(
             &mut encoder,
             "keyward_negative_cache_entries",
-            "Hashes remembered as unknown.",
+            "Hashes remembered as unknown",
             unknown as u64,
         )?;
         gauge(
             &mut encoder,
             "keyward_database_lookups_in_flight",
-            "Distinct missed keys being read from the database.",
+            "Distinct missed keys being read from the database",
             validator.in_flight() as u64,
         )?;
         ConstCounter::new(validator.database_lookups()).encode(encoder.encode_descriptor(
             "keyward_database_lookups",
-            "Database reads of missed keys (concurrent misses of one key share one).",
+            "Database reads of missed keys (concurrent misses of one key share one)",
             None,
             MetricType::Counter,
         )?)?;
@@ -381,13 +381,13 @@ impl Collector for Gauges {
             &mut encoder,
             "keyward_feed_sync_age_seconds",
             "Seconds since the last successful change-feed read. Past a few sync intervals \
-             the database is unreachable and cached verdicts are served for stale-if-error.",
+             the database is unreachable and cached verdicts are served for stale-if-error",
             validator.since_last_sync().as_secs_f64(),
         )?;
         gauge(
             &mut encoder,
             "keyward_usage_pending_keys",
-            "Keys with last-used data not yet written.",
+            "Keys with last-used data not yet written",
             validator.usage_pending() as u64,
         )?;
 
@@ -396,7 +396,7 @@ impl Collector for Gauges {
         let mut connections = encoder.encode_descriptor(
             "keyward_database_connections",
             "Open database connections by pool (main: admin, feed, usage; lookup: cache misses) \
-             and state.",
+             and state",
             None,
             MetricType::Gauge,
         )?;
@@ -411,7 +411,7 @@ impl Collector for Gauges {
         }
         let mut max = encoder.encode_descriptor(
             "keyward_database_max_connections",
-            "The most connections each pool opens.",
+            "The most connections each pool opens",
             None,
             MetricType::Gauge,
         )?;
@@ -551,7 +551,7 @@ impl AdminMetrics {
         registry.register(
             "keyward_admin_requests",
             "Admin RPCs by method and gRPC status code (lowercase; cancelled when the caller \
-             went away or the request timed out).",
+             went away or the request timed out)",
             self.requests.clone(),
         );
     }

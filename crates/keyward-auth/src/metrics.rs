@@ -168,12 +168,12 @@ mod export {
             counter(
                 &mut encoder,
                 "keyward_auth_requests",
-                "Requests the keyward auth layer authenticated (public paths excluded).",
+                "Requests the keyward auth layer authenticated (public paths excluded)",
                 self.requests(),
             )?;
             let mut denials = encoder.encode_descriptor(
                 "keyward_auth_denials",
-                "Requests the keyward auth layer refused, by reason.",
+                "Requests the keyward auth layer refused, by reason",
                 None,
                 MetricType::Counter,
             )?;
@@ -186,19 +186,19 @@ mod export {
             counter(
                 &mut encoder,
                 "keyward_auth_errors",
-                "Requests refused as unavailable because keyward could not answer.",
+                "Requests refused as unavailable because keyward could not answer",
                 self.errors(),
             )?;
             counter(
                 &mut encoder,
                 "keyward_auth_keyward_calls",
-                "ValidateKey calls made to keyward (cache misses).",
+                "ValidateKey calls made to keyward (cache misses)",
                 self.keyward_calls(),
             )?;
             counter(
                 &mut encoder,
                 "keyward_auth_cache_hits",
-                "Verdicts answered from the local verdict cache.",
+                "Verdicts answered from the local verdict cache",
                 self.cache_hits(),
             )
         }
