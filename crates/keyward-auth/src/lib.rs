@@ -38,6 +38,11 @@
 //! # }
 //! ```
 //!
+//! [`AuthMetrics`] counts what the layer and the validator did (requests,
+//! denials by reason, errors, `ValidateKey` calls, cache hits); cargo feature
+//! `metrics` exports them on a `prometheus-client` registry
+//! (`AuthMetrics::register`).
+//!
 //! This crate does not depend on the keyward server or on any database.
 
 #![forbid(unsafe_code)]
