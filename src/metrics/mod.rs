@@ -340,7 +340,14 @@ fn gauge(
     help: &str,
     value: impl prometheus_client::encoding::EncodeGaugeValue + Send + Sync + std::fmt::Debug,
 ) -> std::fmt::Result {
-    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    // Registered metrics get a period after their help text: these too.
+    let help = format!("{help}.");
+    ConstGauge::new(value).encode(encoder.encode_descriptor(
+        name,
+        &help,
+        None,
+        MetricType::Gauge,
+    )?)
 }
 
 impl Collector for Gauges {
@@ -373,7 +380,7 @@ impl Collector for Gauges {
         )?;
         ConstCounter::new(validator.database_lookups()).encode(encoder.encode_descriptor(
             "keyward_database_lookups",
-            "Database reads of missed keys (concurrent misses of one key share one)",
+            "Database reads of missed keys (concurrent misses of one key share one).",
             None,
             MetricType::Counter,
         )?)?;
@@ -396,7 +403,7 @@ impl Collector for Gauges {
         let mut connections = encoder.encode_descriptor(
             "keyward_database_connections",
             "Open database connections by pool (main: admin, feed, usage; lookup: cache misses) \
-             and state",
+             and state.",
             None,
             MetricType::Gauge,
         )?;
@@ -411,7 +418,7 @@ impl Collector for Gauges {
         }
         let mut max = encoder.encode_descriptor(
             "keyward_database_max_connections",
-            "The most connections each pool opens",
+            "The most connections each pool opens.",
             None,
             MetricType::Gauge,
         )?;

@@ -160,7 +160,8 @@ mod export {
         value: u64,
     ) -> std::fmt::Result {
         let metric = ConstCounter::new(value);
-        metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+        let help = format!("{help}.");
+        metric.encode(encoder.encode_descriptor(name, &help, None, MetricType::Counter)?)
     }
 
     impl Collector for AuthMetrics {
@@ -173,7 +174,7 @@ mod export {
             )?;
             let mut denials = encoder.encode_descriptor(
                 "keyward_auth_denials",
-                "Requests the keyward auth layer refused, by reason",
+                "Requests the keyward auth layer refused, by reason.",
                 None,
                 MetricType::Counter,
             )?;
