@@ -2,7 +2,7 @@
 //!
 //! `startup` builds the application (store, listener, services); `admin` and
 //! `validation_api` are the two keyward.v1 services; `ext_authz` is Envoy's
-//! `Authorization/Check`; `validation` is the
+//! `Authorization/Check`; `metrics` serves Prometheus metrics; `validation` is the
 //! validation path they share with the auth layer; `error` is the one place
 //! where errors become `tonic::Status`; `convert` holds every wire/domain
 //! conversion; `cli` is the admin CLI (`keyward keys …`, `keyward events
@@ -16,6 +16,7 @@ pub mod connection;
 pub mod convert;
 pub mod error;
 pub mod ext_authz;
+pub mod metrics;
 pub mod pb;
 pub mod request_id;
 pub mod startup;

@@ -15,6 +15,7 @@ mod hot_path;
 mod lifecycle;
 mod limits;
 mod list;
+mod metrics;
 mod secrets;
 mod server;
 mod tenancy;
