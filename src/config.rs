@@ -39,6 +39,10 @@ pub enum Command {
     /// Audit-log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manages keys on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
+    Keys(crate::cli::KeysArgs),
+    /// Reads the audit log on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
+    Events(crate::cli::EventsArgs),
 }
 
 /// Audit-log subcommands.
@@ -149,6 +153,10 @@ pub struct Settings {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address to serve Prometheus metrics on, at /metrics (plain HTTP).
+    /// Off unless set.
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How often coalesced last-used data is written, e.g. 1s or 500ms.
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
@@ -472,6 +480,7 @@ mod tests {
         assert_eq!(settings.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(settings.database.database_url.0, DEFAULT_DATABASE_URL);
         assert!(settings.trusted_proxies.is_empty());
+        assert_eq!(settings.metrics_listen, None, "metrics are off by default");
         // The documented values (README's flag table).
         assert_eq!(settings.usage_flush_interval, Duration::from_secs(1));
         assert_eq!(settings.validator.sync_interval, Duration::from_millis(250));
@@ -504,12 +513,18 @@ mod tests {
             "100ms",
             "--cache-capacity",
             "7",
+            "--metrics-listen",
+            "0.0.0.0:9091",
         ])
         .expect("valid flags");
         assert_eq!(settings.limits.max_validation_message_size, 1 << 20);
         assert_eq!(settings.trusted_proxies.len(), 2);
         assert_eq!(settings.validator.sync_interval, Duration::from_millis(100));
         assert_eq!(settings.validator.cache.capacity, 7);
+        assert_eq!(
+            settings.metrics_listen,
+            Some("0.0.0.0:9091".parse().unwrap())
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use keyward_core::{
     Metadata, OrganizationId, Scopes,
 };
 use keyward_store::{KeyMaterial, NewKey, Store, StoreError};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -26,6 +27,7 @@ pub use crate::config::Settings;
 use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
 use crate::connection::{ClientAddrLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
+use crate::metrics::{self, AdminMetrics};
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
@@ -104,6 +106,9 @@ pub struct Application {
     tls: Option<ServerTls>,
     /// Its handshake deadline and reload interval.
     tls_settings: TlsSettings,
+    /// The `/metrics` listener and what it serves, when `--metrics-listen` is set.
+    metrics: Option<(TcpListener, Arc<Registry>)>,
+    admin_metrics: AdminMetrics,
     /// The newest committed feed position when the cache was empty: the
     /// follower applies every event after it.
     feed_head: i64,
@@ -156,6 +161,17 @@ impl Application {
             hasher.clone(),
             settings.validator,
         ));
+        let admin_metrics = AdminMetrics::default();
+        let metrics = match settings.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?;
+                let registry = metrics::registry(&validator, &store, &admin_metrics);
+                Some((listener, Arc::new(registry)))
+            }
+        };
         Ok(Self {
             listener,
             store,
@@ -166,6 +182,8 @@ impl Application {
             validator,
             tls,
             tls_settings: settings.tls,
+            metrics,
+            admin_metrics,
             feed_head,
         })
     }
@@ -175,6 +193,21 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// The address `/metrics` is served on, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let (listener, _) = self.metrics.as_ref()?;
+        Some(
+            listener
+                .local_addr()
+                .expect("a bound TCP listener has a local address"),
+        )
+    }
+
+    /// The admin API's request counters.
+    pub fn admin_metrics(&self) -> &AdminMetrics {
+        &self.admin_metrics
     }
 
     /// The store, for tools and tests.
@@ -262,6 +295,11 @@ impl Application {
             ),
             None => tracing::info!(%addr, "keyward listening"),
         }
+        let metrics_server = self.metrics.map(|(listener, registry)| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "metrics listening at /metrics");
+            tokio::spawn(metrics::serve(listener, registry))
+        });
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
             let stopping = Arc::clone(&stopping);
@@ -297,6 +335,7 @@ impl Application {
             .layer(LoadShedLayer::new())
             .layer(ConcurrencyLimitLayer::new(limits.max_in_flight))
             .layer(RequestIdLayer)
+            .layer(self.admin_metrics)
             .layer(ClientAddrLayer::new(&self.trusted_proxies))
             .layer(auth)
             .add_service(
@@ -338,6 +377,9 @@ impl Application {
         readiness.abort();
         if let Some(watcher) = tls_watcher {
             watcher.abort();
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
         }
         // Not an abort: a batch the flusher has taken is written, not dropped.
         let _ = stop_flusher.send(());

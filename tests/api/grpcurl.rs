@@ -24,9 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::helpers::certs::display;
 use crate::helpers::proxy::proxied_database;
-use crate::helpers::{TestApp, eventually, missing_tool, record_secret, with_app};
-
-const README: &str = include_str!("../../README.md");
+use crate::helpers::{TestApp, eventually, missing_tool, readme, record_secret, with_app};
 
 /// The address the README's commands use; replaced by the test server's.
 const README_ADDR: &str = "127.0.0.1:50051";
@@ -693,85 +691,23 @@ impl Grpcurl {
     }
 }
 
-/// The grpcurl commands of README's "Using it with grpcurl" block, split into
-/// words like a shell would (quotes, `\` line continuations, comments).
+/// The grpcurl commands of README's "Using it with grpcurl" block.
 fn readme_commands() -> &'static [Vec<String>] {
     static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     COMMANDS.get_or_init(|| {
-        let commands = section_commands("## Using it with grpcurl");
+        let commands = readme::commands("## Using it with grpcurl", "grpcurl");
         assert!(commands.len() >= 10, "README's commands: {commands:?}");
         commands
     })
 }
 
-/// The grpcurl commands (without `grpcurl`) of the first ```sh block after
-/// README's `heading`; other commands of the block are left out.
-fn section_commands(heading: &str) -> Vec<Vec<String>> {
-    let section = README
-        .split(&format!("{heading}\n"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("README has a {heading:?} section"));
-    let block = section
-        .split("```sh")
-        .nth(1)
-        .and_then(|block| block.split("```").next())
-        .expect("the section has a ```sh block");
-    block
-        .replace("\\\n", " ")
-        .lines()
-        .map(shell_words)
-        .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
-        .map(|words| words[1..].to_vec())
-        .collect()
-}
-
-/// The grpcurl commands of README's section `heading`, to run as they are
-/// after replacements (see [`Grpcurl::with`]).
+/// The grpcurl commands of README's section `heading` (with its `#`s), to
+/// run as they are after replacements (see [`Grpcurl::with`]).
 pub(crate) fn readme_section(heading: &str) -> Vec<Grpcurl> {
-    section_commands(heading)
+    readme::commands(heading, "grpcurl")
         .into_iter()
         .map(|args| Grpcurl { args })
         .collect()
-}
-
-/// The words of one shell line. `$ADMIN` stays as it is (replaced later).
-fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => words.extend(word.take()),
-            '#' if word.is_none() => break,
-            '\'' => {
-                let word = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => panic!("unclosed ' in README line: {line}"),
-                    }
-                }
-            }
-            '"' => {
-                let word = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => word.extend(chars.next()),
-                        Some(c) => word.push(c),
-                        None => panic!("unclosed \" in README line: {line}"),
-                    }
-                }
-            }
-            '\\' | '`' | '|' | ';' | '&' | '<' | '>' | '(' | ')' => {
-                panic!("this test reads no {c:?} in README's grpcurl commands: {line}")
-            }
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    words
 }
 
 // ------------------------------------------------------- running grpcurl

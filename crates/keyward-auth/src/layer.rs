@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use keyward_core::{Cidr, Environment, Scope, client_address};
 use tower::{Layer, Service};
 
+use crate::metrics::{AuthMetrics, DenialReason};
 use crate::validator::{Denial, ValidationRequest, Validator, Verdict};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -50,6 +51,7 @@ struct Config {
     public_prefixes: Vec<String>,
     trusted_proxies: Vec<Cidr>,
     environment: Option<Environment>,
+    metrics: AuthMetrics,
 }
 
 /// A tower layer that authenticates every request with a keyward key.
@@ -134,9 +136,18 @@ impl<V: Validator> KeywardAuthLayer<V> {
     /// costs no call to keyward), and the allowed identity's
     /// [`environment`](crate::IdentityDetails::environment) after, so a
     /// cached verdict, or a validator whose keys carry no prefix, is held to
-    /// it as well.
+    /// it as well. Such refusals are counted as
+    /// [`DenialReason::WrongEnvironment`].
     pub fn require_environment(mut self, environment: Environment) -> Self {
         self.config_mut().environment = Some(environment);
+        self
+    }
+
+    /// Counts requests, denials by reason and validator errors into
+    /// `metrics` (share them with `RemoteValidatorBuilder::metrics` and
+    /// export them with `AuthMetrics::register`, feature `metrics`).
+    pub fn metrics(mut self, metrics: &AuthMetrics) -> Self {
+        self.config_mut().metrics = metrics.clone();
         self
     }
 
@@ -211,14 +222,18 @@ where
         let validator = Arc::clone(&self.validator);
         Box::pin(async move {
             let grpc = is_grpc(&request);
+            let metrics = &config.metrics;
+            metrics.note_request();
             let Some((header, key)) =
                 presented_key(config.source, |name| header_str(&request, name))
             else {
+                metrics.note_denial(DenialReason::MissingKey);
                 return Ok(deny(grpc, Denial::Unauthenticated));
             };
             if config.environment.is_some_and(|wanted| {
                 Environment::of_key_prefix(key).is_some_and(|named| named != wanted)
             }) {
+                metrics.note_denial(DenialReason::WrongEnvironment);
                 return Ok(deny(grpc, Denial::Unauthenticated));
             }
             let required = config
@@ -240,6 +255,7 @@ where
                         .environment
                         .is_some_and(|wanted| identity.environment != wanted) =>
                 {
+                    metrics.note_denial(DenialReason::WrongEnvironment);
                     Ok(deny(grpc, Denial::Unauthenticated))
                 }
                 Ok(Verdict::Allow(identity)) => {
@@ -253,8 +269,12 @@ where
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
                 }
-                Ok(Verdict::Deny(denial)) => Ok(deny(grpc, denial)),
+                Ok(Verdict::Deny(denial)) => {
+                    metrics.note_denial(denial.into());
+                    Ok(deny(grpc, denial))
+                }
                 Err(error) => {
+                    metrics.note_error();
                     tracing::warn!(%error, "denying request: key validation unavailable");
                     Ok(unavailable(grpc))
                 }

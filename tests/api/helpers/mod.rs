@@ -31,6 +31,7 @@ mod keys;
 pub mod logs;
 pub mod process;
 pub mod proxy;
+pub mod readme;
 
 pub use keys::{CreatedKey, NewKey};
 pub use logs::{captured_logs, init_logs, record_secret, recorded_secrets};
@@ -90,6 +91,8 @@ pub struct TestApp {
     pub url: String,
     /// How the test's clients speak TLS to it (empty for plaintext).
     pub client_tls: ClientTls,
+    /// Where `/metrics` is served, when the settings set `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// The database URL (for tests that inspect rows or run the CLI).
     pub database_url: String,
     /// The settings the server was started with.
@@ -139,6 +142,7 @@ impl TestApp {
             .await
             .expect("the application starts");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let store = app.store().clone();
         let hasher = app.hasher().clone();
         let validator = Arc::clone(app.validator());
@@ -173,6 +177,7 @@ impl TestApp {
             addr,
             url,
             client_tls,
+            metrics_addr,
             database_url: database_url.to_owned(),
             settings,
             store,
@@ -194,6 +199,16 @@ impl TestApp {
         Application::build(settings)
             .await
             .expect("the replica starts")
+    }
+
+    /// The text `/metrics` serves (the settings must set `metrics_listen`).
+    pub async fn scrape(&self) -> String {
+        let addr = self
+            .metrics_addr
+            .expect("the test configured settings.metrics_listen");
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
     }
 
     /// A fresh admin client.
@@ -281,6 +296,18 @@ impl TestApp {
             .revoke_key(self.acme(pb::RevokeKeyRequest { id: id.to_owned() }))
             .await
             .expect("RevokeKey succeeds");
+    }
+
+    /// The admin CLI against this keyward ([`TestApp::url`]), with no admin
+    /// key yet (and no TLS options: a TLS test adds its own).
+    pub fn admin_cli(&self) -> process::AdminCli {
+        process::AdminCli::new(&self.url)
+    }
+
+    /// `keyward ARGS` (`keys …` or `events …`) against this keyward with
+    /// acme's admin key in `KEYWARD_ADMIN_KEY`.
+    pub async fn cli(&self, args: &[&str]) -> process::CliRun {
+        self.admin_cli().admin_key(&self.acme_key).run(args).await
     }
 
     /// Every key (archived ones too) that `admin_key`'s organization sees.
@@ -384,6 +411,55 @@ impl Drop for ServedGuard {
         if let Some(running) = self.0.take() {
             running.server.abort();
         }
+    }
+}
+
+/// `GET path_and_query` over HTTP/1.1 to `addr`: the status code and the
+/// body (for `/metrics` and Prometheus' API).
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {addr}: {error}"));
+    let request = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within 30 s")
+        .expect("the response is read");
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a response head and body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, body.to_owned());
+    }
+    // Chunked: `<hex length>\r\n<data>\r\n`, ending with a zero length.
+    let mut rest = body;
+    let mut data = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .expect("a hexadecimal chunk size");
+        if size == 0 {
+            return (status, data);
+        }
+        data.push_str(&after[..size]);
+        rest = &after[size + 2..];
     }
 }
 
