@@ -5,10 +5,21 @@
 //! and `-scopes` set on the upstream request (overwriting anything the client
 //! sent), every credential header removed, and the same data as dynamic
 //! metadata. Denied: 401 with `www-authenticate` (403 when a required scope is
-//! missing). Required scopes come from the route's `context_extensions`
-//! (`required_scopes`, separated by commas or spaces).
+//! missing or the client's address is outside the key's allowlist; the 403
+//! says neither which nor what the allowlist holds). Required scopes come
+//! from the route's `context_extensions` (`required_scopes`, separated by
+//! commas or spaces).
+//!
+//! The client's address is the downstream address Envoy reports
+//! (`attributes.source.address`); when that address is one of keyward's
+//! `--trusted-proxies` (a proxy in front of Envoy), the first untrusted hop
+//! from the right of the request's `x-forwarded-for`, by the same rule as
+//! keyward's own connections ([`client_address`]). No address: a key with an
+//! allowlist is refused.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::CheckRequestExt;
@@ -20,7 +31,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::HeaderName;
 use keyward_auth::{CredentialSource, presented_key};
-use keyward_core::{MAX_SCOPES, Scope, ValidationCode};
+use keyward_core::{Cidr, MAX_SCOPES, Scope, ValidationCode, client_address};
 use tonic::{Code, Request, Response, Status};
 
 use crate::validation::{ClientInfo, KeyValidator};
@@ -39,12 +50,40 @@ const SCOPES: &str = "x-keyward-scopes";
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
     validator: Arc<KeyValidator>,
+    trusted_proxies: Arc<[Cidr]>,
 }
 
 impl ExtAuthz {
-    /// An ext_authz service over `validator`.
-    pub fn new(validator: Arc<KeyValidator>) -> Self {
-        Self { validator }
+    /// An ext_authz service over `validator`, believing the
+    /// `x-forwarded-for` of requests that reached Envoy from
+    /// `trusted_proxies`.
+    pub fn new(validator: Arc<KeyValidator>, trusted_proxies: &[Cidr]) -> Self {
+        Self {
+            validator,
+            trusted_proxies: trusted_proxies.into(),
+        }
+    }
+
+    /// The client's address, as text to record and as an address to check
+    /// (see the module documentation).
+    fn client<'r>(
+        &self,
+        request: &'r CheckRequest,
+        headers: &'r HashMap<String, String>,
+    ) -> (Option<Cow<'r, str>>, Option<IpAddr>) {
+        let source = request.get_client_address().map(String::as_str);
+        let peer = source.and_then(|raw| raw.parse::<IpAddr>().ok());
+        if self.trusted_proxies.is_empty() {
+            return (source.map(Cow::Borrowed), peer);
+        }
+        let forwarded = headers.get("x-forwarded-for").map(String::as_str);
+        match client_address(peer, forwarded, &self.trusted_proxies) {
+            Some(client) if Some(client) != peer => (
+                Some(Cow::Owned(client.to_canonical().to_string())),
+                Some(client),
+            ),
+            client => (source.map(Cow::Borrowed), client),
+        }
     }
 }
 
@@ -162,8 +201,10 @@ impl Authorization for ExtAuthz {
             )));
         };
         let required = required_scopes(&request)?;
+        let (ip, address) = self.client(&request, headers);
         let client = ClientInfo {
-            ip: request.get_client_address().map(String::as_str),
+            ip: ip.as_deref(),
+            address,
             user_agent: headers.get("user-agent").map(String::as_str),
         };
         // UNAVAILABLE when the database is: Envoy then denies
@@ -222,7 +263,7 @@ impl Authorization for ExtAuthz {
                     }),
                 }
             }
-            (ValidationCode::InsufficientScope, _) => {
+            (ValidationCode::InsufficientScope | ValidationCode::IpNotAllowed, _) => {
                 denied(Code::PermissionDenied, HttpStatusCode::Forbidden)
             }
             _ => denied(Code::Unauthenticated, HttpStatusCode::Unauthorized),
