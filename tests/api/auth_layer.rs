@@ -56,6 +56,7 @@ fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
 /// stopped when dropped.
 struct Orders {
     client: OrderServiceClient<Channel>,
+    addr: std::net::SocketAddr,
     server: AbortHandle,
 }
 
@@ -69,12 +70,38 @@ async fn start_orders<V: Validator>(validator: Arc<V>) -> Orders {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let server = OrdersServer::with_validator(listener, validator);
     // Bound already: the lazy channel's first call finds it listening.
-    let client = OrderServiceClient::new(lazy_channel(server.local_addr()));
+    let addr = server.local_addr();
+    let client = OrderServiceClient::new(lazy_channel(addr));
     let server = tokio::spawn(server.run_until(std::future::pending())).abort_handle();
-    Orders { client, server }
+    Orders {
+        client,
+        addr,
+        server,
+    }
 }
 
 impl Orders {
+    /// CreateOrder with `key` over a new connection from the loopback
+    /// address `source` (any of 127.0.0.0/8): the layer's client address.
+    async fn create_from(
+        &self,
+        source: std::net::IpAddr,
+        key: &str,
+    ) -> Result<orders_service::pb::CreateOrderResponse, tonic::Status> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("a valid URI")
+            .local_address(Some(source))
+            .connect_lazy();
+        let message = CreateOrderRequest {
+            item: "tea".to_owned(),
+            quantity: 1,
+        };
+        OrderServiceClient::new(channel)
+            .create_order(with_key(key, message))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn create(
         &self,
         key: Option<&str>,
@@ -168,6 +195,80 @@ async fn grpc_calls_need_a_valid_key_holding_the_method_scope() {
             .expect("a key with orders:read reads orders");
         assert_eq!(fetched.caller.expect("the caller").key_id, reader_id);
         assert_eq!(fetched.order, Some(order));
+    })
+    .await;
+}
+
+/// A key's IP allowlist behind the layer, over real gRPC from two loopback
+/// addresses: outside the list is PERMISSION_DENIED with the generic
+/// message, and the remote validator's verdict cache never lets a "valid"
+/// cached for one address serve another (both orders: allowed address
+/// first, refused address first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_holds_behind_the_layer_also_from_the_verdict_cache() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let CreatedKey { id, secret, .. } = keyward
+            .create_key("local writer")
+            .scopes(&["orders:write"])
+            .with(|r| r.allowed_cidrs = vec!["127.0.0.1/32".into()])
+            .await;
+        let (inside, outside) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+        let refused = |result: Result<_, tonic::Status>| {
+            let status = result.expect_err("refused");
+            assert_eq!(status.code(), Code::PermissionDenied);
+            assert_eq!(status.message(), "permission denied", "nothing told");
+        };
+
+        // Allowed address first: its "valid" is cached, and the refused
+        // address hits that entry and is checked locally.
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let orders = start_orders(Arc::clone(&validator)).await;
+        let created = orders.create_from(inside, &secret).await.expect("allowed");
+        assert_eq!(created.caller.expect("the caller").key_id, id);
+        assert_eq!(validator.calls(), 1);
+        orders.create_from(inside, &secret).await.expect("allowed");
+        assert_eq!(validator.calls(), 1, "a cache hit");
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(validator.calls(), 1, "refused from the cached verdict");
+        orders.create_from(inside, &secret).await.expect("allowed");
+
+        // Refused address first: keyward's IP_NOT_ALLOWED is cached for that
+        // address only, and the allowed address still gets through.
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let orders = start_orders(Arc::clone(&validator)).await;
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(validator.calls(), 1);
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(
+            validator.calls(),
+            1,
+            "the refusal is cached for its address"
+        );
+        orders.create_from(inside, &secret).await.expect("allowed");
+        assert_eq!(validator.calls(), 2, "another address asks keyward");
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(validator.calls(), 2);
+
+        // Lifting the list shows within the cache hint.
+        keyward
+            .admin()
+            .update_key(keyward.acme(keyward::pb::UpdateKeyRequest {
+                id: id.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["allowed_cidrs".into()],
+                }),
+                ..Default::default()
+            }))
+            .await
+            .expect("UpdateKey succeeds");
+        let admitted = eventually(CACHE_HINT_BOUND + MARGIN, || async {
+            orders.create_from(outside, &secret).await.ok().map(drop)
+        })
+        .await;
+        assert!(
+            admitted.is_some(),
+            "the lifted list shows within the cache hint"
+        );
     })
     .await;
 }

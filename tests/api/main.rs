@@ -14,6 +14,7 @@ mod hot_path;
 mod lifecycle;
 mod limits;
 mod list;
+mod policy;
 mod secrets;
 mod server;
 mod tenancy;
