@@ -533,6 +533,53 @@ async fn http_requests_get_401_403_200_and_503_when_keyward_is_down() {
     .await;
 }
 
+/// Over HTTP, a client outside the key's allowlist gets an empty 403, and
+/// one inside 200. The address comes from a `ClientIp` extension, as a
+/// non-tonic server sets it (axum in process has no connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_outside_the_allowlist_get_403() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let CreatedKey { id, secret, .. } = keyward
+            .create_key("office")
+            .with(|r| r.allowed_cidrs = vec!["203.0.113.0/24".into()])
+            .await;
+        let app = http_app(
+            Arc::new(RemoteValidator::new(keyward.lazy_channel())),
+            false,
+        );
+        let from = async |client: Option<[u8; 4]>| {
+            let mut request = HttpRequest::builder()
+                .uri("/whoami")
+                .header("x-api-key", &secret)
+                .body(Body::empty())
+                .expect("a valid request");
+            if let Some(ip) = client {
+                request
+                    .extensions_mut()
+                    .insert(keyward_auth::ClientIp(ip.into()));
+            }
+            let response = app.clone().oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .expect("a small body");
+            (status, String::from_utf8(body.to_vec()).expect("UTF-8"))
+        };
+        assert_eq!(
+            from(Some([203, 0, 113, 7])).await,
+            (StatusCode::OK, format!("{id} acme"))
+        );
+        for outside in [Some([198, 51, 100, 1]), None] {
+            assert_eq!(
+                from(outside).await,
+                (StatusCode::FORBIDDEN, String::new()),
+                "{outside:?}"
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hide_credentials_strips_the_key_before_the_handler() {
     with_app(Backend::Sqlite, async |keyward| {
