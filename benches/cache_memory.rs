@@ -94,6 +94,9 @@ fn via_validator(path: &str, secrets: &str, keys: usize) {
         );
         let client = ClientInfo {
             ip: Some("203.0.113.7"),
+            address: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                203, 0, 113, 7,
+            ))),
             user_agent: Some("bench-client/1.0"),
             ..ClientInfo::default()
         };
@@ -169,6 +172,7 @@ fn via_cache(keys: usize) {
             archived_at: None,
             revoked_at: None,
             rotated_from_id: None,
+            policy: None,
         };
         let read = cache.generation();
         cache.insert(*hash, Arc::new(key), read);

@@ -11,7 +11,12 @@
 //!   copy) and one `KeyCache::get` (with its clock read).
 //! - `validate/warm_hit*`: `KeyValidator::validate` of a cached, valid key
 //!   that holds the required scope (with and without client IP/user agent,
-//!   which are recorded as last-used data).
+//!   which are recorded as last-used data). `warm_hit_allowlist` is the same
+//!   call for a key with an IP allowlist of 8 ranges that holds the client's
+//!   address: its difference from `warm_hit` is the policy check's cost
+//!   (SPEC §10: ≤ 100 ns); `warm_hit_ip_not_allowed` is a client outside it.
+//! - `components/allowlist_contains_64`: one address looked up in a
+//!   64-range allowlist (the most a key may hold).
 //! - `validate/malformed`: a key whose checksum is wrong (rejected without a
 //!   lookup).
 //! - `validate/miss_sqlite`, `validate/miss_postgres`: a valid key whose cache
@@ -36,7 +41,9 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use keyward::metrics::ValidationPath;
 use keyward::validation::{Change, ClientInfo, KeyValidator, ValidatorSettings};
-use keyward_core::{ApiKeySecret, KeyId, LookupHasher, PresentedKey, Scope, ValidationCode};
+use keyward_core::{
+    AllowedCidrs, ApiKeySecret, KeyId, LookupHasher, Policy, PresentedKey, Scope, ValidationCode,
+};
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase};
 use tokio::runtime::Runtime;
@@ -45,14 +52,43 @@ mod support;
 
 const CLIENT: ClientInfo<'static> = ClientInfo {
     ip: Some("203.0.113.7"),
+    address: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        203, 0, 113, 7,
+    ))),
     user_agent: Some("bench-client/1.0"),
     path: ValidationPath::InProcess,
 };
+
+/// A client outside the bench allowlist.
+const OUTSIDER: ClientInfo<'static> = ClientInfo {
+    ip: Some("192.0.2.7"),
+    address: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))),
+    user_agent: Some("bench-client/1.0"),
+    path: ValidationPath::InProcess,
+};
+
+/// An allowlist of `n` ranges (IPv4 and IPv6) whose last IPv4 range holds
+/// `CLIENT`.
+fn allowlist(n: usize) -> AllowedCidrs {
+    let mut raw: Vec<String> = (0..n - 1)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("10.{i}.0.0/16")
+            } else {
+                format!("2001:db8:{i:x}::/48")
+            }
+        })
+        .collect();
+    raw.push("203.0.113.0/24".to_owned());
+    AllowedCidrs::parse(&raw).expect("valid ranges")
+}
 
 /// A validator over a store holding a few keys, one of them the bench key.
 struct Fixture {
     validator: KeyValidator,
     secret: ApiKeySecret,
+    /// The bench key's twin with an 8-range IP allowlist holding `CLIENT`.
+    allowlisted: ApiKeySecret,
     id: KeyId,
     store: Store,
     database: TestDatabase,
@@ -72,10 +108,15 @@ async fn fixture(backend: Backend) -> Option<Fixture> {
         support::create_key(&store, &format!("other key {i}")).await;
     }
     let (secret, key) = support::create_key(&store, "bench key").await;
+    let policy = Policy {
+        allowed_cidrs: allowlist(8),
+    };
+    let (allowlisted, _) = support::create_key_with_policy(&store, "allowlisted", policy).await;
     let validator = KeyValidator::new(store.clone(), LookupHasher::derived(), settings());
     Some(Fixture {
         validator,
         secret,
+        allowlisted,
         id: key.id,
         store,
         database,
@@ -147,11 +188,26 @@ fn bench_sqlite(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
         .block_on(fx.validator.validate(&raw, &required, CLIENT))
         .expect("validate");
     assert_eq!(first.code, ValidationCode::Valid);
+    let allowlisted = fx.allowlisted.expose().to_owned();
+    for (client, expected) in [
+        (CLIENT, ValidationCode::Valid),
+        (OUTSIDER, ValidationCode::IpNotAllowed),
+    ] {
+        let verdict = rt
+            .block_on(fx.validator.validate(&allowlisted, &required, client))
+            .expect("validate");
+        assert_eq!(verdict.code, expected);
+    }
+    let widest = allowlist(64);
+    let address = CLIENT.address.expect("an address");
 
     let mut group = c.benchmark_group("components");
     group.bench_function("parse", |b| b.iter(|| PresentedKey::parse(black_box(&raw))));
     group.bench_function("cache_get", |b| {
         b.iter(|| fx.validator.cache().get(black_box(&hash), Instant::now()))
+    });
+    group.bench_function("allowlist_contains_64", |b| {
+        b.iter(|| black_box(&widest).contains(black_box(address)))
     });
     group.finish();
 
@@ -161,6 +217,22 @@ fn bench_sqlite(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
         b.iter_custom(|iters| {
             timed(rt, iters, || {
                 fx.validator.validate(black_box(&raw), &required, CLIENT)
+            })
+        })
+    });
+    group.bench_function("warm_hit_allowlist", |b| {
+        b.iter_custom(|iters| {
+            timed(rt, iters, || {
+                fx.validator
+                    .validate(black_box(&allowlisted), &required, CLIENT)
+            })
+        })
+    });
+    group.bench_function("warm_hit_ip_not_allowed", |b| {
+        b.iter_custom(|iters| {
+            timed(rt, iters, || {
+                fx.validator
+                    .validate(black_box(&allowlisted), &required, OUTSIDER)
             })
         })
     });

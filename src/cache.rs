@@ -308,6 +308,13 @@ pub fn weight(key: &ApiKey) -> usize {
         + optional(&key.user_id)
         + optional(&key.service_account_id)
         + optional(&key.last_used_ip)
+        // A policy: its Arc and the allowlist's canonical list and ranges.
+        + key.policy.as_ref().map_or(0, |policy| {
+            2 * size_of::<usize>()
+                + size_of::<keyward_core::Policy>()
+                + policy.allowed_cidrs.as_slice().len()
+                    * (size_of::<keyward_core::Cidr>() + 2 * size_of::<u128>())
+        })
         + optional(&key.last_used_user_agent)
         + key.rotated_from_id.as_ref().map_or(0, |id| text(id.as_str()))
 }
@@ -373,6 +380,7 @@ mod tests {
             archived_at: None,
             revoked_at: None,
             rotated_from_id: None,
+            policy: None,
         };
         (LookupHasher::derived().hash(&secret), Arc::new(key))
     }

@@ -95,6 +95,7 @@ pub fn validate_key_response(
         response.user_id = key.user_id.clone().unwrap_or_default();
         response.service_account_id = key.service_account_id.clone().unwrap_or_default();
         response.expires_at = key.expires_at.map(timestamp);
+        response.allowed_cidrs = key.policy().allowed_cidrs.to_strings();
     }
     response
 }
@@ -167,13 +168,16 @@ pub fn validation_code(code: ValidationCode) -> pb::ValidationCode {
         ValidationCode::Archived => pb::ValidationCode::Archived,
         ValidationCode::Expired => pb::ValidationCode::Expired,
         ValidationCode::Revoked => pb::ValidationCode::Revoked,
+        ValidationCode::IpNotAllowed => pb::ValidationCode::IpNotAllowed,
         ValidationCode::InsufficientScope => pb::ValidationCode::InsufficientScope,
     }
 }
 
 /// Wire form of a key record, with its status computed at `now`.
 pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
+    let allowed_cidrs = key.policy().allowed_cidrs.to_strings();
     pb::ApiKey {
+        allowed_cidrs,
         status: status(key.status(now)).into(),
         kind: kind(key.kind).into(),
         environment: environment(key.environment).into(),

@@ -6,13 +6,24 @@
 //! (overwriting anything the client sent; a client-sent workspace header is
 //! removed when the key has no workspace), every credential header removed,
 //! and the same data as dynamic metadata, plus `expires_at` (RFC 3339) when
-//! the key expires. Denied: 401 with `www-authenticate` (403 when a required scope is
-//! missing). Required scopes come from the route's `context_extensions`
-//! (`required_scopes`, separated by commas or spaces); `required_environment`
-//! (`live` or `test`) there refuses keys of the other environment with 401,
-//! as the auth layer's `require_environment` does.
+//! the key expires. Denied: 401 with `www-authenticate` (403 when a required
+//! scope is missing or the client's address is outside the key's allowlist;
+//! the 403 says neither which nor what the allowlist holds). Required scopes
+//! come from the route's `context_extensions` (`required_scopes`, separated
+//! by commas or spaces); `required_environment` (`live` or `test`) there
+//! refuses keys of the other environment with 401, as the auth layer's
+//! `require_environment` does.
+//!
+//! The client's address is the downstream address Envoy reports
+//! (`attributes.source.address`); when that address is one of keyward's
+//! `--trusted-proxies` (a proxy in front of Envoy), the first untrusted hop
+//! from the right of the request's `x-forwarded-for`, by the same rule as
+//! keyward's own connections ([`client_address`]). No address: a key with an
+//! allowlist is refused.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::SecondsFormat;
@@ -25,7 +36,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::HeaderName;
 use keyward_auth::{CredentialSource, presented_key};
-use keyward_core::{Environment, MAX_SCOPES, Scope, ValidationCode};
+use keyward_core::{Cidr, Environment, MAX_SCOPES, Scope, ValidationCode, client_address};
 use tonic::{Code, Request, Response, Status};
 
 use crate::metrics::ValidationPath;
@@ -49,12 +60,40 @@ const ENVIRONMENT: &str = "x-keyward-environment";
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
     validator: Arc<KeyValidator>,
+    trusted_proxies: Arc<[Cidr]>,
 }
 
 impl ExtAuthz {
-    /// An ext_authz service over `validator`.
-    pub fn new(validator: Arc<KeyValidator>) -> Self {
-        Self { validator }
+    /// An ext_authz service over `validator`, believing the
+    /// `x-forwarded-for` of requests that reached Envoy from
+    /// `trusted_proxies`.
+    pub fn new(validator: Arc<KeyValidator>, trusted_proxies: &[Cidr]) -> Self {
+        Self {
+            validator,
+            trusted_proxies: trusted_proxies.into(),
+        }
+    }
+
+    /// The client's address, as text to record and as an address to check
+    /// (see the module documentation).
+    fn client<'r>(
+        &self,
+        request: &'r CheckRequest,
+        headers: &'r HashMap<String, String>,
+    ) -> (Option<Cow<'r, str>>, Option<IpAddr>) {
+        let source = request.get_client_address().map(String::as_str);
+        let peer = source.and_then(|raw| raw.parse::<IpAddr>().ok());
+        if self.trusted_proxies.is_empty() {
+            return (source.map(Cow::Borrowed), peer);
+        }
+        let forwarded = headers.get("x-forwarded-for").map(String::as_str);
+        match client_address(peer, forwarded, &self.trusted_proxies) {
+            Some(client) if Some(client) != peer => (
+                Some(Cow::Owned(client.to_canonical().to_string())),
+                Some(client),
+            ),
+            client => (source.map(Cow::Borrowed), client),
+        }
     }
 }
 
@@ -203,8 +242,10 @@ impl Authorization for ExtAuthz {
                 HttpStatusCode::Unauthorized,
             )));
         }
+        let (ip, address) = self.client(&request, headers);
         let client = ClientInfo {
-            ip: request.get_client_address().map(String::as_str),
+            ip: ip.as_deref(),
+            address,
             user_agent: headers.get("user-agent").map(String::as_str),
             path: ValidationPath::ExtAuthz,
         };
@@ -278,7 +319,7 @@ impl Authorization for ExtAuthz {
                     }),
                 }
             }
-            (ValidationCode::InsufficientScope, _) => {
+            (ValidationCode::InsufficientScope | ValidationCode::IpNotAllowed, _) => {
                 denied(Code::PermissionDenied, HttpStatusCode::Forbidden)
             }
             _ => denied(Code::Unauthenticated, HttpStatusCode::Unauthorized),

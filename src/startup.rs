@@ -353,9 +353,12 @@ impl Application {
                     .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
             )
             .add_service(
-                AuthorizationServer::new(ExtAuthz::new(Arc::clone(&validator)))
-                    .max_decoding_message_size(limits.max_check_message_size)
-                    .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
+                AuthorizationServer::new(ExtAuthz::new(
+                    Arc::clone(&validator),
+                    &self.trusted_proxies,
+                ))
+                .max_decoding_message_size(limits.max_check_message_size)
+                .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
             )
             .add_service(health_service.max_decoding_message_size(small))
             .add_service(reflection_v1)
@@ -514,6 +517,7 @@ pub async fn bootstrap(
             user_id: None,
             service_account_id: None,
             expires_at: None,
+            policy: keyward_core::Policy::default(),
         })
         .await?;
     tracing::info!(key_id = %key.id, organization_id = %key.organization_id, "admin key created");

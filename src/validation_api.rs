@@ -1,5 +1,6 @@
 //! `keyward.v1.KeyValidationService`: the wire face of [`KeyValidator`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyward_core::{MAX_CLIENT_IP_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS, Scope};
@@ -21,6 +22,25 @@ impl ValidationApi {
     /// The validation API over `validator`.
     pub fn new(validator: Arc<KeyValidator>) -> Self {
         Self { validator }
+    }
+}
+
+/// `client_ip` as an address: empty is unknown (a key with an allowlist is
+/// then IP_NOT_ALLOWED); anything else must be an IPv4 or IPv6 address (an
+/// IPv6 zone, `%eth0`, is allowed and ignored). The caller wrote it, so a
+/// bad one is the caller's mistake, answered INVALID_ARGUMENT rather than
+/// taken as "unknown".
+fn client_address(v: &mut Violations, raw: &str) -> Option<IpAddr> {
+    if raw.is_empty() {
+        return None;
+    }
+    let address = raw.split_once('%').map_or(raw, |(address, _zone)| address);
+    match address.parse::<IpAddr>() {
+        Ok(ip) if address.len() == raw.len() || ip.is_ipv6() => Some(ip),
+        _ => {
+            v.add("client_ip", "must be an IPv4 or IPv6 address, or empty");
+            None
+        }
     }
 }
 
@@ -56,12 +76,15 @@ impl KeyValidationService for ValidationApi {
         } else {
             Vec::new()
         };
-        if req.client_ip.chars().count() > MAX_CLIENT_IP_CHARS {
+        let address = if req.client_ip.chars().count() > MAX_CLIENT_IP_CHARS {
             v.add(
                 "client_ip",
                 format!("must be at most {MAX_CLIENT_IP_CHARS} characters"),
             );
-        }
+            None
+        } else {
+            client_address(&mut v, &req.client_ip)
+        };
         if req.user_agent.chars().count() > MAX_USER_AGENT_CHARS
             || req.user_agent.chars().any(char::is_control)
         {
@@ -76,6 +99,7 @@ impl KeyValidationService for ValidationApi {
 
         let client = ClientInfo {
             ip: Some(req.client_ip.as_str()),
+            address,
             user_agent: Some(req.user_agent.as_str()),
             path: ValidationPath::ValidateKey,
         };

@@ -86,6 +86,15 @@ pub async fn open(url: &str) -> Store {
 /// Creates one standard key through the store's normal path (transaction,
 /// audit event) and returns its secret.
 pub async fn create_key(store: &Store, name: &str) -> (ApiKeySecret, keyward_core::ApiKey) {
+    create_key_with_policy(store, name, keyward_core::Policy::default()).await
+}
+
+/// Like [`create_key`], with a policy (an IP allowlist).
+pub async fn create_key_with_policy(
+    store: &Store,
+    name: &str,
+    policy: keyward_core::Policy,
+) -> (ApiKeySecret, keyward_core::ApiKey) {
     store
         .ensure_organization(&OrganizationId::parse(ORG).expect("org id"))
         .await
@@ -107,6 +116,7 @@ pub async fn create_key(store: &Store, name: &str) -> (ApiKeySecret, keyward_cor
             user_id: None,
             service_account_id: None,
             expires_at: None,
+            policy,
         })
         .await
         .expect("create key");
@@ -230,6 +240,7 @@ pub async fn seed(store: &Store, count: usize, keep_secrets: bool, keep_ids: boo
                     archived_at: None,
                     revoked_at: None,
                     rotated_from_id: None,
+                    policy: None,
                 }
                 .into_active_model()
             });

@@ -62,6 +62,10 @@ pub struct CreateArgs {
     /// A scope the key grants (repeat for more), e.g. orders:read, orders:* or *.
     #[arg(long = "scope", value_name = "SCOPE")]
     pub scopes: Vec<String>,
+    /// A network the key may be used from (repeat for more), e.g.
+    /// 203.0.113.0/24 or 2001:db8::/32; none: any address.
+    #[arg(long = "allowed-cidr", value_name = "CIDR")]
+    pub allowed_cidrs: Vec<String>,
     /// Free text (up to 1024 characters).
     #[arg(long, default_value = "")]
     pub description: String,
@@ -137,7 +141,8 @@ pub struct ListKeysArgs {
         .multiple(true)
         .args([
             "name", "description", "scopes", "clear_scopes", "metadata", "clear_metadata",
-            "expires_in", "expires_at", "clear_expiry", "status",
+            "expires_in", "expires_at", "clear_expiry", "status", "allowed_cidrs",
+            "clear_allowed_cidrs",
         ])
 ))]
 pub struct UpdateArgs {
@@ -155,6 +160,16 @@ pub struct UpdateArgs {
     /// Remove every scope.
     #[arg(long)]
     pub clear_scopes: bool,
+    /// The IP allowlist, replacing the current one (repeat for more).
+    #[arg(
+        long = "allowed-cidr",
+        value_name = "CIDR",
+        conflicts_with = "clear_allowed_cidrs"
+    )]
+    pub allowed_cidrs: Vec<String>,
+    /// Remove the IP allowlist: the key may be used from any address.
+    #[arg(long)]
+    pub clear_allowed_cidrs: bool,
     /// The metadata, replacing all of the current entries (repeat for more).
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_entry, conflicts_with = "clear_metadata")]
     pub metadata: Vec<(String, String)>,
@@ -321,6 +336,7 @@ impl Call {
                 name: args.name,
                 description: args.description,
                 scopes: args.scopes,
+                allowed_cidrs: args.allowed_cidrs,
                 metadata: metadata_map(args.metadata)?,
                 workspace_id: args.workspace_id,
                 environment: match args.environment {
@@ -440,6 +456,10 @@ fn update_request(args: UpdateArgs) -> Result<pb::UpdateKeyRequest, CliError> {
     if !args.scopes.is_empty() || args.clear_scopes {
         paths.push("scopes");
         request.scopes = args.scopes;
+    }
+    if !args.allowed_cidrs.is_empty() || args.clear_allowed_cidrs {
+        paths.push("allowed_cidrs");
+        request.allowed_cidrs = args.allowed_cidrs;
     }
     if !args.metadata.is_empty() || args.clear_metadata {
         paths.push("metadata");

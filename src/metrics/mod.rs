@@ -65,7 +65,7 @@ impl ValidationPath {
 }
 
 /// Every validation code, in index order.
-const CODES: [ValidationCode; 8] = [
+const CODES: [ValidationCode; 9] = [
     ValidationCode::Valid,
     ValidationCode::Malformed,
     ValidationCode::NotFound,
@@ -74,6 +74,7 @@ const CODES: [ValidationCode; 8] = [
     ValidationCode::Expired,
     ValidationCode::Revoked,
     ValidationCode::InsufficientScope,
+    ValidationCode::IpNotAllowed,
 ];
 
 /// A validation code as a label: ValidateKey's name, lowercase.
@@ -87,6 +88,7 @@ pub fn code_label(code: ValidationCode) -> &'static str {
         ValidationCode::Expired => "expired",
         ValidationCode::Revoked => "revoked",
         ValidationCode::InsufficientScope => "insufficient_scope",
+        ValidationCode::IpNotAllowed => "ip_not_allowed",
     }
 }
 
@@ -100,6 +102,7 @@ fn code_index(code: ValidationCode) -> usize {
         ValidationCode::Expired => 5,
         ValidationCode::Revoked => 6,
         ValidationCode::InsufficientScope => 7,
+        ValidationCode::IpNotAllowed => 8,
     }
 }
 

@@ -42,16 +42,23 @@ impl Validator for AdminValidator {
             let now = self.0.clock.utc(at);
             metrics.verdict(path, status_code(key.status(now)), took);
             if key.authorizes_admin(now) {
+                // An admin key's allowlist binds the admin API too.
+                if !key.policy().admits(request.client_ip) {
+                    return Ok(Verdict::Deny(Denial::IpNotAllowed));
+                }
                 let ip = request.client_ip.map(|ip| ip.to_canonical().to_string());
                 let client = ClientInfo {
                     ip: ip.as_deref(),
+                    address: request.client_ip,
                     user_agent: request.user_agent,
                     path,
                 };
                 self.0.usage.record(&key, client, at);
                 return Ok(Verdict::Allow(identity(&key)));
             }
-            if key.kind == KeyKind::Standard && key.verdict(&[], || now) == ValidationCode::Valid {
+            // A standard key is forbidden here whatever its allowlist says:
+            // the verdict is asked without an address restriction.
+            if key.kind == KeyKind::Standard && key.status(now) == KeyStatus::Active {
                 return Ok(Verdict::Deny(Denial::Forbidden));
             }
             Ok(Verdict::Deny(Denial::Unauthenticated))
@@ -78,7 +85,9 @@ mod tests {
 
     use super::*;
     use crate::validation::Change;
-    use crate::validation::test_support::{create_admin_key, create_key, validator};
+    use crate::validation::test_support::{
+        create_admin_key, create_key, create_limited_key, validator,
+    };
 
     fn ask(key: &str) -> ValidationRequest<'_> {
         ValidationRequest {
@@ -87,6 +96,30 @@ mod tests {
             client_ip: Some([10, 0, 0, 1].into()),
             user_agent: None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_admin_keys_allowlist_binds_the_admin_api() {
+        testing::run(Backend::Sqlite, |store| async move {
+            let admin = AdminValidator(Arc::new(validator(&store)));
+            let (_, secret) = create_limited_key(&store, KeyKind::Admin, &["10.0.0.0/8"]).await;
+            let from = |client_ip: Option<std::net::IpAddr>| ValidationRequest {
+                client_ip,
+                ..ask(secret.expose())
+            };
+            assert!(matches!(
+                admin.validate(from(Some([10, 1, 2, 3].into()))).await,
+                Ok(Verdict::Allow(_))
+            ));
+            for outside in [Some([192, 0, 2, 1].into()), None] {
+                assert_eq!(
+                    admin.validate(from(outside)).await.ok(),
+                    Some(Verdict::Deny(Denial::IpNotAllowed)),
+                    "{outside:?}"
+                );
+            }
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ mod clock;
 mod feed;
 mod usage;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -142,12 +143,16 @@ pub struct Validation {
     pub key: Option<Arc<ApiKey>>,
 }
 
-/// Where a presented key came from: the client, recorded as last-used data
-/// on success, and the entrypoint, counted in the metrics.
+/// Where a presented key came from: checked against the key's policy,
+/// recorded as last-used data on success, and the entrypoint, counted in the
+/// metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientInfo<'a> {
-    /// The client's IP address.
+    /// The client's IP address as text, recorded as `last_used_ip`.
     pub ip: Option<&'a str>,
+    /// The client's IP address, checked against the key's allowlist: `None`
+    /// (unknown) fails a key that has one.
+    pub address: Option<IpAddr>,
     /// The client's user agent.
     pub user_agent: Option<&'a str>,
     /// The entrypoint that asked (the `path` label of
@@ -394,7 +399,7 @@ impl KeyValidator {
                 key: None,
             });
         };
-        let code = key.verdict(required, || self.clock.utc(now));
+        let code = key.verdict(required, client.address, || self.clock.utc(now));
         self.metrics.verdict(client.path, code, took);
         if code == ValidationCode::Valid {
             self.usage.record(&key, client, now);
@@ -462,8 +467,8 @@ pub(crate) mod test_support {
     //! Keys in a real store, for the validation modules' tests.
 
     use keyward_core::{
-        Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyKind, KeyName,
-        LookupHasher, Metadata, OrganizationId, Scopes,
+        Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Description, Environment, KeyKind,
+        KeyName, LookupHasher, Metadata, OrganizationId, Policy, Scopes,
     };
     use keyward_store::{KeyMaterial, NewKey, Store};
 
@@ -480,15 +485,27 @@ pub(crate) mod test_support {
 
     /// A standard key of organization `acme`, and its secret.
     pub(crate) async fn create_key(store: &Store) -> (ApiKey, ApiKeySecret) {
-        create(store, KeyKind::Standard).await
+        create(store, KeyKind::Standard, Policy::default()).await
     }
 
     /// An admin key of organization `acme`, and its secret.
     pub(crate) async fn create_admin_key(store: &Store) -> (ApiKey, ApiKeySecret) {
-        create(store, KeyKind::Admin).await
+        create(store, KeyKind::Admin, Policy::default()).await
     }
 
-    async fn create(store: &Store, kind: KeyKind) -> (ApiKey, ApiKeySecret) {
+    /// A key of `kind` usable only from `cidrs`, and its secret.
+    pub(crate) async fn create_limited_key(
+        store: &Store,
+        kind: KeyKind,
+        cidrs: &[&str],
+    ) -> (ApiKey, ApiKeySecret) {
+        let policy = Policy {
+            allowed_cidrs: AllowedCidrs::parse(cidrs).expect("valid ranges"),
+        };
+        create(store, kind, policy).await
+    }
+
+    async fn create(store: &Store, kind: KeyKind, policy: Policy) -> (ApiKey, ApiKeySecret) {
         let organization = OrganizationId::parse("acme").expect("a valid organization");
         store
             .ensure_organization(&organization)
@@ -511,6 +528,7 @@ pub(crate) mod test_support {
                 user_id: None,
                 service_account_id: None,
                 expires_at: None,
+                policy,
             })
             .await
             .expect("a key");
@@ -524,7 +542,7 @@ mod tests {
     use keyward_store::testing::{self, Backend};
     use sea_orm::{ConnectionTrait, TransactionTrait};
 
-    use super::test_support::{create_key, validator};
+    use super::test_support::{create_key, create_limited_key, validator};
     use super::*;
 
     #[test]
@@ -642,6 +660,39 @@ mod tests {
             validator.announce(Change::created());
             ask().await.expect("a verdict");
             assert_eq!(validator.database_lookups(), lookups + 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_allowlist_is_checked_on_hits_and_misses_and_fails_closed() {
+        testing::run(Backend::Sqlite, |store| async move {
+            let validator = validator(&store);
+            let (_, secret) =
+                create_limited_key(&store, KeyKind::Standard, &["203.0.113.0/24"]).await;
+            for round in ["miss", "hit"] {
+                for (address, expected) in [
+                    (Some("203.0.113.9"), ValidationCode::Valid),
+                    (Some("198.51.100.1"), ValidationCode::IpNotAllowed),
+                    // No address: fail closed.
+                    (None, ValidationCode::IpNotAllowed),
+                ] {
+                    let client = ClientInfo {
+                        ip: address,
+                        address: address.map(|a| a.parse().expect("an address")),
+                        user_agent: None,
+                        path: ValidationPath::ValidateKey,
+                    };
+                    let verdict = validator
+                        .validate(secret.expose(), &[], client)
+                        .await
+                        .expect("a verdict");
+                    assert_eq!(verdict.code, expected, "{address:?} ({round})");
+                    // A refused address learns nothing of the key.
+                    assert_eq!(verdict.key.is_some(), expected == ValidationCode::Valid);
+                }
+            }
+            assert_eq!(validator.database_lookups(), 1, "later calls were hits");
         })
         .await;
     }

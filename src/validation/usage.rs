@@ -159,6 +159,7 @@ mod tests {
     fn client(ip: &str) -> ClientInfo<'_> {
         ClientInfo {
             ip: Some(ip),
+            address: None,
             user_agent: Some("test"),
             path: Default::default(),
         }

@@ -61,6 +61,7 @@ fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
 /// stopped when dropped.
 struct Orders {
     client: OrderServiceClient<Channel>,
+    addr: std::net::SocketAddr,
     server: AbortHandle,
 }
 
@@ -79,12 +80,38 @@ async fn start_orders_for<V: Validator>(validator: Arc<V>, environment: Environm
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let server = OrdersServer::with_validator(listener, validator).environment(environment);
     // Bound already: the lazy channel's first call finds it listening.
-    let client = OrderServiceClient::new(lazy_channel(server.local_addr()));
+    let addr = server.local_addr();
+    let client = OrderServiceClient::new(lazy_channel(addr));
     let server = tokio::spawn(server.run_until(std::future::pending())).abort_handle();
-    Orders { client, server }
+    Orders {
+        client,
+        addr,
+        server,
+    }
 }
 
 impl Orders {
+    /// CreateOrder with `key` over a new connection from the loopback
+    /// address `source` (any of 127.0.0.0/8): the layer's client address.
+    async fn create_from(
+        &self,
+        source: std::net::IpAddr,
+        key: &str,
+    ) -> Result<orders_service::pb::CreateOrderResponse, tonic::Status> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("a valid URI")
+            .local_address(Some(source))
+            .connect_lazy();
+        let message = CreateOrderRequest {
+            item: "tea".to_owned(),
+            quantity: 1,
+        };
+        OrderServiceClient::new(channel)
+            .create_order(with_key(key, message))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn create(
         &self,
         key: Option<&str>,
@@ -385,6 +412,80 @@ async fn keyward_cuts_its_cache_hint_at_the_keys_expiry() {
     .await;
 }
 
+/// A key's IP allowlist behind the layer, over real gRPC from two loopback
+/// addresses: outside the list is PERMISSION_DENIED with the generic
+/// message, and the remote validator's verdict cache never lets a "valid"
+/// cached for one address serve another (both orders: allowed address
+/// first, refused address first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_holds_behind_the_layer_also_from_the_verdict_cache() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let CreatedKey { id, secret, .. } = keyward
+            .create_key("local writer")
+            .scopes(&["orders:write"])
+            .with(|r| r.allowed_cidrs = vec!["127.0.0.1/32".into()])
+            .await;
+        let (inside, outside) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+        let refused = |result: Result<_, tonic::Status>| {
+            let status = result.expect_err("refused");
+            assert_eq!(status.code(), Code::PermissionDenied);
+            assert_eq!(status.message(), "permission denied", "nothing told");
+        };
+
+        // Allowed address first: its "valid" is cached, and the refused
+        // address hits that entry and is checked locally.
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let orders = start_orders(Arc::clone(&validator)).await;
+        let created = orders.create_from(inside, &secret).await.expect("allowed");
+        assert_eq!(created.caller.expect("the caller").key_id, id);
+        assert_eq!(validator.calls(), 1);
+        orders.create_from(inside, &secret).await.expect("allowed");
+        assert_eq!(validator.calls(), 1, "a cache hit");
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(validator.calls(), 1, "refused from the cached verdict");
+        orders.create_from(inside, &secret).await.expect("allowed");
+
+        // Refused address first: keyward's IP_NOT_ALLOWED is cached for that
+        // address only, and the allowed address still gets through.
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let orders = start_orders(Arc::clone(&validator)).await;
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(validator.calls(), 1);
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(
+            validator.calls(),
+            1,
+            "the refusal is cached for its address"
+        );
+        orders.create_from(inside, &secret).await.expect("allowed");
+        assert_eq!(validator.calls(), 2, "another address asks keyward");
+        refused(orders.create_from(outside, &secret).await);
+        assert_eq!(validator.calls(), 2);
+
+        // Lifting the list shows within the cache hint.
+        keyward
+            .admin()
+            .update_key(keyward.acme(keyward::pb::UpdateKeyRequest {
+                id: id.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["allowed_cidrs".into()],
+                }),
+                ..Default::default()
+            }))
+            .await
+            .expect("UpdateKey succeeds");
+        let admitted = eventually(CACHE_HINT_BOUND + MARGIN, || async {
+            orders.create_from(outside, &secret).await.ok().map(drop)
+        })
+        .await;
+        assert!(
+            admitted.is_some(),
+            "the lifted list shows within the cache hint"
+        );
+    })
+    .await;
+}
+
 /// README's claim: a service using the remote validator sees a change on
 /// keyward within about a second (keyward's cache hint), even though the
 /// verdict was cached.
@@ -641,6 +742,53 @@ async fn http_requests_get_401_403_200_and_503_when_keyward_is_down() {
             refused.is_some(),
             "the key was still accepted with keyward down"
         );
+    })
+    .await;
+}
+
+/// Over HTTP, a client outside the key's allowlist gets an empty 403, and
+/// one inside 200. The address comes from a `ClientIp` extension, as a
+/// non-tonic server sets it (axum in process has no connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_outside_the_allowlist_get_403() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let CreatedKey { id, secret, .. } = keyward
+            .create_key("office")
+            .with(|r| r.allowed_cidrs = vec!["203.0.113.0/24".into()])
+            .await;
+        let app = http_app(
+            Arc::new(RemoteValidator::new(keyward.lazy_channel())),
+            false,
+        );
+        let from = async |client: Option<[u8; 4]>| {
+            let mut request = HttpRequest::builder()
+                .uri("/whoami")
+                .header("x-api-key", &secret)
+                .body(Body::empty())
+                .expect("a valid request");
+            if let Some(ip) = client {
+                request
+                    .extensions_mut()
+                    .insert(keyward_auth::ClientIp(ip.into()));
+            }
+            let response = app.clone().oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .expect("a small body");
+            (status, String::from_utf8(body.to_vec()).expect("UTF-8"))
+        };
+        assert_eq!(
+            from(Some([203, 0, 113, 7])).await,
+            (StatusCode::OK, format!("{id} acme"))
+        );
+        for outside in [Some([198, 51, 100, 1]), None] {
+            assert_eq!(
+                from(outside).await,
+                (StatusCode::FORBIDDEN, String::new()),
+                "{outside:?}"
+            );
+        }
     })
     .await;
 }

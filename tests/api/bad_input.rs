@@ -332,6 +332,12 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("create: environment -1", create(|r| r.environment = -1), &["environment"]),
         case("create: kind 99", create(|r| r.kind = 99), &["kind"]),
         case("create: past expires_at", create(|r| r.expires_at = timestamp(past)), &["expires_at"]),
+        case("create: CIDR prefix past 32", create(|r| r.allowed_cidrs = vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()]), &["allowed_cidrs[1]"]),
+        case("create: host name as CIDR", create(|r| r.allowed_cidrs = vec!["office.example.com".into()]), &["allowed_cidrs[0]"]),
+        case("create: empty CIDR", create(|r| r.allowed_cidrs = vec![String::new()]), &["allowed_cidrs[0]"]),
+        case("create: 65-char CIDR", create(|r| r.allowed_cidrs = vec![long(65)]), &["allowed_cidrs[0]"]),
+        case("create: 65 CIDRs", create(|r| r.allowed_cidrs = (0..65).map(|i| format!("10.0.{i}.0/24")).collect()), &["allowed_cidrs"]),
+        case("create: 1000 bad CIDRs", create(|r| r.allowed_cidrs = vec!["bad".into(); 1000]), &["allowed_cidrs"]),
         case("create: expires_at in the year 10000", create(|r| r.expires_at = Some(prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 })), &["expires_at"]),
         case("create: expires_at with negative nanos", create(|r| r.expires_at = Some(prost_types::Timestamp { seconds: 4_102_444_800, nanos: -1 })), &["expires_at"]),
 
@@ -366,6 +372,8 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("update: bad scope", update(t, &["scopes"], |r| r.scopes = vec!["Orders".into()]), &["scopes[0]"]),
         case("update: 65 scopes", update(t, &["scopes"], |r| r.scopes = scopes(65)), &["scopes"]),
         case("update: bad metadata key", update(t, &["metadata"], |r| r.metadata = meta("bad key", "v")), &["metadata[\"bad key\"]"]),
+        case("update: bad CIDR", update(t, &["allowed_cidrs"], |r| r.allowed_cidrs = vec!["::/129".into()]), &["allowed_cidrs[0]"]),
+        case("update: 65 CIDRs", update(t, &["allowed_cidrs"], |r| r.allowed_cidrs = (0..65).map(|i| format!("10.0.{i}.0/24")).collect()), &["allowed_cidrs"]),
 
         // RotateKey, on the real target.
         case("rotate: negative grace_period", rotate(t, -1, 0), &["grace_period"]),
@@ -389,6 +397,9 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("validate: 513-char user_agent", validate(&secret, |r| r.user_agent = long(513)), &["user_agent"]),
         case("validate: newline in user_agent", validate(&secret, |r| r.user_agent = "agent\r\nx-injected: 1".into()), &["user_agent"]),
         case("validate: 65-char client_ip", validate(&secret, |r| r.client_ip = long(65)), &["client_ip"]),
+        case("validate: client_ip not an address", validate(&secret, |r| r.client_ip = "unknown".into()), &["client_ip"]),
+        case("validate: client_ip with a port", validate(&secret, |r| r.client_ip = "203.0.113.7:443".into()), &["client_ip"]),
+        case("validate: client_ip a CIDR", validate(&secret, |r| r.client_ip = "203.0.113.0/24".into()), &["client_ip"]),
 
         // Several bad fields at once: every one is named in the one response.
         case(

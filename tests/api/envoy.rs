@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::Timelike;
 use keyward_store::testing::Backend;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::helpers::certs::{TestPki, display};
 use crate::helpers::process::free_addr;
@@ -132,7 +132,20 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, HashMap<String, String>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    get_from([127, 0, 0, 1].into(), port, path, headers).await
+}
+
+/// [`get`] from the loopback address `source` (any of 127.0.0.0/8), which
+/// Envoy reports to ext_authz as the client's address.
+async fn get_from(
+    source: std::net::IpAddr,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, HashMap<String, String>)> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind((source, 0).into()).ok()?;
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.ok()?;
     let mut request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -598,6 +611,138 @@ async fn path_variants(app: &TestApp, envoy_bin: &Path) {
         reached,
         "no path variant reached the upstream"
     );
+}
+
+/// A key's IP allowlist through Envoy: the client address is Envoy's
+/// downstream address (tests connect from 127.0.0.1 or 127.0.0.2), a client
+/// outside the list gets 403 that says nothing of the list, and the upstream
+/// is not reached. With Envoy as a trusted proxy, keyward believes the
+/// client's `x-forwarded-for` hop instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_answers_403_outside_a_keys_allowlist() {
+    with_envoy(allowlist).await;
+}
+
+async fn allowlist(app: &TestApp, envoy_bin: &Path) {
+    let (upstream_port, seen) = upstream().await;
+    let (_envoy, port, _) = start_envoy(
+        envoy_bin,
+        Sample::Plain,
+        [app.addr.port(); 2],
+        upstream_port,
+    );
+    eventually(Duration::from_secs(60), || get(port, "/", &[]))
+        .await
+        .expect("Envoy answers");
+    let local = app
+        .create_key("local only")
+        .with(|r| r.allowed_cidrs = vec!["127.0.0.1/32".into()])
+        .await;
+    let elsewhere = app
+        .create_key("elsewhere only")
+        .with(|r| r.allowed_cidrs = vec!["192.0.2.0/24".into()])
+        .await;
+    let bearer = |secret: &str| format!("Bearer {secret}");
+    let (first, second) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    for (key, source, expected) in [
+        (&local, first, 200),
+        (&local, second, 403),
+        (&elsewhere, first, 403),
+        // A cached "valid" does not serve another address.
+        (&local, first, 200),
+        (&local, second, 403),
+    ] {
+        let before = seen.lock().expect("lock").len();
+        let (status, headers) = get_from(
+            source,
+            port,
+            "/orders",
+            &[("authorization", &bearer(&key.secret))],
+        )
+        .await
+        .expect("Envoy answers");
+        assert_eq!(status, expected, "{} from {source}", key.key.name);
+        let reached = seen.lock().expect("lock").len() - before;
+        assert_eq!(reached, usize::from(expected == 200));
+        if expected == 403 {
+            let told = format!("{headers:?}");
+            assert!(
+                !told.contains("127.0.0.1/32") && !told.contains("192.0.2.0/24"),
+                "the 403 does not tell the list: {told}"
+            );
+            assert!(!headers.contains_key("www-authenticate"));
+        }
+    }
+    // A forged x-forwarded-for counts for nothing: Envoy is not a trusted
+    // proxy of this keyward.
+    let (status, _) = get_from(
+        second,
+        port,
+        "/orders",
+        &[
+            ("authorization", &bearer(&local.secret)),
+            ("x-forwarded-for", "127.0.0.1"),
+        ],
+    )
+    .await
+    .expect("Envoy answers");
+    assert_eq!(status, 403, "x-forwarded-for is not believed");
+}
+
+/// With Envoy's address among keyward's `--trusted-proxies`, the client is
+/// the first untrusted hop from the right of `x-forwarded-for` (as a proxy in
+/// front of Envoy would write it); hops a client wrote further left are not
+/// believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_trusted_as_a_proxy_uses_the_forwarded_client_address() {
+    let Some(envoy_bin) = envoy_binary() else {
+        missing_tool(
+            "envoy",
+            "run bash scripts/install-tools.sh or set KEYWARD_ENVOY_BIN",
+        );
+        return;
+    };
+    crate::helpers::with_app_configured(
+        Backend::Sqlite,
+        |settings| settings.trusted_proxies = vec!["127.0.0.0/8".parse().expect("a CIDR")],
+        async |app| {
+            let (upstream_port, _) = upstream().await;
+            let (_envoy, port, _) = start_envoy(
+                &envoy_bin,
+                Sample::Plain,
+                [app.addr.port(); 2],
+                upstream_port,
+            );
+            eventually(Duration::from_secs(60), || get(port, "/", &[]))
+                .await
+                .expect("Envoy answers");
+            let office = app
+                .create_key("office")
+                .with(|r| r.allowed_cidrs = vec!["203.0.113.0/24".into()])
+                .await;
+            let bearer = format!("Bearer {}", office.secret);
+            for (forwarded, expected) in [
+                ("203.0.113.7", 200),
+                ("198.51.100.1", 403),
+                ("203.0.113.7, 198.51.100.1", 403),
+                ("198.51.100.1, 203.0.113.7", 200),
+            ] {
+                let (status, _) = get(
+                    port,
+                    "/orders",
+                    &[("authorization", &bearer), ("x-forwarded-for", forwarded)],
+                )
+                .await
+                .expect("Envoy answers");
+                assert_eq!(status, expected, "x-forwarded-for: {forwarded}");
+            }
+            let (status, _) = get(port, "/orders", &[("authorization", &bearer)])
+                .await
+                .expect("Envoy answers");
+            assert_eq!(status, 403, "no forwarded hop: the proxy's own address");
+        },
+    )
+    .await;
 }
 
 /// The compose stack's two replicas behind one Envoy: Check calls are

@@ -493,6 +493,21 @@ fn key_id(fixture: &Fixture) -> impl Strategy<Value = String> + use<> {
     ]
 }
 
+/// IP allowlists: mostly plausible ranges (some bad), sometimes anything,
+/// sometimes more than the cap.
+fn cidrs() -> impl Strategy<Value = Vec<String>> {
+    let cidr = prop_oneof![
+        3 => "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}(/[0-9]{1,2})?",
+        1 => "[0-9a-f:]{2,20}(/[0-9]{1,3})?",
+        1 => text(),
+    ];
+    prop_oneof![
+        2 => Just(Vec::new()),
+        3 => vec(cidr.clone(), 0..4),
+        1 => vec(cidr, 60..70),
+    ]
+}
+
 fn create() -> impl Strategy<Value = Rpc> {
     (
         prop_oneof![3 => "[A-Za-z][A-Za-z0-9 ]{0,20}", 1 => text()],
@@ -503,6 +518,7 @@ fn create() -> impl Strategy<Value = Rpc> {
         enum_value(0..3),
         enum_value(0..3),
         timestamp(),
+        cidrs(),
     )
         .prop_map(
             |(
@@ -514,6 +530,7 @@ fn create() -> impl Strategy<Value = Rpc> {
                 environment,
                 kind,
                 expires_at,
+                allowed_cidrs,
             )| {
                 Rpc::Create(pb::CreateKeyRequest {
                     name,
@@ -526,6 +543,7 @@ fn create() -> impl Strategy<Value = Rpc> {
                     expires_at,
                     user_id,
                     service_account_id,
+                    allowed_cidrs,
                 })
             },
         )
@@ -582,7 +600,7 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
 
 fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
     let path = prop_oneof![
-        4 => proptest::sample::select(vec!["name", "description", "scopes", "metadata", "expires_at", "status"])
+        4 => proptest::sample::select(vec!["name", "description", "scopes", "metadata", "expires_at", "status", "allowed_cidrs"])
             .prop_map(str::to_owned),
         1 => text(),
     ];
@@ -600,9 +618,20 @@ fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
         metadata(),
         timestamp(),
         enum_value(0..7),
+        cidrs(),
     )
         .prop_map(
-            |(id, update_mask, name, description, scopes, metadata, expires_at, status)| {
+            |(
+                id,
+                update_mask,
+                name,
+                description,
+                scopes,
+                metadata,
+                expires_at,
+                status,
+                allowed_cidrs,
+            )| {
                 Rpc::Update(pb::UpdateKeyRequest {
                     id,
                     update_mask,
@@ -612,6 +641,7 @@ fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                     metadata,
                     expires_at,
                     status,
+                    allowed_cidrs,
                 })
             },
         )
@@ -670,7 +700,15 @@ fn presented_key(fixture: &Fixture) -> impl Strategy<Value = String> + use<> {
 
 fn validate(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
     let scopes = prop_oneof![3 => Just(Vec::new()), 2 => scopes()];
-    let client_ip = prop_oneof![3 => "[0-9.:a-f]{0,40}", 1 => text()];
+    // Mostly addresses or empty (ValidateKey answers a verdict), sometimes
+    // anything (INVALID_ARGUMENT unless it happens to be an address).
+    let client_ip = prop_oneof![
+        2 => Just(String::new()),
+        3 => "1?[0-9]{1,2}\\.1?[0-9]{1,2}\\.1?[0-9]{1,2}\\.1?[0-9]{1,2}",
+        1 => "[0-9a-f]{1,4}(:[0-9a-f]{1,4}){7}",
+        2 => "[0-9.:a-f]{0,40}",
+        1 => text(),
+    ];
     (presented_key(fixture), scopes, client_ip, text()).prop_map(
         |(key, required_scopes, client_ip, user_agent)| {
             Rpc::Validate(pb::ValidateKeyRequest {

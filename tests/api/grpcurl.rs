@@ -70,6 +70,13 @@ async fn the_readme_commands_manage_a_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_commands_give_a_key_an_ip_allowlist() {
+    if grpcurl_or_skip().is_some() {
+        with_app(Backend::Sqlite, allowlist).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_request_ids_show_in_grpcurl() {
     if grpcurl_or_skip().is_some() {
         with_app(Backend::Sqlite, errors).await;
@@ -171,6 +178,60 @@ async fn health_across_a_cut(app: &TestApp, proxy: &crate::helpers::proxy::Proxy
     assert!(both_back.is_some(), "both services SERVING again");
     assert_valid(&validate.run().await.json(), &created.id);
     watch.assert_quiet();
+}
+
+/// The README's allowlist commands: CreateKey with `allowed_cidrs`,
+/// ValidateKey with `client_ip` inside and outside, UpdateKey replacing it.
+async fn allowlist(app: &TestApp) {
+    let created = readme_command_with(app, CREATE, "allowed_cidrs")
+        .run()
+        .await
+        .json();
+    let secret = str_at(&created, "/secret").to_owned();
+    record_secret(&secret);
+    let id = str_at(&created, "/apiKey/id").to_owned();
+    assert_eq!(
+        created["apiKey"]["allowedCidrs"],
+        serde_json::json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
+    let validate = readme_command_with(app, VALIDATE, "client_ip").with(README_SECRET, &secret);
+    let inside = validate.clone().run().await.json();
+    assert_valid(&inside, &id);
+    assert_eq!(
+        inside["allowedCidrs"],
+        serde_json::json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
+    let outside = validate
+        .clone()
+        .with("203.0.113.7", "198.51.100.7")
+        .run()
+        .await
+        .json();
+    assert_invalid(&outside, "VALIDATION_CODE_IP_NOT_ALLOWED");
+    assert!(
+        outside.get("keyId").is_none(),
+        "nothing of the key: {outside:#}"
+    );
+
+    let updated = readme_command_with(app, UPDATE, "allowed_cidrs")
+        .with(README_KEY_ID, &id)
+        .run()
+        .await
+        .json();
+    assert_eq!(
+        updated["apiKey"]["allowedCidrs"],
+        serde_json::json!(["198.51.100.7/32"])
+    );
+    assert_invalid(
+        &validate.clone().run().await.json(),
+        "VALIDATION_CODE_IP_NOT_ALLOWED",
+    );
+    let moved = validate
+        .with("203.0.113.7", "198.51.100.7")
+        .run()
+        .await
+        .json();
+    assert_valid(&moved, &id);
 }
 
 async fn reflection(app: &TestApp) {
@@ -523,11 +584,19 @@ pub(crate) struct Grpcurl {
 /// The README command with the word `word` (a method, `list` or `describe`),
 /// pointed at `app`, with acme's admin key as `$ADMIN`.
 pub(crate) fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
+    readme_command_with(app, word, "")
+}
+
+/// The first of the README's `grpcurl … word` commands whose arguments
+/// contain `marker` (e.g. the CreateKey that sets `allowed_cidrs`).
+fn readme_command_with(app: &TestApp, word: &str, marker: &str) -> Grpcurl {
     let args = readme_commands()
         .iter()
-        .find(|args| args.iter().any(|arg| arg == word))
+        .find(|args| {
+            args.iter().any(|arg| arg == word) && args.iter().any(|arg| arg.contains(marker))
+        })
         .unwrap_or_else(|| {
-            panic!("README's \"Using it with grpcurl\" shows no `grpcurl … {word}` command")
+            panic!("README's \"Using it with grpcurl\" shows no `grpcurl … {word}` command with {marker:?}")
         })
         .clone();
     Grpcurl { args }

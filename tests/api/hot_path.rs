@@ -58,6 +58,7 @@ async fn insert_key(store: &Store, hasher: &LookupHasher, name: &str) -> String 
             user_id: None,
             service_account_id: None,
             expires_at: None,
+            policy: keyward_core::Policy::default(),
         })
         .await
         .expect("the key is inserted");

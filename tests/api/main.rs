@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod list;
 mod metrics;
+mod policy;
 mod secrets;
 mod server;
 mod tenancy;

@@ -369,7 +369,9 @@ pub fn presented_key<'a>(
 fn deny<ResBody: Default>(grpc: bool, denial: Denial) -> Response<ResBody> {
     match (grpc, denial) {
         (true, Denial::Unauthenticated) => grpc_error(16, "unauthenticated"),
-        (true, Denial::Forbidden) => grpc_error(7, "permission denied"),
+        // The same answer for both: the client learns neither which check
+        // failed nor what the allowlist holds.
+        (true, Denial::Forbidden | Denial::IpNotAllowed) => grpc_error(7, "permission denied"),
         (false, Denial::Unauthenticated) => {
             let mut response = http_error(StatusCode::UNAUTHORIZED);
             response.headers_mut().insert(
@@ -378,7 +380,7 @@ fn deny<ResBody: Default>(grpc: bool, denial: Denial) -> Response<ResBody> {
             );
             response
         }
-        (false, Denial::Forbidden) => http_error(StatusCode::FORBIDDEN),
+        (false, Denial::Forbidden | Denial::IpNotAllowed) => http_error(StatusCode::FORBIDDEN),
     }
 }
 

@@ -5,16 +5,19 @@
 //! `authorization: Bearer` or `x-api-key`, asks a [`Validator`] for a verdict,
 //! and either passes the request on with the caller's [`Identity`] in its
 //! extensions or answers with a generic denial: gRPC `UNAUTHENTICATED` /
-//! `PERMISSION_DENIED` for gRPC requests, HTTP 401 / 403 otherwise. A
-//! validator that cannot answer makes the layer fail closed (`UNAVAILABLE` /
-//! 503). The identity carries the key's [`Environment`] and expiry; a layer
-//! built with [`KeywardAuthLayer::require_environment`] refuses keys of the
-//! other environment (a test key on a live service) as unauthenticated.
+//! `PERMISSION_DENIED` for gRPC requests, HTTP 401 / 403 otherwise (403 for a
+//! missing scope and for a client address outside the key's IP allowlist
+//! alike). A validator that cannot answer makes the layer fail closed
+//! (`UNAVAILABLE` / 503). The identity carries the key's [`Environment`] and
+//! expiry; a layer built with [`KeywardAuthLayer::require_environment`]
+//! refuses keys of the other environment (a test key on a live service) as
+//! unauthenticated.
 //!
 //! keyward itself validates in process. Product services use
 //! `RemoteValidator` (cargo feature `remote`, on by default), which calls
 //! keyward's `ValidateKey` over gRPC and caches verdicts for keyward's cache
-//! hint, never past the key's `expires_at`:
+//! hint, never past the key's `expires_at` (a cached verdict of a key with an
+//! IP allowlist is reused only for client addresses inside it):
 //!
 //! ```no_run
 //! # #[cfg(feature = "remote")]

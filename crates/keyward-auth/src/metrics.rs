@@ -24,6 +24,7 @@ struct Counters {
     unauthenticated: AtomicU64,
     forbidden: AtomicU64,
     wrong_environment: AtomicU64,
+    ip_not_allowed: AtomicU64,
     errors: AtomicU64,
     keyward_calls: AtomicU64,
     cache_hits: AtomicU64,
@@ -44,15 +45,19 @@ pub enum DenialReason {
     /// the client is told UNAUTHENTICATED, as for any key that is no
     /// credential here.
     WrongEnvironment,
+    /// The client's address is outside the key's IP allowlist (the client is
+    /// told PERMISSION_DENIED, as for a missing scope).
+    IpNotAllowed,
 }
 
 impl DenialReason {
     /// Every reason, in label order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::MissingKey,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::WrongEnvironment,
+        Self::IpNotAllowed,
     ];
 
     /// The label value.
@@ -62,6 +67,7 @@ impl DenialReason {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::WrongEnvironment => "wrong_environment",
+            Self::IpNotAllowed => "ip_not_allowed",
         }
     }
 }
@@ -71,6 +77,7 @@ impl From<Denial> for DenialReason {
         match denial {
             Denial::Unauthenticated => Self::Unauthenticated,
             Denial::Forbidden => Self::Forbidden,
+            Denial::IpNotAllowed => Self::IpNotAllowed,
         }
     }
 }
@@ -113,6 +120,7 @@ impl AuthMetrics {
             DenialReason::Unauthenticated => &self.0.unauthenticated,
             DenialReason::Forbidden => &self.0.forbidden,
             DenialReason::WrongEnvironment => &self.0.wrong_environment,
+            DenialReason::IpNotAllowed => &self.0.ip_not_allowed,
         }
     }
 

@@ -5,16 +5,17 @@
 mod cache;
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 // keyward's limits on the usage data sent along: longer values would make
 // keyward reject the whole call as INVALID_ARGUMENT.
 use chrono::{DateTime, Utc};
-use keyward_core::{Environment, MAX_USER_AGENT_CHARS, PresentedKey};
+use keyward_core::{AllowedCidrs, Environment, MAX_USER_AGENT_CHARS, PresentedKey};
 use tonic::transport::Channel;
 
-use self::cache::{Limits, VerdictCache, cache_key};
+use self::cache::{Answer, Limits, VerdictCache, cache_key};
 use self::pb::key_validation_service_client::KeyValidationServiceClient;
 use crate::metrics::AuthMetrics;
 use crate::validator::{
@@ -66,9 +67,15 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
 ///   verdicts ([`RemoteValidatorBuilder::cache_capacity`]) and in bytes
 ///   ([`RemoteValidatorBuilder::cache_max_bytes`]), and keyed by a BLAKE3 hash
 ///   of the key and the required scopes, never by the raw key.
-/// - Concurrent lookups of the same key with the same scopes share one
-///   `ValidateKey` call (the first request's client IP and user agent are
-///   the ones keyward records).
+/// - A key's IP allowlist comes with its verdict (`allowed_cidrs`), and a
+///   cached verdict is reused for a request only after that request's own
+///   client address is checked against it: a "valid" cached for one address
+///   never serves another outside the list (IP_NOT_ALLOWED, which the layer
+///   answers PERMISSION_DENIED / 403). keyward's IP_NOT_ALLOWED answers are
+///   cached per client address.
+/// - Concurrent lookups of the same key with the same scopes from the same
+///   client address share one `ValidateKey` call (the first request's user
+///   agent is the one keyward records).
 /// - Strings that are not keyward keys at all (wrong shape or checksum) are
 ///   denied locally, without a call.
 /// - It fails closed: a transport error, a timeout or any non-OK status is a
@@ -110,11 +117,11 @@ impl RemoteValidator {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Makes one `ValidateKey` call: the verdict and how long it may be reused.
+    /// Makes one `ValidateKey` call: the answer and how long it may be reused.
     async fn ask(
         &self,
         request: ValidationRequest<'_>,
-    ) -> Result<(Verdict, Duration), ValidatorError> {
+    ) -> Result<(Answer, Duration), ValidatorError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.metrics.note_keyward_call();
         let mut call = tonic::Request::new(pb::ValidateKeyRequest {
@@ -154,7 +161,7 @@ impl RemoteValidator {
             response.expires_at.as_ref(),
             Utc::now(),
         );
-        Ok((verdict(response), hint))
+        Ok((answer(response)?, hint))
     }
 }
 
@@ -167,11 +174,12 @@ impl Validator for RemoteValidator {
             }
             let key = cache_key(request.key, request.required_scopes);
             self.cache
-                .get_or_fetch(key, || async move {
+                .get_or_fetch(key, request.client_ip, || async move {
                     if PresentedKey::parse(request.key).is_err() {
                         // Not a keyward key at all: keyward would say
                         // MALFORMED. Checked on a miss only; never cached.
-                        return Ok((Verdict::Deny(Denial::Unauthenticated), Duration::ZERO));
+                        let denied = Verdict::Deny(Denial::Unauthenticated);
+                        return Ok((denied.into(), Duration::ZERO));
                     }
                     self.ask(request).await
                 })
@@ -256,9 +264,29 @@ impl RemoteValidatorBuilder {
     }
 }
 
+/// keyward's answer: its verdict, with the key's allowlist for later reuse.
+/// An allowlist this client cannot read fails closed (an error, not cached):
+/// reusing the verdict without it could let another address through.
+fn answer(mut response: pb::ValidateKeyResponse) -> Result<Answer, ValidatorError> {
+    let allowed_cidrs = if response.allowed_cidrs.is_empty() {
+        None
+    } else {
+        let raw = std::mem::take(&mut response.allowed_cidrs);
+        let allowed = AllowedCidrs::parse(&raw).map_err(|(_, error)| {
+            ValidatorError::unavailable(format!("keyward sent an unreadable allowlist: {error}"))
+        })?;
+        Some(Arc::new(allowed))
+    };
+    Ok(Answer {
+        verdict: verdict(response),
+        allowed_cidrs,
+    })
+}
+
 /// keyward's answer as a verdict: only VALID allows; a valid key lacking a
-/// scope is forbidden; anything else is unauthenticated. A VALID answer that
-/// names no environment, or an expiry out of range, fails closed.
+/// scope is forbidden, one used from outside its allowlist IP_NOT_ALLOWED;
+/// anything else is unauthenticated. A VALID answer that names no
+/// environment, or an expiry out of range, fails closed.
 fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
     match response.code() {
         pb::ValidationCode::Valid if response.valid => {
@@ -286,6 +314,7 @@ fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
             }))
         }
         pb::ValidationCode::InsufficientScope => Verdict::Deny(Denial::Forbidden),
+        pb::ValidationCode::IpNotAllowed => Verdict::Deny(Denial::IpNotAllowed),
         _ => Verdict::Deny(Denial::Unauthenticated),
     }
 }
@@ -428,6 +457,20 @@ mod tests {
             verdict(response(false, pb::ValidationCode::InsufficientScope)),
             Verdict::Deny(Denial::Forbidden)
         );
+        assert_eq!(
+            verdict(response(false, pb::ValidationCode::IpNotAllowed)),
+            Verdict::Deny(Denial::IpNotAllowed)
+        );
+        // An allowlist comes along; one this client cannot read fails closed.
+        let mut limited = response(true, pb::ValidationCode::Valid);
+        limited.allowed_cidrs = vec!["10.0.0.0/8".to_owned()];
+        let read = answer(limited.clone()).expect("a readable allowlist");
+        assert_eq!(
+            read.allowed_cidrs.expect("an allowlist").to_strings(),
+            ["10.0.0.0/8"]
+        );
+        limited.allowed_cidrs.push("10.0.0.0/99".to_owned());
+        assert!(answer(limited).is_err());
         for code in [
             pb::ValidationCode::Unspecified,
             pb::ValidationCode::Malformed,

@@ -79,6 +79,10 @@ pub enum Denial {
     Unauthenticated,
     /// A good key that may not do this (a missing scope, a non-admin key).
     Forbidden,
+    /// A good key used from a client address outside its IP allowlist (or
+    /// from an unknown address). Told to the client as [`Denial::Forbidden`]
+    /// is (PERMISSION_DENIED / 403), with the same generic message.
+    IpNotAllowed,
 }
 
 /// The caller a request was allowed for, inserted into request extensions.

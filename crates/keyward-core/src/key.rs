@@ -1,9 +1,13 @@
 //! The API key record and its lifecycle rules.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::fields::{Metadata, Scope, Scopes};
 use crate::id::KeyId;
+use crate::policy::Policy;
 
 /// Standard keys protect product services; admin keys call the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +138,10 @@ pub enum ValidationCode {
     Expired,
     /// Revoked.
     Revoked,
+    /// Valid, but the client's address is outside the key's allowlist (or
+    /// unknown while the key has one). Checked before the scopes: it says
+    /// less about the key.
+    IpNotAllowed,
     /// Valid, but lacks a required scope.
     InsufficientScope,
 }
@@ -189,6 +197,9 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     /// The key this one replaced by rotation.
     pub rotated_from_id: Option<KeyId>,
+    /// What a validation must also satisfy; `None` when the key has no
+    /// restriction (the warm path's one branch).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl ApiKey {
@@ -213,12 +224,23 @@ impl ApiKey {
         }
     }
 
-    /// The verdict for presenting this key as a product (standard) key.
-    /// `now` is called only for a key that can expire: the hot path skips
-    /// the wall-clock conversion for the others.
+    /// The key's policy, the default (unrestricted) one if it has none.
+    pub fn policy(&self) -> &Policy {
+        static UNRESTRICTED: Policy = Policy {
+            allowed_cidrs: crate::policy::AllowedCidrs::EMPTY,
+        };
+        self.policy.as_deref().unwrap_or(&UNRESTRICTED)
+    }
+
+    /// The verdict for presenting this key as a product (standard) key from
+    /// `client`. Checks run in this order: kind, status, the key's
+    /// allowlist (IP_NOT_ALLOWED; an unknown client address fails it), then
+    /// the scopes. `now` is called only for a key that can expire: the hot
+    /// path skips the wall-clock conversion for the others.
     pub fn verdict(
         &self,
         required: &[Scope],
+        client: Option<IpAddr>,
         now: impl FnOnce() -> DateTime<Utc>,
     ) -> ValidationCode {
         if self.kind == KeyKind::Admin {
@@ -230,6 +252,9 @@ impl ApiKey {
             KeyStatus::Archived => ValidationCode::Archived,
             KeyStatus::Expired => ValidationCode::Expired,
             KeyStatus::Inactive => ValidationCode::Inactive,
+            KeyStatus::Active if self.policy.as_ref().is_some_and(|p| !p.admits(client)) => {
+                ValidationCode::IpNotAllowed
+            }
             KeyStatus::Active if !self.scopes.grant_all(required) => {
                 ValidationCode::InsufficientScope
             }
@@ -278,6 +303,7 @@ mod tests {
             archived_at: None,
             revoked_at: None,
             rotated_from_id: None,
+            policy: None,
         }
     }
 
@@ -303,17 +329,49 @@ mod tests {
         let other = Scope::parse("billing:read").unwrap();
         let mut k = key();
         assert_eq!(
-            k.verdict(std::slice::from_ref(&read), || now),
+            k.verdict(std::slice::from_ref(&read), None, || now),
             ValidationCode::Valid
         );
         assert_eq!(
-            k.verdict(&[read.clone(), other], || now),
+            k.verdict(&[read.clone(), other.clone()], None, || now),
             ValidationCode::InsufficientScope
         );
         k.expires_at = Some(now + Duration::hours(1));
-        assert_eq!(k.verdict(&[], || now), ValidationCode::Valid);
+        assert_eq!(k.verdict(&[], None, || now), ValidationCode::Valid);
+
+        // The allowlist: checked after the status, before the scopes; an
+        // unknown address fails it.
+        let inside: IpAddr = [203, 0, 113, 9].into();
+        let outside: IpAddr = [198, 51, 100, 1].into();
+        let mut limited = key();
+        limited.policy = Policy {
+            allowed_cidrs: crate::AllowedCidrs::parse(&["203.0.113.0/24"]).unwrap(),
+        }
+        .shared();
+        let verdict = |k: &ApiKey, required: &[Scope], client| k.verdict(required, client, || now);
+        assert_eq!(verdict(&limited, &[], Some(inside)), ValidationCode::Valid);
+        assert_eq!(
+            verdict(&limited, &[], Some(outside)),
+            ValidationCode::IpNotAllowed
+        );
+        assert_eq!(verdict(&limited, &[], None), ValidationCode::IpNotAllowed);
+        assert_eq!(
+            verdict(&limited, std::slice::from_ref(&other), Some(outside)),
+            ValidationCode::IpNotAllowed,
+            "the address is checked before the scopes"
+        );
+        assert_eq!(
+            verdict(&limited, std::slice::from_ref(&other), Some(inside)),
+            ValidationCode::InsufficientScope
+        );
+        limited.revoked_at = Some(now);
+        assert_eq!(
+            verdict(&limited, &[], Some(outside)),
+            ValidationCode::Revoked
+        );
+
         k.kind = KeyKind::Admin;
-        assert_eq!(k.verdict(&[], || now), ValidationCode::NotFound);
+        assert_eq!(k.verdict(&[], None, || now), ValidationCode::NotFound);
         assert!(k.authorizes_admin(now));
         k.archived_at = Some(now);
         assert!(!k.authorizes_admin(now));

@@ -9,6 +9,7 @@ mod hash;
 mod id;
 mod key;
 mod net;
+mod policy;
 mod secret;
 
 pub use fields::{
@@ -19,4 +20,5 @@ pub use hash::{LookupHash, LookupHasher};
 pub use id::{KeyId, new_ulid};
 pub use key::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
 pub use net::{Cidr, client_address};
+pub use policy::{AllowedCidrs, MAX_ALLOWED_CIDRS, MAX_CIDR_CHARS, Policy};
 pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError, PresentedKey};

@@ -3,8 +3,10 @@
 use std::net::IpAddr;
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address
-/// is a network of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// is a network of one. Parsing clears the host bits (`10.1.2.3/8` is
+/// `10.0.0.0/8`), and it prints in that canonical form, always with its
+/// prefix length (`203.0.113.7/32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     network: IpAddr,
     prefix: u8,
@@ -28,6 +30,34 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+
+    /// The network's first and last address as numbers within its family
+    /// (an IPv4 network's as `u32` values), and whether it is IPv4: the
+    /// form [`AllowedCidrs`](crate::AllowedCidrs) searches.
+    pub fn span(&self) -> (bool, u128, u128) {
+        let (ipv4, first, bits) = match self.network {
+            IpAddr::V4(network) => (true, u128::from(u32::from(network)), 32),
+            IpAddr::V6(network) => (false, u128::from(network), 128),
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        let size = 1u128.checked_shl(host_bits).map_or(u128::MAX, |n| n - 1);
+        (ipv4, first, first | size)
+    }
+}
+
+/// `ip` as [`Cidr::span`] numbers it: whether it is IPv4 (an IPv4-mapped
+/// IPv6 address counts as IPv4), and its number within its family.
+pub fn address_number(ip: IpAddr) -> (bool, u128) {
+    match ip.to_canonical() {
+        IpAddr::V4(ip) => (true, u128::from(u32::from(ip))),
+        IpAddr::V6(ip) => (false, u128::from(ip)),
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
     }
 }
 
@@ -53,6 +83,17 @@ impl std::str::FromStr for Cidr {
                 .ok()
                 .filter(|prefix| *prefix <= max)
                 .ok_or_else(|| format!("{raw:?} has a prefix length outside 0..={max}"))?,
+        };
+        // Clear the host bits: one network, one spelling.
+        let network = match network {
+            IpAddr::V4(ip) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(ip) & mask).into())
+            }
+            IpAddr::V6(ip) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(ip) & mask).into())
+            }
         };
         Ok(Self { network, prefix })
     }
@@ -104,6 +145,35 @@ mod tests {
         assert!(net("::1").contains(ip("::1")));
         for bad in ["", "10.0.0.0/33", "::/129", "host", "10.0.0.0/x"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cidrs_print_canonically_and_span_their_family() {
+        let net = |raw: &str| raw.parse::<Cidr>().unwrap();
+        let ip = |raw: &str| raw.parse::<IpAddr>().unwrap();
+        assert_eq!(net("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(net(" 203.0.113.7 ").to_string(), "203.0.113.7/32");
+        assert_eq!(net("::ffff:192.0.2.1").to_string(), "192.0.2.1/32");
+        assert_eq!(net("2001:db8::1/32").to_string(), "2001:db8::/32");
+        assert_eq!(net("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(net("10.1.2.3/8"), net("10.0.0.0/8"));
+        for (cidr, inside, outside) in [
+            ("10.0.0.0/8", "10.255.255.255", "11.0.0.0"),
+            ("0.0.0.0/0", "255.255.255.255", "::1"),
+            ("::/0", "::1", "0.0.0.0"),
+            ("192.0.2.1", "::ffff:192.0.2.1", "192.0.2.2"),
+            ("fd00::/8", "fdff::1", "fe00::"),
+        ] {
+            let (ipv4, first, last) = net(cidr).span();
+            let within = |raw: &str| {
+                let (family, n) = address_number(ip(raw));
+                family == ipv4 && (first..=last).contains(&n)
+            };
+            for (raw, expected) in [(inside, true), (outside, false)] {
+                assert_eq!(within(raw), expected, "{raw} in {cidr}");
+                assert_eq!(net(cidr).contains(ip(raw)), expected, "{raw} in {cidr}");
+            }
         }
     }
 

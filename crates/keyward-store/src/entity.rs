@@ -77,6 +77,10 @@ pub mod api_keys {
         pub revoked_at: Option<DateTimeWithTimeZone>,
         /// The key this one replaced by rotation.
         pub rotated_from_id: Option<String>,
+        /// The key's policy as versioned JSON (`{"v":1,"allowed_cidrs":[…]}`);
+        /// NULL when the key has no restriction.
+        #[sea_orm(column_type = "Text", nullable)]
+        pub policy: Option<String>,
     }
 
     /// No relations: keys reference organizations by id only.

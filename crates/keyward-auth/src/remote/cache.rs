@@ -3,20 +3,29 @@
 //!
 //! Entries are keyed by a BLAKE3 hash of the key and the required scopes, so
 //! raw keys are never kept as map keys.
+//!
+//! A key's IP allowlist travels with its verdict ([`Answer`]): a cached
+//! verdict serves a request only after that request's own client address is
+//! checked against it, so a "valid" cached for one address never lets
+//! another through. keyward's IP_NOT_ALLOWED answer describes nothing of the
+//! key, so it cannot be checked again for another address: it is cached
+//! under the key, the scopes *and* the client address, and lookups in flight
+//! are shared only between requests from the same address.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::mem::size_of;
-use std::sync::{LazyLock, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
-use keyward_core::Scope;
+use keyward_core::{AllowedCidrs, Cidr, Scope};
 
 use crate::metrics::AuthMetrics;
 use crate::single_flight::SingleFlight;
 use crate::sync::lock;
-use crate::validator::{IdentityDetails, ValidatorError, Verdict};
+use crate::validator::{Denial, IdentityDetails, ValidatorError, Verdict};
 
 /// What the cache and the in-flight map are keyed by: a hash, never the key.
 pub(crate) type CacheKey = [u8; 32];
@@ -51,6 +60,49 @@ pub(crate) fn cache_key(key: &str, scopes: &[Scope]) -> CacheKey {
     *hasher.finalize().as_bytes()
 }
 
+/// The cache key of IP_NOT_ALLOWED answers and of lookups in flight: the
+/// (key, scopes) cache key with the client's address.
+pub(crate) fn addressed_key(base: &CacheKey, client: Option<IpAddr>) -> CacheKey {
+    let mut hasher = blake3::Hasher::new_keyed(base);
+    match client.map(|ip| ip.to_canonical()) {
+        None => hasher.update(&[0]),
+        Some(IpAddr::V4(ip)) => hasher.update(&[4]).update(&ip.octets()),
+        Some(IpAddr::V6(ip)) => hasher.update(&[6]).update(&ip.octets()),
+    };
+    *hasher.finalize().as_bytes()
+}
+
+/// keyward's answer for a (key, scopes): the verdict, and the key's IP
+/// allowlist when it has one, which every reuse checks first.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Answer {
+    pub(crate) verdict: Verdict,
+    pub(crate) allowed_cidrs: Option<Arc<AllowedCidrs>>,
+}
+
+impl From<Verdict> for Answer {
+    fn from(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            allowed_cidrs: None,
+        }
+    }
+}
+
+impl Answer {
+    /// The verdict for a request from `client`: IP_NOT_ALLOWED when the key
+    /// has an allowlist that does not hold the address (or the address is
+    /// unknown), as keyward would answer; the cached verdict otherwise.
+    pub(crate) fn for_client(&self, client: Option<IpAddr>) -> Verdict {
+        match &self.allowed_cidrs {
+            Some(allowed) if !client.is_some_and(|ip| allowed.contains(ip)) => {
+                Verdict::Deny(Denial::IpNotAllowed)
+            }
+            _ => self.verdict.clone(),
+        }
+    }
+}
+
 /// How much the cache may hold.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -81,7 +133,7 @@ struct State {
 
 #[derive(Debug)]
 struct Cached {
-    verdict: Verdict,
+    answer: Answer,
     expires_at: Instant,
     /// [`weight`] of this entry, kept so that removal needs no recount.
     weight: usize,
@@ -104,38 +156,60 @@ impl VerdictCache {
         self
     }
 
-    /// The cached verdict for `key`, or the outcome of `fetch`, which returns
-    /// a verdict with how long it may be reused. Concurrent callers for the
-    /// same `key` share one `fetch` ([`SingleFlight`]: if every caller goes
-    /// away, the fetch is dropped and nothing stays in flight). Errors are
-    /// shared with the callers waiting at that moment but never cached.
-    pub(crate) async fn get_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> Outcome
+    /// The cached verdict for `key` (a [`cache_key`]) and a request from
+    /// `client`, or the outcome of `fetch`, which returns keyward's answer
+    /// with how long it may be reused. Concurrent callers for the same `key`
+    /// and client address share one `fetch` ([`SingleFlight`]: if every
+    /// caller goes away, the fetch is dropped and nothing stays in flight).
+    /// Errors are shared with the callers waiting at that moment but never
+    /// cached.
+    pub(crate) async fn get_or_fetch<F, Fut>(
+        &self,
+        key: CacheKey,
+        client: Option<IpAddr>,
+        fetch: F,
+    ) -> Outcome
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(Verdict, Duration), ValidatorError>>,
+        Fut: Future<Output = Result<(Answer, Duration), ValidatorError>>,
     {
-        if let Some(verdict) = self.get(&key, Instant::now()) {
+        // The warm path: one lookup, and the address check if the key has
+        // an allowlist.
+        if let Some(answer) = self.get(&key, Instant::now()) {
             self.metrics.note_cache_hit();
-            return Ok(verdict);
+            return Ok(answer.for_client(client));
+        }
+        let addressed = addressed_key(&key, client);
+        if let Some(answer) = self.get(&addressed, Instant::now()) {
+            self.metrics.note_cache_hit();
+            return Ok(answer.verdict);
         }
         self.flights
-            .run(key, || async {
+            .run(addressed, || async {
                 // A flight that landed between the miss and joining.
-                if let Some(verdict) = self.get(&key, Instant::now()) {
-                    return Ok(verdict);
+                if let Some(answer) = self.get(&key, Instant::now()) {
+                    return Ok(answer.for_client(client));
                 }
-                let (verdict, hint) = fetch().await?;
-                self.insert(key, &verdict, hint, Instant::now());
-                Ok(verdict)
+                if let Some(answer) = self.get(&addressed, Instant::now()) {
+                    return Ok(answer.verdict);
+                }
+                let (answer, hint) = fetch().await?;
+                let slot = if answer.verdict == Verdict::Deny(Denial::IpNotAllowed) {
+                    addressed
+                } else {
+                    key
+                };
+                self.insert(slot, &answer, hint, Instant::now());
+                Ok(answer.for_client(client))
             })
             .await
     }
 
-    /// A live verdict for `key`; an expired one is dropped.
-    fn get(&self, key: &CacheKey, now: Instant) -> Option<Verdict> {
+    /// A live answer for `key`; an expired one is dropped.
+    fn get(&self, key: &CacheKey, now: Instant) -> Option<Answer> {
         let mut state = lock(&self.state);
         match state.verdicts.get(key) {
-            Some(cached) if cached.expires_at > now => Some(cached.verdict.clone()),
+            Some(cached) if cached.expires_at > now => Some(cached.answer.clone()),
             Some(_) => {
                 state.remove(key);
                 None
@@ -144,11 +218,11 @@ impl VerdictCache {
         }
     }
 
-    /// Caches `verdict` for `hint` capped at `max_ttl`. A zero time means
-    /// "do not cache"; so does a verdict heavier than the whole budget.
-    fn insert(&self, key: CacheKey, verdict: &Verdict, hint: Duration, now: Instant) {
+    /// Caches `answer` for `hint` capped at `max_ttl`. A zero time means
+    /// "do not cache"; so does an answer heavier than the whole budget.
+    fn insert(&self, key: CacheKey, answer: &Answer, hint: Duration, now: Instant) {
         let ttl = hint.min(self.limits.max_ttl);
-        let weight = weight(verdict);
+        let weight = weight(answer);
         if ttl.is_zero() || self.limits.capacity == 0 || weight > self.limits.max_bytes {
             return;
         }
@@ -162,7 +236,7 @@ impl VerdictCache {
         state.verdicts.insert(
             key,
             Cached {
-                verdict: verdict.clone(),
+                answer: answer.clone(),
                 expires_at,
                 weight,
             },
@@ -235,11 +309,17 @@ impl State {
     }
 }
 
-/// An estimate of the memory one cached verdict holds: the entry, its map
-/// slot and key, and an allowed identity's strings, scopes and metadata.
-fn weight(verdict: &Verdict) -> usize {
-    let entry = size_of::<CacheKey>() + size_of::<Cached>();
-    let Verdict::Allow(identity) = verdict else {
+/// An estimate of the memory one cached answer holds: the entry, its map
+/// slot and key, its allowlist, and an allowed identity's strings, scopes and
+/// metadata.
+fn weight(answer: &Answer) -> usize {
+    let allowlist = answer.allowed_cidrs.as_ref().map_or(0, |allowed| {
+        2 * size_of::<usize>()
+            + size_of::<AllowedCidrs>()
+            + allowed.as_slice().len() * (size_of::<Cidr>() + 2 * size_of::<u128>())
+    });
+    let entry = size_of::<CacheKey>() + size_of::<Cached>() + allowlist;
+    let Verdict::Allow(identity) = &answer.verdict else {
         return entry;
     };
     let details: &IdentityDetails = identity;
@@ -334,8 +414,8 @@ mod tests {
         let cache = VerdictCache::new(limits(10, Duration::from_secs(5)));
         let now = Instant::now();
         assert!(cache.get(&key(1), now).is_none());
-        cache.insert(key(1), &DENY, HINT, now);
-        assert_eq!(cache.get(&key(1), now + HINT / 2), Some(DENY));
+        cache.insert(key(1), &DENY.into(), HINT, now);
+        assert_eq!(cache.get(&key(1), now + HINT / 2), Some(DENY.into()));
         assert_eq!(cache.get(&key(1), now + HINT), None);
         assert_eq!(
             cache.usage(),
@@ -348,7 +428,7 @@ mod tests {
     fn the_hint_is_capped_by_max_ttl() {
         let cache = VerdictCache::new(limits(10, Duration::from_millis(100)));
         let now = Instant::now();
-        cache.insert(key(1), &DENY, Duration::from_secs(3600), now);
+        cache.insert(key(1), &DENY.into(), Duration::from_secs(3600), now);
         assert!(
             cache
                 .get(&key(1), now + Duration::from_millis(50))
@@ -366,7 +446,7 @@ mod tests {
         let now = Instant::now();
         for (capacity, hint) in [(10, Duration::ZERO), (0, HINT)] {
             let cache = VerdictCache::new(limits(capacity, Duration::from_secs(5)));
-            cache.insert(key(1), &DENY, hint, now);
+            cache.insert(key(1), &DENY.into(), hint, now);
             assert_eq!(cache.usage(), (0, 0));
         }
     }
@@ -377,17 +457,17 @@ mod tests {
         let now = Instant::now();
         for n in 0..20 {
             let hint = if n < 5 { HINT } else { HINT * 4 };
-            cache.insert(key(n), &DENY, hint, now);
+            cache.insert(key(n), &DENY.into(), hint, now);
         }
         assert_eq!(cache.usage().0, 20);
         let later = now + HINT * 2;
-        cache.insert(key(100), &DENY, HINT, later);
+        cache.insert(key(100), &DENY.into(), HINT, later);
         assert_eq!(cache.usage().0, 16, "the five expired verdicts made room");
         for n in 5..20 {
             assert!(cache.get(&key(n), later).is_some());
         }
         for n in 101..200 {
-            cache.insert(key(n), &DENY, HINT, later);
+            cache.insert(key(n), &DENY.into(), HINT, later);
             assert!(cache.usage().0 <= 20);
         }
         assert!(cache.get(&key(199), later).is_some());
@@ -416,7 +496,7 @@ mod tests {
 
     #[test]
     fn maximal_verdicts_stay_within_the_byte_budget() {
-        let one = weight(&maximal_identity(0));
+        let one = weight(&maximal_identity(0).into());
         assert!(one > 20_000, "a maximal identity weighs {one} bytes");
         // Room for about ten by bytes, while the entry cap (1,000) and the
         // load (200) are far above that: only the byte bound holds it.
@@ -428,7 +508,12 @@ mod tests {
         });
         let now = Instant::now();
         for n in 0..200 {
-            cache.insert(key(n), &maximal_identity(usize::from(n)), HINT * 30, now);
+            cache.insert(
+                key(n),
+                &maximal_identity(usize::from(n)).into(),
+                HINT * 30,
+                now,
+            );
             let (entries, bytes) = cache.usage();
             assert!(bytes <= budget, "{bytes} bytes cached, budget {budget}");
             assert!(entries <= 10, "{entries} maximal verdicts cached");
@@ -445,7 +530,7 @@ mod tests {
             max_bytes: one - 1,
             max_ttl: Duration::from_secs(60),
         });
-        tiny.insert(key(1), &maximal_identity(1), HINT, now);
+        tiny.insert(key(1), &maximal_identity(1).into(), HINT, now);
         assert_eq!(tiny.usage(), (0, 0));
     }
 
@@ -463,17 +548,17 @@ mod tests {
             );
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_fetch(key(1), || async move {
+                    .get_or_fetch(key(1), None, || async move {
                         fetches.fetch_add(1, Ordering::SeqCst);
                         release.notified().await;
-                        Ok((DENY, HINT))
+                        Ok((DENY.into(), HINT))
                     })
                     .await
             }));
         }
         // Every task has joined once the flight counts 50 waiters.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cache.flights.waiting(&key(1)) < 50 {
+        while cache.flights.waiting(&addressed_key(&key(1), None)) < 50 {
             assert!(Instant::now() < deadline, "tasks never joined");
             tokio::task::yield_now().await;
         }
@@ -486,11 +571,63 @@ mod tests {
 
         // Now cached: no further fetch.
         let verdict = cache
-            .get_or_fetch(key(1), || async {
+            .get_or_fetch(key(1), None, || async {
                 panic!("a cached verdict needs no fetch")
             })
             .await;
         assert_eq!(verdict.expect("a verdict"), DENY);
+    }
+
+    #[tokio::test]
+    async fn a_cached_verdict_serves_another_address_only_inside_the_allowlist() {
+        let cache = VerdictCache::new(limits(10, Duration::from_secs(5)));
+        let ip = |raw: &str| Some(raw.parse::<IpAddr>().expect("an address"));
+        let allowed = Arc::new(AllowedCidrs::parse(&["203.0.113.0/24"]).expect("valid"));
+        let allow = maximal_identity(1);
+        let fetches = AtomicUsize::new(0);
+        let ask = |client, answer: Answer| {
+            let fetches = &fetches;
+            cache.get_or_fetch(key(1), client, move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                Ok((answer, HINT))
+            })
+        };
+        // keyward refuses a first request from outside: cached for that
+        // address only.
+        let refused = Answer::from(Verdict::Deny(Denial::IpNotAllowed));
+        for _ in 0..2 {
+            let verdict = ask(ip("198.51.100.1"), refused.clone()).await;
+            assert_eq!(
+                verdict.expect("a verdict"),
+                Verdict::Deny(Denial::IpNotAllowed)
+            );
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "the refusal was cached");
+        // An address inside asks keyward and gets the key, with its list.
+        let valid = Answer {
+            verdict: allow.clone(),
+            allowed_cidrs: Some(Arc::clone(&allowed)),
+        };
+        assert_eq!(
+            ask(ip("203.0.113.9"), valid.clone())
+                .await
+                .expect("a verdict"),
+            allow
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        // Hits: inside again, another inside address, and outside ones
+        // (including an unknown address): no fetch, each checked locally.
+        for (client, expected) in [
+            (ip("203.0.113.9"), allow.clone()),
+            (ip("203.0.113.200"), allow.clone()),
+            (ip("::ffff:203.0.113.7"), allow.clone()),
+            (ip("192.0.2.1"), Verdict::Deny(Denial::IpNotAllowed)),
+            (None, Verdict::Deny(Denial::IpNotAllowed)),
+        ] {
+            let verdict = ask(client, valid.clone()).await.expect("a verdict");
+            assert_eq!(verdict, expected, "{client:?}");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "all hits");
     }
 
     #[tokio::test]
@@ -499,7 +636,7 @@ mod tests {
         let fetches = AtomicUsize::new(0);
         for _ in 0..3 {
             let outcome = cache
-                .get_or_fetch(key(1), || async {
+                .get_or_fetch(key(1), None, || async {
                     fetches.fetch_add(1, Ordering::SeqCst);
                     Err(ValidatorError::unavailable("keyward is down"))
                 })
@@ -515,7 +652,7 @@ mod tests {
     async fn dropped_callers_of_fetches_that_never_answer_leave_nothing_in_flight() {
         let cache = VerdictCache::new(limits(10, Duration::from_secs(5)));
         let mut callers: Vec<_> = (0..32)
-            .map(|n| Box::pin(cache.get_or_fetch(key(n), std::future::pending)))
+            .map(|n| Box::pin(cache.get_or_fetch(key(n), None, std::future::pending)))
             .collect();
         for caller in &mut callers {
             let polled = tokio::time::timeout(Duration::ZERO, caller.as_mut()).await;
@@ -527,7 +664,7 @@ mod tests {
 
         // The next caller starts afresh.
         let verdict = cache
-            .get_or_fetch(key(1), || async { Ok((DENY, HINT)) })
+            .get_or_fetch(key(1), None, || async { Ok((DENY.into(), HINT)) })
             .await;
         assert_eq!(verdict.expect("a verdict"), DENY);
         assert_eq!(cache.in_flight(), 0);

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyward_core::{
-    Actor, ActorKind, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind, KeyName,
-    LookupHash, LookupHasher, Metadata, OrganizationId, Scopes,
+    Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind,
+    KeyName, LookupHash, LookupHasher, Metadata, OrganizationId, Policy, Scopes,
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::Store;
 use super::feed::EventType;
+use super::policy;
 use crate::audit::Changes;
 use crate::entity::{api_keys, keyward_settings};
 use crate::error::{Error, StoreError};
@@ -78,6 +79,8 @@ pub struct NewKey {
     pub service_account_id: Option<String>,
     /// Expiry, if any.
     pub expires_at: Option<DateTime<Utc>>,
+    /// What validations must also satisfy (the default restricts nothing).
+    pub policy: Policy,
 }
 
 /// A partial update: `None` leaves a field unchanged.
@@ -95,6 +98,9 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     /// `Some(true)` makes the key INACTIVE, `Some(false)` ACTIVE again.
     pub disabled: Option<bool>,
+    /// New IP allowlist (replaces the list; empty lifts the restriction).
+    /// The rest of the key's policy stays as it is.
+    pub allowed_cidrs: Option<AllowedCidrs>,
 }
 
 /// Name of the setting holding the lookup-hasher fingerprint.
@@ -189,6 +195,22 @@ impl Store {
             if let Some(disabled) = patch.disabled.filter(|d| *d != before.disabled) {
                 changes.insert("disabled", json!(disabled));
                 next.disabled = disabled;
+            }
+            if let Some(cidrs) = patch
+                .allowed_cidrs
+                .clone()
+                .filter(|c| *c != before.policy().allowed_cidrs)
+            {
+                // The audit log keeps both lists: an allowlist change is a
+                // security change, worth reading without replaying history.
+                changes.insert(
+                    "previous_allowed_cidrs",
+                    policy::cidrs_value(&before.policy().allowed_cidrs),
+                );
+                changes.insert("allowed_cidrs", policy::cidrs_value(&cidrs));
+                let mut next_policy = before.policy().clone();
+                next_policy.allowed_cidrs = cidrs;
+                next.policy = policy::to_column(&next_policy);
             }
             next.updated_at = time::db(now);
             Ok((next, changes))
@@ -499,6 +521,7 @@ fn new_row(key: &NewKey, now: DateTime<Utc>) -> Result<api_keys::Model, Error> {
         archived_at: None,
         revoked_at: None,
         rotated_from_id: None,
+        policy: policy::to_column(&key.policy),
     })
 }
 
@@ -531,6 +554,11 @@ fn created_changes(row: &api_keys::Model) -> Result<Changes, Error> {
     }
     if row.expires_at.is_some() {
         changes.insert("expires_at", time_value(row.expires_at.map(time::utc)));
+    }
+    if let Some(policy) = policy::from_column(&row.id, row.policy.as_deref())?
+        && !policy.allowed_cidrs.is_empty()
+    {
+        changes.insert("allowed_cidrs", policy::cidrs_value(&policy.allowed_cidrs));
     }
     Ok(changes)
 }
@@ -565,6 +593,7 @@ pub(super) fn key_from_row(row: api_keys::Model) -> Result<ApiKey, Error> {
         serde_json::from_str(&row.scopes).map_err(|e| corrupt(&format!("scopes: {e}")))?;
     let metadata: BTreeMap<String, String> =
         serde_json::from_str(&row.metadata).map_err(|e| corrupt(&format!("metadata: {e}")))?;
+    let policy = policy::from_column(&row.id, row.policy.as_deref())?;
     Ok(ApiKey {
         id: KeyId::from_trusted(row.id),
         organization_id: row.organization_id,
@@ -593,5 +622,6 @@ pub(super) fn key_from_row(row: api_keys::Model) -> Result<ApiKey, Error> {
         archived_at: row.archived_at.map(time::utc),
         revoked_at: row.revoked_at.map(time::utc),
         rotated_from_id: row.rotated_from_id.map(KeyId::from_trusted),
+        policy,
     })
 }

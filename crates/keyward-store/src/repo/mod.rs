@@ -6,6 +6,7 @@
 //! - [`keys`]: key reads and mutations, each a `write` body.
 //! - [`list`]: keyset pages of keys and events.
 //! - [`feed`]: the change feed other replicas follow, in commit order.
+//! - [`policy`]: a key's policy column (versioned JSON).
 //! - [`usage`]: coalesced last-used writes.
 //! - [`migrate`]: migrations under a database lock.
 //!
@@ -16,6 +17,7 @@ mod feed;
 mod keys;
 mod list;
 mod migrate;
+mod policy;
 mod usage;
 mod write;
 

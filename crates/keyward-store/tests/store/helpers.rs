@@ -32,6 +32,7 @@ pub fn new_key(org: &str, name: &str) -> NewKey {
         user_id: None,
         service_account_id: None,
         expires_at: None,
+        policy: keyward_core::Policy::default(),
     }
 }
 
