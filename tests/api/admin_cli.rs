@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::e2e_test;
 use crate::helpers::certs::{TestPki, display};
 use crate::helpers::process::{AdminCli, free_addr};
-use crate::helpers::{TestApp, readme, unknown_key, with_tls_app};
+use crate::helpers::{CLIENT_IP, TestApp, readme, unknown_key, with_tls_app};
 
 /// The exit codes README's "Admin CLI" section documents.
 mod exit {
@@ -217,6 +217,33 @@ e2e_test!(every_key_subcommand_works, backends = [sqlite], |app| {
     assert_eq!(cleared["api_key"]["description"], "");
     assert_eq!(cleared["api_key"]["status"], "active");
     assert_eq!(app.get_key(&id).await.name, "orders (renamed)");
+
+    // An IP allowlist: set (canonical form back), enforced, then lifted.
+    let fenced = json(
+        app,
+        &[
+            "keys",
+            "update",
+            &id,
+            "--allowed-cidr",
+            "192.0.2.0/24",
+            "--allowed-cidr",
+            "2001:db8::1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        fenced["api_key"]["allowed_cidrs"],
+        serde_json::json!(["192.0.2.0/24", "2001:db8::1/128"])
+    );
+    assert_eq!(
+        app.validate(&secret, &[]).await.code(),
+        pb::ValidationCode::IpNotAllowed,
+        "{CLIENT_IP} is outside the list"
+    );
+    let open = json(app, &["keys", "update", &id, "--clear-allowed-cidrs"]).await;
+    assert_eq!(open["api_key"]["allowed_cidrs"], serde_json::json!([]));
+    assert!(app.validate(&secret, &[]).await.valid);
 
     // archive and reactivate.
     let archived = json(app, &["keys", "archive", &id]).await;
