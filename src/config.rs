@@ -149,9 +149,15 @@ pub struct Settings {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// How often coalesced last-used data is written, e.g. 1s or 500ms.
+    /// How often coalesced usage (last-used data, counts per key, minute
+    /// and outcome) is written, e.g. 1s or 500ms: a crash loses at most this
+    /// much usage.
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
+    /// How long usage counts are kept (GetKeyUsage, ListKeys' used_since and
+    /// unused_since), e.g. 30d or 12h; older minutes are pruned by the flusher.
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION", default_value = "30d", value_parser = parse_interval)]
+    pub usage_retention: Duration,
     /// Proxies whose `x-forwarded-for` is believed, as CIDRs separated by
     /// commas (e.g. 10.0.0.0/8,::1). Without any, a client's address is the
     /// connection's peer address and forwarded headers are ignored.
@@ -332,11 +338,11 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Parses `250ms`, `1s`, `2m`.
+/// Parses `250ms`, `1s`, `2m`, `12h`, `30d`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let split = raw
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s or m"))?;
+        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s, m, h or d"))?;
     let (number, unit) = raw.split_at(split);
     let n: u64 = number
         .parse()
@@ -344,11 +350,17 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{raw:?} is too long")),
-        _ => Err(format!("{raw:?} has an unknown unit; use ms, s or m")),
+        "m" | "h" | "d" => {
+            let seconds = match unit {
+                "m" => 60,
+                "h" => 60 * 60,
+                _ => 24 * 60 * 60,
+            };
+            n.checked_mul(seconds)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("{raw:?} is too long"))
+        }
+        _ => Err(format!("{raw:?} has an unknown unit; use ms, s, m, h or d")),
     }
 }
 
@@ -440,6 +452,11 @@ mod tests {
         assert!(settings.trusted_proxies.is_empty());
         // The documented values (README's flag table).
         assert_eq!(settings.usage_flush_interval, Duration::from_secs(1));
+        assert_eq!(
+            settings.usage_retention,
+            Duration::from_secs(30 * 24 * 60 * 60)
+        );
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
         assert_eq!(settings.validator.sync_interval, Duration::from_millis(250));
         assert_eq!(settings.validator.stale_if_error, Duration::from_secs(60));
         assert_eq!(settings.validator.cache.max_age, Duration::from_secs(30));

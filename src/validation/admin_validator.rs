@@ -36,7 +36,13 @@ impl Validator for AdminValidator {
                     ip: ip.as_deref(),
                     user_agent: request.user_agent,
                 };
-                self.0.usage.record(&key, client, at);
+                self.0.usage.record(
+                    &key,
+                    ValidationCode::Valid,
+                    client,
+                    at,
+                    self.0.clock.minute_start(at),
+                );
                 return Ok(Verdict::Allow(identity(&key)));
             }
             if key.kind == KeyKind::Standard && key.verdict(&[], || now) == ValidationCode::Valid {

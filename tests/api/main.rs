@@ -17,6 +17,7 @@ mod list;
 mod secrets;
 mod server;
 mod tenancy;
+mod usage;
 
 // The shared fault proxy; its own tests run with this binary.
 #[path = "../support/tcp_proxy.rs"]
