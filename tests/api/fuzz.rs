@@ -552,7 +552,7 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
         statuses,
         any::<bool>(),
         (text(), text(), text(), text()),
-        timestamp(),
+        (timestamp(), timestamp(), timestamp()),
     )
         .prop_map(
             |(
@@ -562,7 +562,7 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                 statuses,
                 include_archived,
                 (workspace_id, created_by_id, user_id, service_account_id),
-                last_used_before,
+                (last_used_before, used_since, unused_since),
             )| {
                 Rpc::List(pb::ListKeysRequest {
                     limit,
@@ -575,6 +575,8 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                     user_id,
                     service_account_id,
                     last_used_before,
+                    used_since,
+                    unused_since,
                 })
             },
         )
