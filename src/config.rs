@@ -156,7 +156,7 @@ pub struct Settings {
     pub usage_flush_interval: Duration,
     /// How long usage counts are kept (GetKeyUsage, ListKeys' used_since and
     /// unused_since), e.g. 30d or 12h; older minutes are pruned by the flusher.
-    #[arg(long, env = "KEYWARD_USAGE_RETENTION", default_value = "30d", value_parser = parse_interval)]
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub usage_retention: Duration,
     /// Proxies whose `x-forwarded-for` is believed, as CIDRs separated by
     /// commas (e.g. 10.0.0.0/8,::1). Without any, a client's address is the
@@ -338,11 +338,11 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Parses `250ms`, `1s`, `2m`, `12h`, `30d`.
+/// Parses `250ms`, `1s`, `2m`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let split = raw
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s, m, h or d"))?;
+        .ok_or_else(|| format!("{raw:?} needs a unit: ms, s or m"))?;
     let (number, unit) = raw.split_at(split);
     let n: u64 = number
         .parse()
@@ -350,17 +350,28 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" | "h" | "d" => {
-            let seconds = match unit {
-                "m" => 60,
-                "h" => 60 * 60,
-                _ => 24 * 60 * 60,
-            };
-            n.checked_mul(seconds)
-                .map(Duration::from_secs)
-                .ok_or_else(|| format!("{raw:?} is too long"))
-        }
-        _ => Err(format!("{raw:?} has an unknown unit; use ms, s, m, h or d")),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{raw:?} is too long")),
+        _ => Err(format!("{raw:?} has an unknown unit; use ms, s or m")),
+    }
+}
+
+/// Parses a retention: `30d`, `12h`, or any non-zero [`parse_duration`].
+pub fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let hours = |n: &str, per: u64| {
+        n.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(per * 60 * 60))
+            .filter(|seconds| *seconds > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{raw:?} is not a retention such as 30d or 12h"))
+    };
+    match (raw.strip_suffix('d'), raw.strip_suffix('h')) {
+        (Some(days), _) => hours(days, 24),
+        (_, Some(n)) => hours(n, 1),
+        _ => parse_interval(raw),
     }
 }
 
@@ -456,7 +467,11 @@ mod tests {
             settings.usage_retention,
             Duration::from_secs(30 * 24 * 60 * 60)
         );
-        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_retention("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["0d", "d", "1.5d", "-1h", "0s"] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(settings.validator.sync_interval, Duration::from_millis(250));
         assert_eq!(settings.validator.stale_if_error, Duration::from_secs(60));
         assert_eq!(settings.validator.cache.max_age, Duration::from_secs(30));
