@@ -213,6 +213,7 @@ enum Rpc {
     Delete(pb::DeleteKeyRequest),
     Rotate(pb::RotateKeyRequest),
     ListEvents(pb::ListKeyEventsRequest),
+    Usage(pb::GetKeyUsageRequest),
     Validate(pb::ValidateKeyRequest),
 }
 
@@ -227,6 +228,7 @@ impl Rpc {
             Self::Revoke(r) => Some(&r.id),
             Self::Delete(r) => Some(&r.id),
             Self::Rotate(r) => Some(&r.id),
+            Self::Usage(r) => Some(&r.id),
             Self::Create(_) | Self::List(_) | Self::ListEvents(_) | Self::Validate(_) => None,
         }
     }
@@ -324,6 +326,10 @@ impl Fixture {
                         ..Answer::default()
                     }
                 }
+                Rpc::Usage(r) => Answer {
+                    ids: vec![admin.get_key_usage(self.request(r)).await?.into_inner().id],
+                    ..Answer::default()
+                },
                 Rpc::Validate(r) => {
                     let r = self
                         .validation
@@ -407,7 +413,7 @@ impl Fixture {
                 // else may go backwards.
                 prop_assert!(after >= before);
             }
-            Rpc::Get(_) | Rpc::List(_) | Rpc::ListEvents(_) | Rpc::Validate(_) => {
+            Rpc::Get(_) | Rpc::List(_) | Rpc::ListEvents(_) | Rpc::Usage(_) | Rpc::Validate(_) => {
                 prop_assert_eq!(before, after, "a read wrote an event");
             }
         }
@@ -648,6 +654,11 @@ fn list_events(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
     })
 }
 
+fn usage(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
+    (key_id(fixture), timestamp(), timestamp())
+        .prop_map(|(id, from, to)| Rpc::Usage(pb::GetKeyUsageRequest { id, from, to }))
+}
+
 /// A presented key: an active one, one changed by a byte, a well-formed
 /// unknown one, or anything.
 fn presented_key(fixture: &Fixture) -> impl Strategy<Value = String> + use<> {
@@ -733,6 +744,11 @@ fn fuzz_list_key_events() {
 }
 
 #[test]
+fn fuzz_get_key_usage() {
+    run("api::get_key_usage", |f| usage(f).boxed());
+}
+
+#[test]
 fn fuzz_validate_key() {
     run("api::validate_key", |f| validate(f).boxed());
 }
@@ -749,6 +765,7 @@ fn fuzz_status_size_is_bounded() {
         update(&fixture),
         rotate(&fixture),
         list_events(&fixture),
+        usage(&fixture),
         validate(&fixture),
     ];
     fuzz("api::status_size", CASES, any_rpc, |rpc| {

@@ -16,6 +16,9 @@ use crate::helpers::{
     TestApp, code, eventually, record_secret, serve_until_dropped, try_validate, with_key,
 };
 
+/// GetKeyUsage's `from` and `to`.
+type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Long enough for a flush (100 ms in tests) on a loaded machine.
 const FLUSHED: Duration = Duration::from_secs(15);
 
@@ -176,23 +179,21 @@ e2e_test!(
     |app| {
         let key = app.create_key("k").send().await.expect("created");
         let now = Utc::now();
-        let cases: [(&str, Option<DateTime<Utc>>, Option<DateTime<Utc>>, &str); 4] = [
-            ("not-a-key-id", None, None, "id"),
-            (&key.id, Some(now), Some(now), "to"),
+        let cases: [(&str, Range, &str); 4] = [
+            ("not-a-key-id", (None, None), "id"),
+            (&key.id, (Some(now), Some(now)), "to"),
             (
                 &key.id,
-                Some(now),
-                Some(now - chrono::Duration::minutes(5)),
+                (Some(now), Some(now - chrono::Duration::minutes(5))),
                 "to",
             ),
             (
                 &key.id,
-                Some(now - chrono::Duration::days(32)),
-                Some(now),
+                (Some(now - chrono::Duration::days(32)), Some(now)),
                 "from",
             ),
         ];
-        for (id, from, to, field) in cases {
+        for (id, (from, to), field) in cases {
             let status = app
                 .key_usage(id, from, to)
                 .await

@@ -220,7 +220,7 @@ keyward_store::store_test!(
             listed(Some(minute), None).await,
             [b.id.clone(), a.id.clone()]
         );
-        assert_eq!(listed(None, Some(minute)).await, [c.id.clone()]);
+        assert_eq!(listed(None, Some(minute)).await, vec![c.id.clone()]);
         assert_eq!(
             listed(Some(minute - 60), Some(minute)).await,
             Vec::<KeyId>::new()
