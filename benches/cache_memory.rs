@@ -95,6 +95,7 @@ fn via_validator(path: &str, secrets: &str, keys: usize) {
         let client = ClientInfo {
             ip: Some("203.0.113.7"),
             user_agent: Some("bench-client/1.0"),
+            ..ClientInfo::default()
         };
         let mut rss_before = 0;
         for (i, raw) in raws.iter().enumerate() {

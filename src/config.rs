@@ -39,6 +39,10 @@ pub enum Command {
     /// Audit-log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manages keys on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
+    Keys(crate::cli::KeysArgs),
+    /// Reads the audit log on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
+    Events(crate::cli::EventsArgs),
 }
 
 /// Audit-log subcommands.
@@ -149,6 +153,10 @@ pub struct Settings {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address to serve Prometheus metrics on, at /metrics (plain HTTP).
+    /// Off unless set.
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How often coalesced usage (last-used data, counts per key, minute
     /// and outcome) is written, e.g. 1s or 500ms: a crash loses at most this
     /// much usage.
@@ -169,6 +177,9 @@ pub struct Settings {
     /// What one request or connection may cost.
     #[command(flatten)]
     pub limits: LimitSettings,
+    /// TLS on the listener (off by default).
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 impl Default for Settings {
@@ -199,6 +210,37 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+/// TLS on keyward's port (SPEC §12). Off unless `--tls-cert` and
+/// `--tls-key` are given; the files reload on SIGHUP and when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct TlsSettings {
+    /// Serve TLS 1.3 with this PEM certificate chain (leaf first). Needs
+    /// --tls-key.
+    #[arg(long, env = "KEYWARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "KEYWARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CA(s) in this PEM file
+    /// (mTLS). Needs --tls-cert.
+    #[arg(long, env = "KEYWARD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Longest a client may take to complete the TLS handshake before its
+    /// connection is closed.
+    #[arg(long, env = "KEYWARD_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub tls_handshake_timeout: Duration,
+    /// How often the TLS files are checked for changes (a change reloads
+    /// them; SIGHUP reloads at once).
+    #[arg(long, env = "KEYWARD_TLS_RELOAD_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub tls_reload_interval: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        clap_defaults()
     }
 }
 
@@ -461,6 +503,7 @@ mod tests {
         assert_eq!(settings.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(settings.database.database_url.0, DEFAULT_DATABASE_URL);
         assert!(settings.trusted_proxies.is_empty());
+        assert_eq!(settings.metrics_listen, None, "metrics are off by default");
         // The documented values (README's flag table).
         assert_eq!(settings.usage_flush_interval, Duration::from_secs(1));
         assert_eq!(
@@ -480,6 +523,10 @@ mod tests {
         assert_eq!(settings.limits.max_admin_message_size, 64 * 1024);
         assert_eq!(settings.limits.request_timeout, Duration::from_secs(10));
         assert_eq!(settings.limits.max_connections, 1024);
+        assert_eq!(settings.tls, TlsSettings::default());
+        assert_eq!(settings.tls.tls_cert, None, "plaintext by default");
+        assert_eq!(settings.tls.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(settings.tls.tls_reload_interval, Duration::from_secs(1));
 
         let test = Settings::for_database("sqlite::memory:");
         assert_eq!(test.database.database_url.0, "sqlite::memory:");
@@ -498,12 +545,37 @@ mod tests {
             "100ms",
             "--cache-capacity",
             "7",
+            "--metrics-listen",
+            "0.0.0.0:9091",
         ])
         .expect("valid flags");
         assert_eq!(settings.limits.max_validation_message_size, 1 << 20);
         assert_eq!(settings.trusted_proxies.len(), 2);
         assert_eq!(settings.validator.sync_interval, Duration::from_millis(100));
         assert_eq!(settings.validator.cache.capacity, 7);
+        assert_eq!(
+            settings.metrics_listen,
+            Some("0.0.0.0:9091".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let settings = serve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).expect("a pair");
+        assert_eq!(settings.tls.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(settings.tls.tls_key, Some(PathBuf::from("k.pem")));
+        for lone in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-client-ca", "ca.pem"],
+        ] {
+            let error = serve(lone).expect_err("incomplete TLS settings");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{lone:?}"
+            );
+        }
     }
 
     #[test]

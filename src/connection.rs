@@ -1,9 +1,13 @@
 //! What keyward takes from the connection rather than from the client: a cap
-//! on open connections, and the client's address.
+//! on open connections, TLS, and the client's address.
 //!
 //! [`LimitedIncoming`] hands tonic accepted TCP connections (with
 //! `TCP_NODELAY`), each holding a permit of a semaphore; a connection beyond
 //! the cap is closed at once, so its client fails fast instead of waiting.
+//! [`ServerIncoming`] adds TLS: each accepted connection's handshake runs in
+//! its own task with a deadline, so a slow or silent client delays no other
+//! accept, and the permit is held from accept to close (handshakes in
+//! progress count against the cap).
 //! [`ClientAddrLayer`] replaces `x-forwarded-for` with the one address
 //! keyward believes (the peer's, or what trusted proxies forwarded), and puts
 //! it in the request as a [`ClientIp`], which the auth layer records as
@@ -13,17 +17,22 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tower::{Layer, Service};
 
 use keyward_auth::ClientIp;
 use keyward_core::{Cidr, client_address};
+
+use crate::tls::ServerTls;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -133,6 +142,177 @@ impl AsyncWrite for LimitedConnection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepted connections, capped, and over TLS when given a [`ServerTls`].
+#[derive(Debug)]
+pub struct ServerIncoming {
+    inner: LimitedIncoming,
+    tls: Option<(ServerTls, Duration)>,
+    handshakes: JoinSet<Option<TlsStream<LimitedConnection>>>,
+}
+
+impl ServerIncoming {
+    /// `inner`'s connections as they are (plaintext).
+    pub fn plaintext(inner: LimitedIncoming) -> Self {
+        Self {
+            inner,
+            tls: None,
+            handshakes: JoinSet::new(),
+        }
+    }
+
+    /// `inner`'s connections once their TLS handshake with `tls`'s current
+    /// configuration completed within `handshake_timeout`; a connection
+    /// whose handshake fails or is too slow is closed (and logged at debug:
+    /// anyone can make a handshake fail).
+    pub fn tls(inner: LimitedIncoming, tls: ServerTls, handshake_timeout: Duration) -> Self {
+        Self {
+            inner,
+            tls: Some((tls, handshake_timeout)),
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+impl Stream for ServerIncoming {
+    type Item = io::Result<Connection>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some((tls, timeout)) = &this.tls else {
+            return Pin::new(&mut this.inner)
+                .poll_next(cx)
+                .map(|next| next.map(|accepted| accepted.map(Connection::Plain)));
+        };
+        // Start a handshake for every connection accepted so far.
+        let mut listening = true;
+        loop {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(connection))) => {
+                    let acceptor = tls.acceptor();
+                    let timeout = *timeout;
+                    this.handshakes.spawn(async move {
+                        let peer = connection.connect_info().remote_addr();
+                        match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
+                            Ok(Ok(stream)) => Some(stream),
+                            Ok(Err(error)) => {
+                                tracing::debug!(?peer, %error, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(?peer, "TLS handshake timed out");
+                                None
+                            }
+                        }
+                    });
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => {
+                    listening = false;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        // Hand over the first completed handshake.
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(stream)))) => {
+                    return Poll::Ready(Some(Ok(Connection::Tls(Box::new(stream)))));
+                }
+                // A failed handshake (logged by its task); its permit is back.
+                Poll::Ready(Some(Ok(None))) => {}
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "a TLS handshake task failed");
+                }
+                Poll::Ready(None) if !listening => return Poll::Ready(None),
+                // The listener woke us for new connections, or a handshake will.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A connection tonic serves: plaintext or TLS, with its permit of the
+/// connection cap either way.
+#[derive(Debug)]
+pub enum Connection {
+    /// Plaintext.
+    Plain(LimitedConnection),
+    /// TLS, handshake done.
+    Tls(Box<TlsStream<LimitedConnection>>),
+}
+
+impl Connected for Connection {
+    // The TCP peer in both cases, so `ClientAddrLayer` reads one extension
+    // type whatever the transport.
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Self::Plain(connection) => connection.connect_info(),
+            Self::Tls(stream) => stream.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(connection) => Pin::new(connection).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(connection) => Pin::new(connection).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(connection) => Pin::new(connection).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(connection) => connection.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(connection) => Pin::new(connection).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(connection) => Pin::new(connection).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

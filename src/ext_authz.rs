@@ -23,6 +23,7 @@ use keyward_auth::{CredentialSource, presented_key};
 use keyward_core::{MAX_SCOPES, Scope, ValidationCode};
 use tonic::{Code, Request, Response, Status};
 
+use crate::metrics::ValidationPath;
 use crate::validation::{ClientInfo, KeyValidator};
 
 /// The `context_extensions` entry naming the scopes a route requires.
@@ -165,6 +166,7 @@ impl Authorization for ExtAuthz {
         let client = ClientInfo {
             ip: request.get_client_address().map(String::as_str),
             user_agent: headers.get("user-agent").map(String::as_str),
+            path: ValidationPath::ExtAuthz,
         };
         // UNAVAILABLE when the database is: Envoy then denies
         // (failure_mode_allow: false).

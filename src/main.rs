@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keyward::config::{AuditCommand, Cli, Command, DatabaseArgs};
-use keyward::{Application, bootstrap, open_store, telemetry};
+use keyward::{Application, bootstrap, cli, open_store, telemetry};
 use keyward_core::{KeyName, LookupHasher, OrganizationId};
 
 #[tokio::main]
@@ -40,6 +40,9 @@ async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             // The only line on stdout, so scripts can capture it.
             println!("{}", secret.expose());
         }
+        // The admin CLI prints its own errors and picks its exit codes.
+        Command::Keys(args) => return Ok(cli::run_keys(args).await),
+        Command::Events(args) => return Ok(cli::run_events(args).await),
         Command::Audit(AuditCommand::Verify(args)) => {
             let (store, _) = open(&args.database).await?;
             let report = store.verify_audit(args.organization.as_deref()).await?;

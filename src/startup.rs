@@ -13,6 +13,7 @@ use keyward_core::{
     Metadata, OrganizationId, Scopes,
 };
 use keyward_store::{KeyMaterial, NewKey, Store, StoreError};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -23,13 +24,15 @@ use tower::load_shed::LoadShedLayer;
 
 use crate::admin::AdminApi;
 pub use crate::config::Settings;
-use crate::config::{Cidr, DatabaseArgs, LimitSettings};
-use crate::connection::{ClientAddrLayer, LimitedIncoming};
+use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
+use crate::connection::{ClientAddrLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
+use crate::metrics::{self, AdminMetrics};
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
+use crate::tls::{ServerTls, TlsError, TlsFiles};
 use crate::validation::{AdminValidator, KeyValidator, follow_changes};
 use crate::validation_api::ValidationApi;
 
@@ -85,6 +88,9 @@ pub enum StartupError {
     /// The lookup secret file could not be read.
     #[error("cannot read the lookup secret: {0}")]
     LookupSecret(std::io::Error),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A built, bound, not yet running server.
@@ -97,6 +103,13 @@ pub struct Application {
     trusted_proxies: Vec<Cidr>,
     limits: LimitSettings,
     validator: Arc<KeyValidator>,
+    /// TLS on the listener, if configured.
+    tls: Option<ServerTls>,
+    /// Its handshake deadline and reload interval.
+    tls_settings: TlsSettings,
+    /// The `/metrics` listener and what it serves, when `--metrics-listen` is set.
+    metrics: Option<(TcpListener, Arc<Registry>)>,
+    admin_metrics: AdminMetrics,
     /// The newest committed feed position when the cache was empty: the
     /// follower applies every event after it.
     feed_head: i64,
@@ -117,6 +130,11 @@ impl Application {
     /// Checks the settings, opens the store and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         settings.check().map_err(StartupError::Config)?;
+        // Before the database: a bad certificate is a configuration error
+        // worth reporting at once.
+        let tls = TlsFiles::from_settings(&settings.tls)
+            .map(ServerTls::load)
+            .transpose()?;
         let hasher = settings
             .database
             .hasher()
@@ -132,11 +150,29 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
+        if tls.is_none() && !settings.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %settings.listen,
+                "serving plaintext on a non-loopback address: keys and admin calls cross the \
+                 network unencrypted; set --tls-cert and --tls-key"
+            );
+        }
         let validator = Arc::new(KeyValidator::new(
             store.clone(),
             hasher.clone(),
             settings.validator,
         ));
+        let admin_metrics = AdminMetrics::default();
+        let metrics = match settings.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?;
+                let registry = metrics::registry(&validator, &store, &admin_metrics);
+                Some((listener, Arc::new(registry)))
+            }
+        };
         Ok(Self {
             listener,
             store,
@@ -146,6 +182,10 @@ impl Application {
             trusted_proxies: settings.trusted_proxies,
             limits: settings.limits,
             validator,
+            tls,
+            tls_settings: settings.tls,
+            metrics,
+            admin_metrics,
             feed_head,
         })
     }
@@ -155,6 +195,21 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// The address `/metrics` is served on, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let (listener, _) = self.metrics.as_ref()?;
+        Some(
+            listener
+                .local_addr()
+                .expect("a bound TCP listener has a local address"),
+        )
+    }
+
+    /// The admin API's request counters.
+    pub fn admin_metrics(&self) -> &AdminMetrics {
+        &self.admin_metrics
     }
 
     /// The store, for tools and tests.
@@ -231,7 +286,23 @@ impl Application {
             Arc::clone(&validator),
             health_reporter,
         ));
-        tracing::info!(%addr, "keyward listening");
+        let tls_watcher = self
+            .tls
+            .as_ref()
+            .map(|tls| tokio::spawn(tls.clone().watch(self.tls_settings.tls_reload_interval)));
+        match &self.tls {
+            Some(tls) => tracing::info!(
+                %addr,
+                client_certificates = tls.requires_client_certificates(),
+                "keyward listening (TLS)"
+            ),
+            None => tracing::info!(%addr, "keyward listening"),
+        }
+        let metrics_server = self.metrics.map(|(listener, registry)| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "metrics listening at /metrics");
+            tokio::spawn(metrics::serve(listener, registry))
+        });
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signal = {
             let stopping = Arc::clone(&stopping);
@@ -242,9 +313,18 @@ impl Application {
         };
         // Without TCP_NODELAY a small response waits for the peer's delayed
         // ACK (~40 ms): every ext_authz check and every unary call pays it.
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(limits.keepalive_interval));
+        let incoming = LimitedIncoming::new(
+            TcpIncoming::from(self.listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(limits.keepalive_interval)),
+            limits.max_connections,
+        );
+        let incoming = match self.tls {
+            Some(tls) => {
+                ServerIncoming::tls(incoming, tls, self.tls_settings.tls_handshake_timeout)
+            }
+            None => ServerIncoming::plaintext(incoming),
+        };
         // Bounded by construction (SPEC §11): each layer caps a request's
         // size, time or the number in flight and fails fast with a status.
         let serve = Server::builder()
@@ -258,6 +338,7 @@ impl Application {
             .layer(LoadShedLayer::new())
             .layer(ConcurrencyLimitLayer::new(limits.max_in_flight))
             .layer(RequestIdLayer)
+            .layer(self.admin_metrics)
             .layer(ClientAddrLayer::new(&self.trusted_proxies))
             .layer(auth)
             .add_service(
@@ -282,10 +363,7 @@ impl Application {
             .add_service(health_service.max_decoding_message_size(small))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                LimitedIncoming::new(incoming, limits.max_connections),
-                signal,
-            );
+            .serve_with_incoming_shutdown(incoming, signal);
         // Clients that keep idle connections open would hold a graceful
         // shutdown forever: bound the drain.
         let served = tokio::select! {
@@ -300,6 +378,12 @@ impl Application {
         };
         follower.abort();
         readiness.abort();
+        if let Some(watcher) = tls_watcher {
+            watcher.abort();
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         // Not an abort: a batch the flusher has taken is written, not dropped.
         let _ = stop_flusher.send(());
         if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, &mut flusher)

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::error::Violations;
+use crate::metrics::ValidationPath;
 use crate::pb::{self, key_validation_service_server::KeyValidationService};
 use crate::validation::{ClientInfo, KeyValidator};
 
@@ -76,6 +77,7 @@ impl KeyValidationService for ValidationApi {
         let client = ClientInfo {
             ip: Some(req.client_ip.as_str()),
             user_agent: Some(req.user_agent.as_str()),
+            path: ValidationPath::ValidateKey,
         };
         let validation = self.validator.validate(&req.key, &required, client).await?;
         let response = convert::validate_key_response(validation, self.validator.cache_hint());

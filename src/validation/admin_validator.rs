@@ -1,14 +1,15 @@
 //! [`AdminValidator`]: the admin API's [`Validator`] for the auth layer.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keyward_auth::{
     Denial, ValidationFuture, ValidationRequest, Validator, ValidatorError, Verdict,
 };
-use keyward_core::{KeyKind, PresentedKey, ValidationCode};
+use keyward_core::{KeyKind, KeyStatus, PresentedKey, ValidationCode};
 
 use super::{ClientInfo, KeyValidator, identity};
+use crate::metrics::ValidationPath;
 
 /// Authenticates admin API calls: an active admin key is allowed as its
 /// organization; a valid standard key is forbidden; anything else is unknown.
@@ -18,23 +19,34 @@ pub struct AdminValidator(pub Arc<KeyValidator>);
 impl Validator for AdminValidator {
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
         Box::pin(async move {
+            // Counted as `in_process` validations, by the key's own verdict
+            // (a valid standard key here is refused PERMISSION_DENIED).
+            let metrics = &self.0.metrics;
+            let path = ValidationPath::InProcess;
             let Ok(presented) = PresentedKey::parse(request.key) else {
+                metrics.verdict(path, ValidationCode::Malformed, Duration::ZERO);
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
-            let mut at = Instant::now();
+            let start = Instant::now();
+            let mut at = start;
             let key = self.0.lookup(presented, &mut at).await.map_err(|error| {
+                metrics.error(path);
                 tracing::warn!(%error, "admin authentication unavailable");
                 ValidatorError::unavailable(error.to_string())
             })?;
+            let took = at.saturating_duration_since(start);
             let Some(key) = key else {
+                metrics.verdict(path, ValidationCode::NotFound, took);
                 return Ok(Verdict::Deny(Denial::Unauthenticated));
             };
             let now = self.0.clock.utc(at);
+            metrics.verdict(path, status_code(key.status(now)), took);
             if key.authorizes_admin(now) {
                 let ip = request.client_ip.map(|ip| ip.to_canonical().to_string());
                 let client = ClientInfo {
                     ip: ip.as_deref(),
                     user_agent: request.user_agent,
+                    path,
                 };
                 self.0.usage.record(
                     &key,
@@ -50,6 +62,18 @@ impl Validator for AdminValidator {
             }
             Ok(Verdict::Deny(Denial::Unauthenticated))
         })
+    }
+}
+
+/// A key's status as a validation code, whatever its kind (an active admin
+/// key is `valid` here, where ValidateKey says `not_found`).
+fn status_code(status: KeyStatus) -> ValidationCode {
+    match status {
+        KeyStatus::Active => ValidationCode::Valid,
+        KeyStatus::Inactive => ValidationCode::Inactive,
+        KeyStatus::Archived => ValidationCode::Archived,
+        KeyStatus::Expired => ValidationCode::Expired,
+        KeyStatus::Revoked => ValidationCode::Revoked,
     }
 }
 

@@ -52,6 +52,7 @@ pub async fn follow_changes(validator: Arc<KeyValidator>, from: i64) {
                 healthy = true;
             }
             Err(error) => {
+                validator.metrics.feed_sync_errors.inc();
                 if healthy {
                     tracing::warn!(%error, "change feed unreachable; serving cached verdicts for stale-if-error");
                 }
@@ -96,6 +97,7 @@ impl Follower {
             for event in &page.events {
                 validator.announce(super::Change::of(event));
             }
+            validator.note_applied(&page.events);
             applied += page.events.len();
             if !page.skipped.is_empty() {
                 tracing::warn!(seqs = ?page.skipped, "unreadable change feed events skipped; cache cleared");

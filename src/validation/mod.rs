@@ -33,6 +33,7 @@ pub use self::usage::{FlushError, Flushed};
 use crate::cache::{CacheSettings, Cached, KeyCache};
 use crate::config::{parse_duration, parse_interval};
 use crate::error::ApiError;
+use crate::metrics::{ValidationMetrics, ValidationPath};
 
 /// The bound on how long a change takes to show in verdicts, here and through
 /// a caller's cache: the feed interval plus the cache hint stays within it.
@@ -140,13 +141,17 @@ pub struct Validation {
     pub key: Option<Arc<ApiKey>>,
 }
 
-/// Where a presented key came from, recorded as last-used data on success.
+/// Where a presented key came from: the client, recorded as last-used data
+/// on success, and the entrypoint, counted in the metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientInfo<'a> {
     /// The client's IP address.
     pub ip: Option<&'a str>,
     /// The client's user agent.
     pub user_agent: Option<&'a str>,
+    /// The entrypoint that asked (the `path` label of
+    /// `keyward_validations_total`).
+    pub path: ValidationPath,
 }
 
 /// Validates presented keys against the cache and the store.
@@ -165,6 +170,8 @@ pub struct KeyValidator {
     /// Misses being read from the database: concurrent misses of one hash
     /// wait for the same read, which is dropped when they all go away.
     in_flight: SingleFlight<LookupHash, Read>,
+    /// Counters of everything above, exported by `/metrics`.
+    metrics: ValidationMetrics,
 }
 
 /// One database read shared by concurrent misses: `None` if it failed.
@@ -183,7 +190,40 @@ impl KeyValidator {
             synced_at: AtomicI64::new(0),
             database_lookups: AtomicU64::new(0),
             in_flight: SingleFlight::new(),
+            metrics: ValidationMetrics::default(),
         }
+    }
+
+    /// The validation path's counters.
+    pub fn metrics(&self) -> &ValidationMetrics {
+        &self.metrics
+    }
+
+    /// How long ago the change feed was last read successfully (since the
+    /// validator was built, before the first read).
+    pub fn since_last_sync(&self) -> Duration {
+        let now = self.clock.since_start(Instant::now());
+        let synced = self.synced_at.load(Ordering::Relaxed);
+        Duration::from_micros(u64::try_from(now - synced).unwrap_or(0))
+    }
+
+    /// Counts applied feed events and how long after their commit they
+    /// were applied.
+    fn note_applied(&self, events: &[KeyEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let applied_at = self.clock.utc(Instant::now());
+        for event in events {
+            let lag = (applied_at - event.at).to_std().unwrap_or_default();
+            self.metrics.feed_lag.observe(lag);
+        }
+        self.metrics.feed_events.inc_by(events.len() as u64);
+    }
+
+    /// How many keys have last-used data not yet written.
+    pub fn usage_pending(&self) -> usize {
+        self.usage.pending()
     }
 
     /// How many lookups reached the database (cache misses) so far.
@@ -235,10 +275,17 @@ impl KeyValidator {
     ) -> Result<Option<Arc<ApiKey>>, ApiError> {
         let hash = self.hasher.hash(presented);
         let key = match self.cache.get(&hash, *now) {
-            Cached::Key(key) if !self.is_stale(*now) => Some(key),
-            Cached::Unknown if !self.is_stale(*now) => None,
+            Cached::Key(key) if !self.is_stale(*now) => {
+                self.metrics.cache_hits.inc();
+                Some(key)
+            }
+            Cached::Unknown if !self.is_stale(*now) => {
+                self.metrics.negative_cache_hits.inc();
+                None
+            }
             Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
             Cached::Miss => {
+                self.metrics.cache_misses.inc();
                 let key = self.read_through(hash).await?;
                 *now = Instant::now();
                 key
@@ -271,10 +318,12 @@ impl KeyValidator {
                     Some(None)
                 }
                 Ok(Err(error)) => {
+                    self.metrics.lookup_errors.inc();
                     tracing::warn!(%error, "key lookup failed");
                     None
                 }
                 Err(_) => {
+                    self.metrics.lookup_errors.inc();
                     tracing::warn!(timeout = ?self.settings.lookup_timeout, "key lookup timed out");
                     None
                 }
@@ -295,7 +344,8 @@ impl KeyValidator {
         }
     }
 
-    /// Validates a product (standard) key with the scopes it must hold.
+    /// Validates a product (standard) key with the scopes it must hold;
+    /// counts the verdict under `client.path`.
     pub async fn validate(
         &self,
         raw: &str,
@@ -303,20 +353,37 @@ impl KeyValidator {
         client: ClientInfo<'_>,
     ) -> Result<Validation, ApiError> {
         let Ok(presented) = PresentedKey::parse(raw) else {
+            self.metrics
+                .verdict(client.path, ValidationCode::Malformed, Duration::ZERO);
             return Ok(Validation {
                 code: ValidationCode::Malformed,
                 key: None,
             });
         };
-        // The one clock read of a warm validation.
-        let mut now = Instant::now();
-        let Some(key) = self.lookup(presented, &mut now).await? else {
+        // The one clock read of a warm validation. A miss moves `now` to the
+        // end of its database read, so `now - start` is the validation's
+        // time for the metrics: zero for a hit (no I/O, well under a
+        // microsecond), the read for a miss, with no clock read of its own.
+        let start = Instant::now();
+        let mut now = start;
+        let found = match self.lookup(presented, &mut now).await {
+            Ok(found) => found,
+            Err(error) => {
+                self.metrics.error(client.path);
+                return Err(error);
+            }
+        };
+        let took = now.saturating_duration_since(start);
+        let Some(key) = found else {
+            self.metrics
+                .verdict(client.path, ValidationCode::NotFound, took);
             return Ok(Validation {
                 code: ValidationCode::NotFound,
                 key: None,
             });
         };
         let code = key.verdict(required, || self.clock.utc(now));
+        self.metrics.verdict(client.path, code, took);
         if code.names_a_key() {
             self.usage
                 .record(&key, code, client, now, self.clock.minute_start(now));
@@ -342,8 +409,19 @@ impl KeyValidator {
             .usage
             .flush(&self.store, &self.clock, FLUSH_TIMEOUT)
             .await;
-        if let Err(error) = &flushed {
-            tracing::warn!(%error, keys = self.usage.pending(), "key usage not recorded; will retry");
+        match &flushed {
+            Ok(Flushed { keys: 0, .. }) => {}
+            Ok(written) => {
+                self.metrics.usage_flushes.inc();
+                self.metrics.usage_flushed_keys.inc_by(written.keys as u64);
+                self.metrics
+                    .usage_flushed_counts
+                    .inc_by(written.counts as u64);
+            }
+            Err(error) => {
+                self.metrics.usage_flush_failures.inc();
+                tracing::warn!(%error, keys = self.usage.pending(), "key usage not recorded; will retry");
+            }
         }
         flushed
     }

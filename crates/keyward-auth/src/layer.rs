@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use keyward_core::{Cidr, Scope, client_address};
 use tower::{Layer, Service};
 
+use crate::metrics::{AuthMetrics, DenialReason};
 use crate::validator::{Denial, ValidationRequest, Validator, Verdict};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -49,6 +50,7 @@ struct Config {
     method_scopes: HashMap<String, Vec<Scope>, RandomState>,
     public_prefixes: Vec<String>,
     trusted_proxies: Vec<Cidr>,
+    metrics: AuthMetrics,
 }
 
 /// A tower layer that authenticates every request with a keyward key.
@@ -119,6 +121,14 @@ impl<V: Validator> KeywardAuthLayer<V> {
     /// headers are ignored, since anyone can write them.
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = Cidr>) -> Self {
         self.config_mut().trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// Counts requests, denials by reason and validator errors into
+    /// `metrics` (share them with `RemoteValidatorBuilder::metrics` and
+    /// export them with `AuthMetrics::register`, feature `metrics`).
+    pub fn metrics(mut self, metrics: &AuthMetrics) -> Self {
+        self.config_mut().metrics = metrics.clone();
         self
     }
 
@@ -193,9 +203,12 @@ where
         let validator = Arc::clone(&self.validator);
         Box::pin(async move {
             let grpc = is_grpc(&request);
+            let metrics = &config.metrics;
+            metrics.note_request();
             let Some((header, key)) =
                 presented_key(config.source, |name| header_str(&request, name))
             else {
+                metrics.note_denial(DenialReason::MissingKey);
                 return Ok(deny(grpc, Denial::Unauthenticated));
             };
             let required = config
@@ -223,8 +236,12 @@ where
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
                 }
-                Ok(Verdict::Deny(denial)) => Ok(deny(grpc, denial)),
+                Ok(Verdict::Deny(denial)) => {
+                    metrics.note_denial(denial.into());
+                    Ok(deny(grpc, denial))
+                }
                 Err(error) => {
+                    metrics.note_error();
                     tracing::warn!(%error, "denying request: key validation unavailable");
                     Ok(unavailable(grpc))
                 }
@@ -267,13 +284,19 @@ fn client_ip<B>(request: &Request<B>, trusted: &[Cidr]) -> Option<IpAddr> {
     }
 }
 
-/// The peer address tonic's server records for each connection.
+/// The peer address tonic's server records for each connection, plaintext
+/// or over tonic's own TLS.
 #[cfg(feature = "remote")]
 fn connection_peer<B>(request: &Request<B>) -> Option<IpAddr> {
-    use tonic::transport::server::TcpConnectInfo;
-    request
-        .extensions()
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
         .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
         .and_then(TcpConnectInfo::remote_addr)
         .map(|addr| addr.ip())
 }

@@ -38,26 +38,37 @@
 //! # }
 //! ```
 //!
+//! [`AuthMetrics`] counts what the layer and the validator did (requests,
+//! denials by reason, errors, `ValidateKey` calls, cache hits); cargo feature
+//! `metrics` exports them on a `prometheus-client` registry
+//! (`AuthMetrics::register`).
+//!
 //! This crate does not depend on the keyward server or on any database.
 
 #![forbid(unsafe_code)]
 
 mod layer;
+mod metrics;
 #[cfg(feature = "remote")]
 mod remote;
 pub mod single_flight;
 pub mod sync;
+#[cfg(feature = "remote")]
+pub mod tls;
 mod validator;
 
 pub use keyward_core::Cidr;
 pub use keyward_core::Scope;
 pub use layer::{ClientIp, CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
+pub use metrics::{AuthMetrics, DenialReason};
 #[cfg(feature = "remote")]
 pub use remote::{
     DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_CACHE_TTL, DEFAULT_TIMEOUT,
     RemoteValidator, RemoteValidatorBuilder,
 };
 pub use single_flight::SingleFlight;
+#[cfg(feature = "remote")]
+pub use tls::{ClientTls, TlsError};
 pub use validator::{
     Denial, Identity, IdentityDetails, RedactedKey, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use self::cache::{Limits, VerdictCache, cache_key};
 use self::pb::key_validation_service_client::KeyValidationServiceClient;
+use crate::metrics::AuthMetrics;
 use crate::validator::{
     Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,
@@ -75,6 +76,7 @@ pub struct RemoteValidator {
     cache: VerdictCache,
     timeout: Duration,
     calls: AtomicU64,
+    metrics: AuthMetrics,
 }
 
 impl RemoteValidator {
@@ -95,6 +97,7 @@ impl RemoteValidator {
             max_cache_ttl: DEFAULT_MAX_CACHE_TTL,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            metrics: AuthMetrics::default(),
         }
     }
 
@@ -110,6 +113,7 @@ impl RemoteValidator {
         request: ValidationRequest<'_>,
     ) -> Result<(Verdict, Duration), ValidatorError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics.note_keyward_call();
         let mut call = tonic::Request::new(pb::ValidateKeyRequest {
             key: request.key.to_owned(),
             required_scopes: request
@@ -186,6 +190,7 @@ pub struct RemoteValidatorBuilder {
     max_cache_ttl: Duration,
     cache_capacity: usize,
     cache_max_bytes: usize,
+    metrics: AuthMetrics,
 }
 
 impl RemoteValidatorBuilder {
@@ -220,6 +225,13 @@ impl RemoteValidatorBuilder {
         self
     }
 
+    /// Counts `ValidateKey` calls and cache hits into `metrics` (pass the
+    /// layer's, `KeywardAuthLayer::metrics`, so one registry shows both).
+    pub fn metrics(mut self, metrics: &AuthMetrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
     /// The validator.
     pub fn build(self) -> RemoteValidator {
         RemoteValidator {
@@ -228,9 +240,11 @@ impl RemoteValidatorBuilder {
                 capacity: self.cache_capacity,
                 max_bytes: self.cache_max_bytes,
                 max_ttl: self.max_cache_ttl,
-            }),
+            })
+            .with_metrics(self.metrics.clone()),
             timeout: self.timeout,
             calls: AtomicU64::new(0),
+            metrics: self.metrics,
         }
     }
 }

@@ -23,11 +23,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use keyward_auth::{
-    Identity, IdentityDetails, KeywardAuthLayer, RemoteValidator, Scope, Validator,
+    ClientTls, Identity, IdentityDetails, KeywardAuthLayer, RemoteValidator, Scope, TlsError,
+    Validator,
 };
 use tokio::net::TcpListener;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
 use tonic::{Request, Response, Status};
 
 use crate::pb::order_service_server::{OrderService, OrderServiceServer};
@@ -66,13 +67,17 @@ pub struct OrdersServer<V = RemoteValidator> {
 
 impl OrdersServer<RemoteValidator> {
     /// An order service on `listener` validating keys with the keyward server
-    /// at `keyward_url` (such as `http://127.0.0.1:50051`). The connection is
-    /// made lazily: while keyward cannot be reached, calls fail as UNAVAILABLE.
+    /// at `keyward_url`: `http://127.0.0.1:50051` in plaintext, or an
+    /// `https://` URL spoken over TLS with `tls`'s CA bundle and client
+    /// certificate (for a keyward that requires mTLS). The connection is
+    /// made lazily: while keyward cannot be reached, or refuses the client's
+    /// certificate, calls fail as UNAVAILABLE.
     pub fn build(
         listener: TcpListener,
         keyward_url: &str,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(keyward_url.to_owned())?.connect_lazy();
+        tls: &ClientTls,
+    ) -> Result<Self, TlsError> {
+        let channel = keyward_auth::tls::endpoint(keyward_url, tls)?.connect_lazy();
         Ok(Self::with_validator(
             listener,
             Arc::new(RemoteValidator::new(channel)),

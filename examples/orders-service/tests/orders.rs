@@ -185,8 +185,12 @@ async fn a_validator_that_cannot_answer_refuses_every_call() {
 async fn an_unreachable_keyward_refuses_every_call() {
     // Nothing listens on a port whose listener was dropped.
     let keyward = listener().await.local_addr().expect("a local address");
-    let server = OrdersServer::build(listener().await, &format!("http://{keyward}"))
-        .expect("a valid keyward URL");
+    let server = OrdersServer::build(
+        listener().await,
+        &format!("http://{keyward}"),
+        &keyward_auth::ClientTls::default(),
+    )
+    .expect("a valid keyward URL");
     let validator = Arc::clone(server.validator());
     let mut app = start(server).await;
     let key = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);

@@ -18,6 +18,7 @@ use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
 use keyward::validation::KeyValidator;
 use keyward::{Application, Settings, bootstrap};
+use keyward_auth::ClientTls;
 use keyward_core::{ApiKeySecret, Environment, KeyKind, KeyName, LookupHasher, OrganizationId};
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase, on_fresh_database};
@@ -27,10 +28,12 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+pub mod certs;
 mod keys;
 pub mod logs;
 pub mod process;
 pub mod proxy;
+pub mod readme;
 
 pub use keys::{CreatedKey, NewKey};
 pub use logs::{captured_logs, init_logs, record_secret, recorded_secrets};
@@ -86,6 +89,12 @@ pub fn test_settings(database_url: &str) -> Settings {
 pub struct TestApp {
     /// The address the server listens on.
     pub addr: SocketAddr,
+    /// Its URL: `http://ADDR`, or `https://ADDR` when it serves TLS.
+    pub url: String,
+    /// How the test's clients speak TLS to it (empty for plaintext).
+    pub client_tls: ClientTls,
+    /// Where `/metrics` is served, when the settings set `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// The database URL (for tests that inspect rows or run the CLI).
     pub database_url: String,
     /// The settings the server was started with.
@@ -117,6 +126,17 @@ impl TestApp {
     /// Starts keyward on `database_url` with [`test_settings`] changed by
     /// `configure`, and bootstraps admin keys of `acme` and `globex`.
     pub async fn start(database_url: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::start_with_client_tls(database_url, configure, ClientTls::default()).await
+    }
+
+    /// [`TestApp::start`] for a server that `configure` may put on TLS: the
+    /// test's clients connect over `https://` with `client_tls` when the
+    /// settings name a certificate.
+    pub async fn start_with_client_tls(
+        database_url: &str,
+        configure: impl FnOnce(&mut Settings),
+        client_tls: ClientTls,
+    ) -> TestApp {
         init_logs();
         let mut settings = test_settings(database_url);
         configure(&mut settings);
@@ -124,6 +144,7 @@ impl TestApp {
             .await
             .expect("the application starts");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let store = app.store().clone();
         let hasher = app.hasher().clone();
         let validator = Arc::clone(app.validator());
@@ -141,8 +162,14 @@ impl TestApp {
             keys.push(secret.expose().to_owned());
         }
         let running = serve(app);
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("a valid URI")
+        let scheme = if settings.tls.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{addr}");
+        let channel = keyward_auth::tls::endpoint(&url, &client_tls)
+            .expect("valid client TLS settings")
             .connect()
             .await
             .expect("the server accepts connections");
@@ -150,6 +177,9 @@ impl TestApp {
         let acme_key = keys.pop().expect("two keys");
         TestApp {
             addr,
+            url,
+            client_tls,
+            metrics_addr,
             database_url: database_url.to_owned(),
             settings,
             store,
@@ -180,6 +210,16 @@ impl TestApp {
             .expect("the replica starts")
     }
 
+    /// The text `/metrics` serves (the settings must set `metrics_listen`).
+    pub async fn scrape(&self) -> String {
+        let addr = self
+            .metrics_addr
+            .expect("the test configured settings.metrics_listen");
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
     /// A fresh admin client.
     pub fn admin(&self) -> KeyAdminServiceClient<Channel> {
         self.admin.clone()
@@ -193,8 +233,8 @@ impl TestApp {
     /// A channel to this keyward that connects on first use (and again after
     /// the server went away).
     pub fn lazy_channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("a valid URI")
+        keyward_auth::tls::endpoint(&self.url, &self.client_tls)
+            .expect("valid client TLS settings")
             .connect_lazy()
     }
 
@@ -282,6 +322,18 @@ impl TestApp {
             }))
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// The admin CLI against this keyward ([`TestApp::url`]), with no admin
+    /// key yet (and no TLS options: a TLS test adds its own).
+    pub fn admin_cli(&self) -> process::AdminCli {
+        process::AdminCli::new(&self.url)
+    }
+
+    /// `keyward ARGS` (`keys …` or `events …`) against this keyward with
+    /// acme's admin key in `KEYWARD_ADMIN_KEY`.
+    pub async fn cli(&self, args: &[&str]) -> process::CliRun {
+        self.admin_cli().admin_key(&self.acme_key).run(args).await
     }
 
     /// Every key (archived ones too) that `admin_key`'s organization sees.
@@ -388,6 +440,55 @@ impl Drop for ServedGuard {
     }
 }
 
+/// `GET path_and_query` over HTTP/1.1 to `addr`: the status code and the
+/// body (for `/metrics` and Prometheus' API).
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {addr}: {error}"));
+    let request = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within 30 s")
+        .expect("the response is read");
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a response head and body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, body.to_owned());
+    }
+    // Chunked: `<hex length>\r\n<data>\r\n`, ending with a zero length.
+    let mut rest = body;
+    let mut data = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .expect("a hexadecimal chunk size");
+        if size == 0 {
+            return (status, data);
+        }
+        data.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
 /// `message` carrying `authorization: Bearer <key>`.
 pub fn with_key<T>(key: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
@@ -473,8 +574,19 @@ pub async fn with_app_configured(
     configure: impl FnOnce(&mut Settings),
     body: impl AsyncFnOnce(&TestApp),
 ) {
+    with_tls_app(backend, configure, ClientTls::default(), body).await;
+}
+
+/// [`with_app_configured`] for a server `configure` may put on TLS (see
+/// [`TestApp::start_with_client_tls`]).
+pub async fn with_tls_app(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+    client_tls: ClientTls,
+    body: impl AsyncFnOnce(&TestApp),
+) {
     on_fresh_database(backend, |url| async move {
-        let app = TestApp::start(&url, configure).await;
+        let app = TestApp::start_with_client_tls(&url, configure, client_tls).await;
         body(&app).await;
         app.stop().await;
     })

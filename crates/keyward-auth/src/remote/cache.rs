@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use foldhash::fast::RandomState;
 use keyward_core::Scope;
 
+use crate::metrics::AuthMetrics;
 use crate::single_flight::SingleFlight;
 use crate::sync::lock;
 use crate::validator::{IdentityDetails, ValidatorError, Verdict};
@@ -68,6 +69,7 @@ pub(crate) struct VerdictCache {
     limits: Limits,
     state: Mutex<State>,
     flights: SingleFlight<CacheKey, Outcome>,
+    metrics: AuthMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -92,7 +94,14 @@ impl VerdictCache {
             limits,
             state: Mutex::default(),
             flights: SingleFlight::new(),
+            metrics: AuthMetrics::default(),
         }
+    }
+
+    /// Counts hits into `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The cached verdict for `key`, or the outcome of `fetch`, which returns
@@ -106,6 +115,7 @@ impl VerdictCache {
         Fut: Future<Output = Result<(Verdict, Duration), ValidatorError>>,
     {
         if let Some(verdict) = self.get(&key, Instant::now()) {
+            self.metrics.note_cache_hit();
             return Ok(verdict);
         }
         self.flights

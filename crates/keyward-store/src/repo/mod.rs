@@ -87,6 +87,43 @@ impl Default for StoreOptions {
     }
 }
 
+/// The connections of one pool at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open (idle or in use).
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
+impl PoolUsage {
+    fn of(db: &DatabaseConnection, max: u32) -> Self {
+        let (open, idle) = match db.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            DbBackend::MySql => {
+                let pool = db.get_mysql_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            DbBackend::Sqlite => {
+                let pool = db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            #[allow(unreachable_patterns, reason = "DbBackend may gain variants")]
+            _ => (0, 0),
+        };
+        Self {
+            open,
+            idle: u32::try_from(idle).unwrap_or(u32::MAX),
+            max,
+        }
+    }
+}
+
 /// A handle on the database. Cheap to clone (connection pools).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -154,6 +191,15 @@ impl Store {
     /// The options this store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// How busy the main pool and the lookup pool are, in that order (for
+    /// metrics; an in-memory SQLite database has one pool, reported twice).
+    pub fn pool_usage(&self) -> (PoolUsage, PoolUsage) {
+        (
+            PoolUsage::of(&self.db, self.options.max_connections),
+            PoolUsage::of(&self.lookups, self.options.lookup_connections),
+        )
     }
 
     /// Closes both pools. Later calls fail with `Unavailable`.
