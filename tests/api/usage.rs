@@ -406,3 +406,53 @@ e2e_test!(
         assert!(kept.last_used_at.is_some());
     }
 );
+
+e2e_test!(
+    the_cli_shows_usage_and_lists_by_use,
+    backends = [sqlite],
+    |app| {
+        let used = app.create_key("used").send().await.expect("created");
+        let idle = app.create_key("idle").send().await.expect("created");
+        for _ in 0..2 {
+            app.validate(&used.secret, &[]).await;
+        }
+        wait_for_totals(app, &used.id, &[(pb::ValidationCode::Valid, 2)]).await;
+        let json = app
+            .cli(&["keys", "usage", &used.id, "--output", "json"])
+            .await
+            .json();
+        assert_eq!(json["id"], used.id.as_str());
+        assert_eq!(json["total"], 2);
+        assert_eq!(json["totals"][0]["code"], "valid");
+        assert_eq!(json["points"][0]["counts"][0]["count"], 2);
+        let table = app.cli(&["keys", "usage", &used.id]).await;
+        assert!(table.success().contains("valid=2"), "{table:?}");
+        let bad = app
+            .cli(&[
+                "keys",
+                "usage",
+                &used.id,
+                "--from",
+                "2026-01-01T00:00:00Z",
+                "--to",
+                "2025-01-01T00:00:00Z",
+            ])
+            .await;
+        assert_ne!(bad.code, 0, "a reversed range fails: {bad:?}");
+        let since = (Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+        for (flag, expected) in [("--used-since", &used.id), ("--unused-since", &idle.id)] {
+            let listed = app
+                .cli(&["keys", "list", flag, &since, "--output", "json"])
+                .await
+                .json();
+            let ids: Vec<&str> = listed["keys"]
+                .as_array()
+                .expect("keys")
+                .iter()
+                .filter(|key| key["kind"] == "standard")
+                .map(|key| key["id"].as_str().expect("an id"))
+                .collect();
+            assert_eq!(ids, [expected.as_str()], "{flag}");
+        }
+    }
+);
