@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use keyward_auth::Identity;
+use keyward_core::ValidationCode;
 use keyward_core::{
     Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind,
     KeyName, LookupHasher, MAX_ALLOWED_CIDRS, MAX_METADATA_ENTRIES, Metadata, OptionalRef,
     OrganizationId, Policy, Scopes,
 };
-use keyward_store::{EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store};
+use keyward_store::{
+    EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store, UsagePoint, minute_start,
+};
 use tonic::{Request, Response, Status};
 
 use self::keys::{Archive, Create, Delete, Keys, Reactivate, Revoke, Rotate, Update, Write};
@@ -25,6 +28,9 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_YEAR: i32 = 9999;
 const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// GetKeyUsage's range when `from` is unset, and its longest range.
+const DEFAULT_USAGE_RANGE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+const MAX_USAGE_RANGE: chrono::TimeDelta = chrono::TimeDelta::days(31);
 /// Most entries of ListKeys' `statuses` and of an update mask (each names one
 /// of a handful of values; more is an attack, answered with one violation).
 const MAX_STATUSES: usize = 16;
@@ -85,7 +91,8 @@ mod keys {
 
     use keyward_core::{ApiKey, KeyId};
     use keyward_store::{
-        EventPage, EventQuery, KeyMaterial, KeyPage, KeyPatch, ListQuery, NewKey, Store, StoreError,
+        EventPage, EventQuery, KeyMaterial, KeyPage, KeyPatch, ListQuery, NewKey, Store,
+        StoreError, UsagePoint,
     };
 
     use super::Caller;
@@ -151,6 +158,23 @@ mod keys {
             query: &ListQuery,
         ) -> Result<KeyPage, ApiError> {
             Ok(self.store.list_keys(&caller.organization_id, query).await?)
+        }
+
+        /// The usage counts of the caller's key `id` whose minute starts in
+        /// `[from, to)` (unix seconds): NOT_FOUND for another organization's key.
+        pub(super) async fn usage(
+            &self,
+            caller: &Caller,
+            id: &KeyId,
+            from: i64,
+            to: i64,
+        ) -> Result<Vec<UsagePoint>, ApiError> {
+            // The key first: another organization's key is NOT_FOUND, like a missing one.
+            self.store.get_key(&caller.organization_id, id).await?;
+            Ok(self
+                .store
+                .usage_series(&caller.organization_id, id, from, to)
+                .await?)
         }
 
         /// A page of the caller's audit log.
@@ -383,6 +407,22 @@ fn parse_expiry(
     Some(at)
 }
 
+/// An optional timestamp field.
+fn parse_time(
+    violations: &mut Violations,
+    field: &str,
+    raw: Option<&prost_types::Timestamp>,
+) -> Option<DateTime<Utc>> {
+    match raw.map(from_timestamp) {
+        Some(None) => {
+            violations.add(field, "must be a valid timestamp");
+            None
+        }
+        Some(at) => at,
+        None => None,
+    }
+}
+
 fn parse_enum<E: TryFrom<i32>>(violations: &mut Violations, field: &str, raw: i32) -> Option<E> {
     E::try_from(raw)
         .map_err(|_| violations.add(field, format!("unknown value {raw}")))
@@ -497,14 +537,19 @@ impl KeyAdminService for AdminApi {
             "service_account_id",
             OptionalRef::parse(&req.service_account_id),
         );
-        let last_used_before = match req.last_used_before.as_ref().map(from_timestamp) {
-            Some(None) => {
-                v.add("last_used_before", "must be a valid timestamp");
-                None
-            }
-            Some(at) => at,
-            None => None,
-        };
+        let last_used_before =
+            parse_time(&mut v, "last_used_before", req.last_used_before.as_ref());
+        let used_since = parse_time(&mut v, "used_since", req.used_since.as_ref());
+        let unused_since = parse_time(&mut v, "unused_since", req.unused_since.as_ref());
+        if let (Some(used), Some(unused)) = (used_since, unused_since)
+            && minute_start(used) >= minute_start(unused)
+        {
+            // Used since one minute but not since a later one: else nothing matches.
+            v.add(
+                "unused_since",
+                "must be in a later minute than used_since when both are set",
+            );
+        }
         v.finish()?;
 
         let query = ListQuery {
@@ -518,6 +563,8 @@ impl KeyAdminService for AdminApi {
             user_id: user_id.expect(PARSED),
             service_account_id: service_account_id.expect(PARSED),
             last_used_before,
+            used_since,
+            unused_since,
         };
         let page = self.keys.list(&caller, &query).await?;
         let now = Utc::now();
@@ -719,6 +766,112 @@ impl KeyAdminService for AdminApi {
             has_more: page.has_more,
             events,
         }))
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let to = parse_time(&mut v, "to", req.to.as_ref());
+        let from = parse_time(&mut v, "from", req.from.as_ref());
+        // The range is checked when both ends are valid (else they are reported).
+        let times_valid = v.is_empty();
+        let to = to.unwrap_or_else(Utc::now);
+        let from = from.unwrap_or_else(|| {
+            to.checked_sub_signed(DEFAULT_USAGE_RANGE)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        });
+        if times_valid && from >= to {
+            v.add("to", "must be after from");
+        } else if times_valid && to - from > MAX_USAGE_RANGE {
+            v.add(
+                "from",
+                format!(
+                    "must be at most {} days before to",
+                    MAX_USAGE_RANGE.num_days()
+                ),
+            );
+        }
+        let id = parse_id(&mut v, "id", &req.id);
+        // Whole minutes: the range read starts at the minute of `from`.
+        let (from, to_unix) = (minute_start(from), to.timestamp());
+        v.finish()?;
+        let id = id.expect(PARSED);
+        // `to` is exclusive: a minute starting at `to` is not read, one
+        // starting within its second is (its start is before `to`).
+        let end = if to.timestamp_subsec_nanos() > 0 {
+            to_unix + 1
+        } else {
+            to_unix
+        };
+        let rows = self.keys.usage(&caller, &id, from, end).await?;
+        Ok(Response::new(usage_response(id, from, to, rows)))
+    }
+}
+
+/// GetKeyUsage's answer: `rows` (by minute, then outcome) grouped by minute,
+/// with totals by outcome.
+fn usage_response(
+    id: KeyId,
+    from: i64,
+    to: DateTime<Utc>,
+    rows: Vec<UsagePoint>,
+) -> pb::GetKeyUsageResponse {
+    let code = |outcome: &str| {
+        ValidationCode::from_name(outcome)
+            .map_or(pb::ValidationCode::Unspecified, convert::validation_code)
+    };
+    let mut points: Vec<pb::KeyUsagePoint> = Vec::new();
+    let mut totals: Vec<pb::OutcomeCount> = Vec::new();
+    let mut total: i64 = 0;
+    let mut current = None;
+    for row in rows {
+        let count = i64::try_from(row.calls).unwrap_or(i64::MAX);
+        let code = code(&row.outcome);
+        total = total.saturating_add(count);
+        match totals.iter_mut().find(|t| t.code == code as i32) {
+            Some(sum) => sum.count = sum.count.saturating_add(count),
+            None => totals.push(pb::OutcomeCount {
+                code: code.into(),
+                count,
+            }),
+        }
+        if current != Some(row.minute_start) {
+            current = Some(row.minute_start);
+            points.push(pb::KeyUsagePoint {
+                minute: Some(prost_types::Timestamp {
+                    seconds: row.minute_start,
+                    nanos: 0,
+                }),
+                counts: Vec::new(),
+            });
+        }
+        let point = points.last_mut().expect("a point for this minute");
+        match point.counts.iter_mut().find(|c| c.code == code as i32) {
+            Some(same) => same.count = same.count.saturating_add(count),
+            None => point.counts.push(pb::OutcomeCount {
+                code: code.into(),
+                count,
+            }),
+        }
+    }
+    totals.sort_by_key(|t| t.code);
+    for point in &mut points {
+        point.counts.sort_by_key(|c| c.code);
+    }
+    pb::GetKeyUsageResponse {
+        id: id.to_string(),
+        from: Some(prost_types::Timestamp {
+            seconds: from,
+            nanos: 0,
+        }),
+        to: Some(convert::timestamp(to)),
+        points,
+        totals,
+        total,
     }
 }
 

@@ -157,9 +157,15 @@ pub struct Settings {
     /// Off unless set.
     #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// How often coalesced last-used data is written, e.g. 1s or 500ms.
+    /// How often coalesced usage (last-used data, counts per key, minute
+    /// and outcome) is written, e.g. 1s or 500ms: a crash loses at most this
+    /// much usage.
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
+    /// How long usage counts are kept (GetKeyUsage, ListKeys' used_since and
+    /// unused_since), e.g. 30d or 12h; older minutes are pruned by the flusher.
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub usage_retention: Duration,
     /// Proxies whose `x-forwarded-for` is believed, as CIDRs separated by
     /// commas (e.g. 10.0.0.0/8,::1). Without any, a client's address is the
     /// connection's peer address and forwarded headers are ignored.
@@ -394,6 +400,23 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses a retention: `30d`, `12h`, or any non-zero [`parse_duration`].
+pub fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let hours = |n: &str, per: u64| {
+        n.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(per * 60 * 60))
+            .filter(|seconds| *seconds > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{raw:?} is not a retention such as 30d or 12h"))
+    };
+    match (raw.strip_suffix('d'), raw.strip_suffix('h')) {
+        (Some(days), _) => hours(days, 24),
+        (_, Some(n)) => hours(n, 1),
+        _ => parse_interval(raw),
+    }
+}
+
 /// Parses a size in bytes: `16384`, `16KiB`, `1MiB`.
 pub fn parse_size(raw: &str) -> Result<usize, String> {
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -483,6 +506,15 @@ mod tests {
         assert_eq!(settings.metrics_listen, None, "metrics are off by default");
         // The documented values (README's flag table).
         assert_eq!(settings.usage_flush_interval, Duration::from_secs(1));
+        assert_eq!(
+            settings.usage_retention,
+            Duration::from_secs(30 * 24 * 60 * 60)
+        );
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_retention("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["0d", "d", "1.5d", "-1h", "0s"] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(settings.validator.sync_interval, Duration::from_millis(250));
         assert_eq!(settings.validator.stale_if_error, Duration::from_secs(60));
         assert_eq!(settings.validator.cache.max_age, Duration::from_secs(30));

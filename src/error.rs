@@ -126,6 +126,11 @@ fn truncated(mut text: String, max: usize) -> String {
 pub struct Violations(Vec<FieldViolation>);
 
 impl Violations {
+    /// Whether no field is bad so far.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Records that `field` is bad.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation::new(field, description));

@@ -99,6 +99,7 @@ pub struct Application {
     store: Store,
     hasher: LookupHasher,
     usage_flush_interval: Duration,
+    usage_retention: Duration,
     trusted_proxies: Vec<Cidr>,
     limits: LimitSettings,
     validator: Arc<KeyValidator>,
@@ -177,6 +178,7 @@ impl Application {
             store,
             hasher,
             usage_flush_interval: settings.usage_flush_interval,
+            usage_retention: settings.usage_retention,
             trusted_proxies: settings.trusted_proxies,
             limits: settings.limits,
             validator,
@@ -275,6 +277,7 @@ impl Application {
         let mut flusher = tokio::spawn(flush_usage_until(
             Arc::clone(&validator),
             self.usage_flush_interval,
+            self.usage_retention,
             flusher_stopped,
         ));
         let follower = tokio::spawn(follow_changes(Arc::clone(&validator), self.feed_head));
@@ -406,15 +409,25 @@ impl Application {
     }
 }
 
-/// Flushes usage every `every` until `stop` fires. A flush in progress is
+/// How often old usage counts are pruned (and at start).
+pub const USAGE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Most usage counts one prune deletes; a full prune is followed by another
+/// at the next flush tick until the backlog is gone.
+pub const USAGE_PRUNE_BATCH: u64 = 10_000;
+
+/// Flushes usage every `every` until `stop` fires, and prunes usage counts
+/// older than `retention` (at start, then every [`USAGE_PRUNE_INTERVAL`],
+/// at most [`USAGE_PRUNE_BATCH`] rows per tick). A flush in progress is
 /// never raced against `stop`, so a batch once taken is written (or put back).
 async fn flush_usage_until(
     validator: Arc<KeyValidator>,
     every: Duration,
+    retention: Duration,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -423,6 +436,16 @@ async fn flush_usage_until(
         }
         // Logged there; a batch that failed stays pending for the next tick.
         let _ = validator.flush_usage().await;
+        if tokio::time::Instant::now() >= next_prune {
+            // Logged there; a failed prune is tried again next interval.
+            let backlog = validator
+                .prune_usage(retention, USAGE_PRUNE_BATCH)
+                .await
+                .is_ok_and(|pruned| pruned >= USAGE_PRUNE_BATCH);
+            if !backlog {
+                next_prune = tokio::time::Instant::now() + USAGE_PRUNE_INTERVAL;
+            }
+        }
     }
 }
 

@@ -44,6 +44,22 @@ pub enum KeysCommand {
     Rotate(RotateArgs),
     /// Deletes a key record (its audit events stay).
     Delete(IdArg),
+    /// Shows a key's validations per minute and outcome (the last 24 hours
+    /// unless --from/--to say otherwise; at most 31 days).
+    Usage(UsageArgs),
+}
+
+/// `keyward keys usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// The key id (key_…).
+    pub id: String,
+    /// Start of the range (RFC 3339), rounded down to its minute.
+    #[arg(long, value_parser = parse_time)]
+    pub from: Option<DateTime<Utc>>,
+    /// End of the range (RFC 3339, exclusive); now when unset.
+    #[arg(long, value_parser = parse_time)]
+    pub to: Option<DateTime<Utc>>,
 }
 
 /// A key id argument.
@@ -119,6 +135,12 @@ pub struct ListKeysArgs {
     /// Only keys never used or last used before this time (RFC 3339): stale keys.
     #[arg(long, value_parser = parse_time)]
     pub last_used_before: Option<DateTime<Utc>>,
+    /// Only keys presented (any outcome) in the minute of this time (RFC 3339) or later.
+    #[arg(long, value_parser = parse_time)]
+    pub used_since: Option<DateTime<Utc>>,
+    /// Only keys not presented in the minute of this time (RFC 3339) or later.
+    #[arg(long, value_parser = parse_time)]
+    pub unused_since: Option<DateTime<Utc>>,
     /// Keys per page, 1 to 1000 (keyward's default: 20; with --all: 1000).
     #[arg(long)]
     pub limit: Option<i32>,
@@ -323,6 +345,7 @@ enum Call {
     Revoke(pb::RevokeKeyRequest),
     Rotate(pb::RotateKeyRequest),
     Delete(pb::DeleteKeyRequest),
+    Usage(pb::GetKeyUsageRequest),
 }
 
 /// Page size of `--all` without `--limit`: keyward's largest, for the
@@ -354,6 +377,11 @@ impl Call {
                 service_account_id: args.service_account_id,
             }),
             KeysCommand::Get(IdArg { id }) => Self::Get(pb::GetKeyRequest { id }),
+            KeysCommand::Usage(args) => Self::Usage(pb::GetKeyUsageRequest {
+                id: args.id,
+                from: args.from.map(timestamp),
+                to: args.to.map(timestamp),
+            }),
             KeysCommand::List(args) => Self::List {
                 request: pb::ListKeysRequest {
                     limit: args.limit.or(args.all.then_some(ALL_PAGE)),
@@ -369,6 +397,8 @@ impl Call {
                     user_id: args.user_id,
                     service_account_id: args.service_account_id,
                     last_used_before: args.last_used_before.map(timestamp),
+                    used_since: args.used_since.map(timestamp),
+                    unused_since: args.unused_since.map(timestamp),
                     before_id: String::new(),
                 },
                 all: args.all,
@@ -433,6 +463,9 @@ impl Call {
             Self::Delete(request) => {
                 let response = client.delete_key(request).await?.into_inner();
                 Report::Deleted { id: response.id }
+            }
+            Self::Usage(request) => {
+                Report::Usage(client.get_key_usage(request).await?.into_inner())
             }
         })
     }

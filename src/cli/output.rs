@@ -60,6 +60,8 @@ pub(crate) enum Report {
         /// Whether more keys follow.
         has_more: bool,
     },
+    /// A key's usage per minute and outcome.
+    Usage(pb::GetKeyUsageResponse),
     /// A list of audit events.
     Events {
         /// The events, newest first.
@@ -108,6 +110,25 @@ impl Report {
                 "previous_key": api_key_json(previous),
             }),
             Self::Deleted { id } => json!({ "id": id, "deleted": true }),
+            Self::Usage(usage) => {
+                let counts = |counts: &[pb::OutcomeCount]| -> Value {
+                    counts
+                        .iter()
+                        .map(|count| json!({ "code": outcome(count.code), "count": count.count }))
+                        .collect()
+                };
+                json!({
+                    "id": usage.id,
+                    "from": time_json(usage.from.as_ref()),
+                    "to": time_json(usage.to.as_ref()),
+                    "points": usage.points.iter().map(|point| json!({
+                        "minute": time_json(point.minute.as_ref()),
+                        "counts": counts(&point.counts),
+                    })).collect::<Vec<_>>(),
+                    "totals": counts(&usage.totals),
+                    "total": usage.total,
+                })
+            }
             Self::Keys {
                 keys,
                 first_id,
@@ -151,6 +172,35 @@ impl Report {
                 time(previous.expires_at.as_ref()),
             ),
             Self::Deleted { id } => format!("deleted {}\n", printable(id)),
+            Self::Usage(usage) => {
+                let summary = |counts: &[pb::OutcomeCount]| {
+                    counts
+                        .iter()
+                        .map(|count| format!("{}={}", outcome(count.code), count.count))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let mut text = if usage.points.is_empty() {
+                    "no validations in this range\n".to_owned()
+                } else {
+                    table(
+                        &["MINUTE", "COUNTS"],
+                        usage
+                            .points
+                            .iter()
+                            .map(|point| vec![time(point.minute.as_ref()), summary(&point.counts)]),
+                    )
+                };
+                let _ = writeln!(
+                    text,
+                    "total {} from {} to {}: {}",
+                    usage.total,
+                    time(usage.from.as_ref()),
+                    time(usage.to.as_ref()),
+                    summary(&usage.totals)
+                );
+                text
+            }
             Self::Keys {
                 keys,
                 last_id,
@@ -339,6 +389,18 @@ fn or_dash(text: &str) -> String {
     } else {
         printable(text)
     }
+}
+
+/// A validation code's short lowercase name (`valid`, `revoked`, ...).
+fn outcome(code: i32) -> String {
+    pb::ValidationCode::try_from(code).map_or_else(
+        |_| code.to_string(),
+        |code| {
+            code.as_str_name()
+                .trim_start_matches("VALIDATION_CODE_")
+                .to_lowercase()
+        },
+    )
 }
 
 fn time(at: Option<&prost_types::Timestamp>) -> String {

@@ -158,8 +158,10 @@ pub struct ValidationMetrics {
     pub(crate) feed_sync_errors: Counter,
     /// Usage flushes that wrote a batch.
     pub(crate) usage_flushes: Counter,
-    /// Keys whose last-used data those batches wrote.
+    /// Keys whose usage (last-used data, counts) those batches wrote.
     pub(crate) usage_flushed_keys: Counter,
+    /// Usage count rows (key, minute, outcome) those batches added to.
+    pub(crate) usage_flushed_counts: Counter,
     /// Usage flushes that failed or timed out (the batch is kept).
     pub(crate) usage_flush_failures: Counter,
 }
@@ -206,6 +208,7 @@ impl Default for ValidationMetrics {
             feed_sync_errors: Counter::default(),
             usage_flushes: Counter::default(),
             usage_flushed_keys: Counter::default(),
+            usage_flushed_counts: Counter::default(),
             usage_flush_failures: Counter::default(),
         }
     }
@@ -286,8 +289,13 @@ impl ValidationMetrics {
             ),
             (
                 "keyward_usage_flushed_keys",
-                "Keys whose last-used data a batch wrote",
+                "Keys whose usage (last-used data, counts) a batch wrote",
                 &self.usage_flushed_keys,
+            ),
+            (
+                "keyward_usage_flushed_counts",
+                "Usage count rows (key, minute, outcome) a batch added to",
+                &self.usage_flushed_counts,
             ),
             (
                 "keyward_usage_flush_failures",

@@ -53,7 +53,13 @@ impl Validator for AdminValidator {
                     user_agent: request.user_agent,
                     path,
                 };
-                self.0.usage.record(&key, client, at);
+                self.0.usage.record(
+                    &key,
+                    ValidationCode::Valid,
+                    client,
+                    at,
+                    self.0.clock.minute_start(at),
+                );
                 return Ok(Verdict::Allow(identity(&key)));
             }
             // A standard key is forbidden here whatever its allowlist says:

@@ -41,6 +41,12 @@ impl Clock {
         micros(at.saturating_duration_since(self.started))
     }
 
+    /// The unix second starting the wall-clock minute of `at`.
+    pub(crate) fn minute_start(&self, at: Instant) -> i64 {
+        let micros = self.anchor.load(Ordering::Relaxed) + self.since_start(at);
+        micros.div_euclid(60_000_000) * 60
+    }
+
     /// The wall-clock time of `at`.
     pub(crate) fn utc(&self, at: Instant) -> DateTime<Utc> {
         let micros = self.anchor.load(Ordering::Relaxed) + self.since_start(at);

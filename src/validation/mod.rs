@@ -9,7 +9,7 @@
 //! feed sync; anything else is UNAVAILABLE, never valid.
 //!
 //! One job per module: this one is the validator; `feed` follows the change
-//! feed; `usage` coalesces last-used data; `clock` reads wall-clock time off
+//! feed; `usage` coalesces usage (last-used data, counts per minute); `clock` reads wall-clock time off
 //! the monotonic clock; `admin_validator` authenticates the admin API.
 
 mod admin_validator;
@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use keyward_auth::{Identity, IdentityDetails, SingleFlight};
 use keyward_core::{ApiKey, KeyId, LookupHash, LookupHasher, PresentedKey, Scope, ValidationCode};
-use keyward_store::{EventType, KeyEvent, Store};
+use keyward_store::{EventType, KeyEvent, Store, StoreError};
 
 pub use self::admin_validator::AdminValidator;
 use self::clock::{Clock, micros};
 pub use self::feed::follow_changes;
-pub use self::usage::FlushError;
 use self::usage::{FLUSH_TIMEOUT, UsageRecorder};
+pub use self::usage::{FlushError, Flushed};
 use crate::cache::{CacheSettings, Cached, KeyCache};
 use crate::config::{parse_duration, parse_interval};
 use crate::error::ApiError;
@@ -401,8 +401,9 @@ impl KeyValidator {
         };
         let code = key.verdict(required, client.address, || self.clock.utc(now));
         self.metrics.verdict(client.path, code, took);
-        if code == ValidationCode::Valid {
-            self.usage.record(&key, client, now);
+        if code.names_a_key() {
+            self.usage
+                .record(&key, code, client, now, self.clock.minute_start(now));
         }
         let described = matches!(
             code,
@@ -414,21 +415,25 @@ impl KeyValidator {
         })
     }
 
-    /// Writes pending last-used data to the database, waiting at most
-    /// [`FLUSH_TIMEOUT`](usage::FLUSH_TIMEOUT): how many keys were written.
+    /// Writes pending usage (last-used data and counts per minute and
+    /// outcome) to the database, waiting at most
+    /// [`FLUSH_TIMEOUT`](usage::FLUSH_TIMEOUT): what was written.
     /// A failure is logged here; its batch stays pending for the next flush,
     /// also when this future is dropped mid-way (a shutdown that gives up),
     /// so the periodic flusher can be aborted and a final flush still sends it.
-    pub async fn flush_usage(&self) -> Result<usize, FlushError> {
+    pub async fn flush_usage(&self) -> Result<Flushed, FlushError> {
         let flushed = self
             .usage
             .flush(&self.store, &self.clock, FLUSH_TIMEOUT)
             .await;
         match &flushed {
-            Ok(0) => {}
-            Ok(keys) => {
+            Ok(Flushed { keys: 0, .. }) => {}
+            Ok(written) => {
                 self.metrics.usage_flushes.inc();
-                self.metrics.usage_flushed_keys.inc_by(*keys as u64);
+                self.metrics.usage_flushed_keys.inc_by(written.keys as u64);
+                self.metrics
+                    .usage_flushed_counts
+                    .inc_by(written.counts as u64);
             }
             Err(error) => {
                 self.metrics.usage_flush_failures.inc();
@@ -436,6 +441,21 @@ impl KeyValidator {
             }
         }
         flushed
+    }
+
+    /// Deletes at most `limit` usage counts whose minute started more than
+    /// `retention` ago (by this replica's clock): how many were deleted.
+    /// Failures are logged here; the next prune tries again.
+    pub async fn prune_usage(&self, retention: Duration, limit: u64) -> Result<u64, StoreError> {
+        let now = self.clock.utc(Instant::now()).timestamp();
+        let before = now.saturating_sub(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX));
+        let pruned = self.store.prune_usage(before, limit).await;
+        match &pruned {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(rows, "old usage counts pruned"),
+            Err(error) => tracing::warn!(%error, "old usage counts not pruned; will retry"),
+        }
+        pruned
     }
 }
 

@@ -28,6 +28,7 @@ enum Call {
     Delete(pb::DeleteKeyRequest),
     Rotate(pb::RotateKeyRequest),
     Events(pb::ListKeyEventsRequest),
+    Usage(pb::GetKeyUsageRequest),
     Validate(pb::ValidateKeyRequest),
 }
 
@@ -51,6 +52,7 @@ async fn send(app: &TestApp, call: Call) -> Result<(), Status> {
             .await
             .map(|r| record_secret(&r.get_ref().secret)),
         Call::Events(r) => admin.list_key_events(app.acme(r)).await.map(drop),
+        Call::Usage(r) => admin.get_key_usage(app.acme(r)).await.map(drop),
         Call::Validate(r) => app.validation().validate_key(r).await.map(drop),
     }
 }
@@ -96,6 +98,18 @@ fn events(bad: impl FnOnce(&mut pb::ListKeyEventsRequest)) -> Call {
     let mut request = pb::ListKeyEventsRequest::default();
     bad(&mut request);
     Call::Events(request)
+}
+
+fn usage(
+    id: &str,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> Call {
+    Call::Usage(pb::GetKeyUsageRequest {
+        id: id.to_owned(),
+        from: from.and_then(timestamp),
+        to: to.and_then(timestamp),
+    })
 }
 
 fn rotate(id: &str, seconds: i64, nanos: i32) -> Call {
@@ -153,6 +167,13 @@ fn by_id(id: &str) -> Vec<(&'static str, Call)> {
                     paths: vec!["name".into()],
                 }),
                 name: "valid name".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "GetKeyUsage",
+            Call::Usage(pb::GetKeyUsageRequest {
+                id: id.clone(),
                 ..Default::default()
             }),
         ),
@@ -355,6 +376,14 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("list: user_id with a slash", list(|r| r.user_id = "users/1".into()), &["user_id"]),
         case("list: service_account_id with a space", list(|r| r.service_account_id = "a b".into()), &["service_account_id"]),
         case("list: last_used_before with negative nanos", list(|r| r.last_used_before = Some(prost_types::Timestamp { seconds: 0, nanos: -5 })), &["last_used_before"]),
+        case("list: used_since with negative nanos", list(|r| r.used_since = Some(prost_types::Timestamp { seconds: 0, nanos: -5 })), &["used_since"]),
+        case("list: unused_since not after used_since", list(|r| { r.used_since = timestamp(past); r.unused_since = timestamp(past); }), &["unused_since"]),
+
+        // GetKeyUsage, on the real target.
+        case("usage: from = to", usage(t, Some(past), Some(past)), &["to"]),
+        case("usage: from after to", usage(t, Some(past), Some(past - chrono::Duration::minutes(1))), &["to"]),
+        case("usage: more than 31 days", usage(t, Some(past - chrono::Duration::days(31)), Some(past + chrono::Duration::seconds(1))), &["from"]),
+        case("usage: to with negative nanos", Call::Usage(pb::GetKeyUsageRequest { id: t.to_owned(), from: None, to: Some(prost_types::Timestamp { seconds: 0, nanos: -5 }) }), &["to"]),
 
         // UpdateKey, on the real (inactive) target.
         case("update: no update_mask", update(t, &[], |r| r.update_mask = None), &["update_mask"]),

@@ -213,6 +213,7 @@ enum Rpc {
     Delete(pb::DeleteKeyRequest),
     Rotate(pb::RotateKeyRequest),
     ListEvents(pb::ListKeyEventsRequest),
+    Usage(pb::GetKeyUsageRequest),
     Validate(pb::ValidateKeyRequest),
 }
 
@@ -227,6 +228,7 @@ impl Rpc {
             Self::Revoke(r) => Some(&r.id),
             Self::Delete(r) => Some(&r.id),
             Self::Rotate(r) => Some(&r.id),
+            Self::Usage(r) => Some(&r.id),
             Self::Create(_) | Self::List(_) | Self::ListEvents(_) | Self::Validate(_) => None,
         }
     }
@@ -324,6 +326,10 @@ impl Fixture {
                         ..Answer::default()
                     }
                 }
+                Rpc::Usage(r) => Answer {
+                    ids: vec![admin.get_key_usage(self.request(r)).await?.into_inner().id],
+                    ..Answer::default()
+                },
                 Rpc::Validate(r) => {
                     let r = self
                         .validation
@@ -407,7 +413,7 @@ impl Fixture {
                 // else may go backwards.
                 prop_assert!(after >= before);
             }
-            Rpc::Get(_) | Rpc::List(_) | Rpc::ListEvents(_) | Rpc::Validate(_) => {
+            Rpc::Get(_) | Rpc::List(_) | Rpc::ListEvents(_) | Rpc::Usage(_) | Rpc::Validate(_) => {
                 prop_assert_eq!(before, after, "a read wrote an event");
             }
         }
@@ -570,7 +576,7 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
         statuses,
         any::<bool>(),
         (text(), text(), text(), text()),
-        timestamp(),
+        (timestamp(), timestamp(), timestamp()),
     )
         .prop_map(
             |(
@@ -580,7 +586,7 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                 statuses,
                 include_archived,
                 (workspace_id, created_by_id, user_id, service_account_id),
-                last_used_before,
+                (last_used_before, used_since, unused_since),
             )| {
                 Rpc::List(pb::ListKeysRequest {
                     limit,
@@ -593,6 +599,8 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                     user_id,
                     service_account_id,
                     last_used_before,
+                    used_since,
+                    unused_since,
                 })
             },
         )
@@ -674,6 +682,11 @@ fn list_events(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
             key_id,
         })
     })
+}
+
+fn usage(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
+    (key_id(fixture), timestamp(), timestamp())
+        .prop_map(|(id, from, to)| Rpc::Usage(pb::GetKeyUsageRequest { id, from, to }))
 }
 
 /// A presented key: an active one, one changed by a byte, a well-formed
@@ -769,6 +782,11 @@ fn fuzz_list_key_events() {
 }
 
 #[test]
+fn fuzz_get_key_usage() {
+    run("api::get_key_usage", |f| usage(f).boxed());
+}
+
+#[test]
 fn fuzz_validate_key() {
     run("api::validate_key", |f| validate(f).boxed());
 }
@@ -785,6 +803,7 @@ fn fuzz_status_size_is_bounded() {
         update(&fixture),
         rotate(&fixture),
         list_events(&fixture),
+        usage(&fixture),
         validate(&fixture),
     ];
     fuzz("api::status_size", CASES, any_rpc, |rpc| {

@@ -21,6 +21,7 @@ mod secrets;
 mod server;
 mod tenancy;
 mod tls;
+mod usage;
 
 // The shared fault proxy; its own tests run with this binary.
 #[path = "../support/tcp_proxy.rs"]

@@ -25,10 +25,11 @@ enum Rpc {
     Delete,
     Rotate,
     ListEvents,
+    Usage,
 }
 
 impl Rpc {
-    const ALL: [Rpc; 10] = [
+    const ALL: [Rpc; 11] = [
         Rpc::Create,
         Rpc::Get,
         Rpc::List,
@@ -39,6 +40,7 @@ impl Rpc {
         Rpc::Delete,
         Rpc::Rotate,
         Rpc::ListEvents,
+        Rpc::Usage,
     ];
 
     /// The method's name in the service descriptor.
@@ -54,6 +56,7 @@ impl Rpc {
             Rpc::Delete => "DeleteKey",
             Rpc::Rotate => "RotateKey",
             Rpc::ListEvents => "ListKeyEvents",
+            Rpc::Usage => "GetKeyUsage",
         }
     }
 
@@ -71,7 +74,8 @@ impl Rpc {
             | Rpc::Revoke
             | Rpc::Delete
             | Rpc::Rotate
-            | Rpc::ListEvents => true,
+            | Rpc::ListEvents
+            | Rpc::Usage => true,
         }
     }
 }
@@ -213,6 +217,16 @@ async fn call(app: &TestApp, key: &str, rpc: Rpc, id: &str) -> Result<Vec<String
                 let events = response.into_inner().events;
                 events.into_iter().map(|event| event.key_id).collect()
             }),
+        Rpc::Usage => admin
+            .get_key_usage(with_key(
+                key,
+                pb::GetKeyUsageRequest {
+                    id,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|response| vec![response.into_inner().id]),
     }
 }
 

@@ -146,6 +146,49 @@ pub enum ValidationCode {
     InsufficientScope,
 }
 
+impl ValidationCode {
+    /// Every code, in declaration order: `ALL[code as usize] == code`. A new
+    /// code is added here too (a test checks the order).
+    pub const ALL: [ValidationCode; 9] = [
+        ValidationCode::Valid,
+        ValidationCode::Malformed,
+        ValidationCode::NotFound,
+        ValidationCode::Inactive,
+        ValidationCode::Archived,
+        ValidationCode::Expired,
+        ValidationCode::Revoked,
+        ValidationCode::IpNotAllowed,
+        ValidationCode::InsufficientScope,
+    ];
+
+    /// The stable lowercase name, as usage counts store it (`valid`,
+    /// `insufficient_scope`, ...): a new code needs no migration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValidationCode::Valid => "valid",
+            ValidationCode::Malformed => "malformed",
+            ValidationCode::NotFound => "not_found",
+            ValidationCode::Inactive => "inactive",
+            ValidationCode::Archived => "archived",
+            ValidationCode::Expired => "expired",
+            ValidationCode::Revoked => "revoked",
+            ValidationCode::IpNotAllowed => "ip_not_allowed",
+            ValidationCode::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// The code named `name` (see [`name`](Self::name)).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.name() == name)
+    }
+
+    /// Whether the verdict is about a key that was found, so it is counted
+    /// in that key's usage (malformed and unknown keys have no key).
+    pub fn names_a_key(self) -> bool {
+        !matches!(self, ValidationCode::Malformed | ValidationCode::NotFound)
+    }
+}
+
 /// An API key record, as stored (without its lookup hash).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKey {
@@ -272,6 +315,29 @@ impl ApiKey {
 mod tests {
     use super::*;
     use chrono::Duration;
+
+    #[test]
+    fn validation_codes_are_listed_in_order_with_distinct_names() {
+        // Exhaustive: a new code does not compile here until it is placed.
+        let position = |code: ValidationCode| match code {
+            ValidationCode::Valid => 0,
+            ValidationCode::Malformed => 1,
+            ValidationCode::NotFound => 2,
+            ValidationCode::Inactive => 3,
+            ValidationCode::Archived => 4,
+            ValidationCode::Expired => 5,
+            ValidationCode::Revoked => 6,
+            ValidationCode::IpNotAllowed => 7,
+            ValidationCode::InsufficientScope => 8,
+        };
+        assert_eq!(ValidationCode::ALL.len(), 9, "every code is in ALL");
+        for (index, code) in ValidationCode::ALL.into_iter().enumerate() {
+            assert_eq!(position(code), index);
+            assert_eq!(code as usize, index, "{code:?} is out of order in ALL");
+            assert_eq!(ValidationCode::from_name(code.name()), Some(code));
+        }
+        assert_eq!(ValidationCode::from_name("Valid"), None);
+    }
 
     fn key() -> ApiKey {
         let now = Utc::now();

@@ -18,5 +18,6 @@ pub use audit::{AuditReport, BrokenLink};
 pub use error::{Outage, StoreError};
 pub use repo::{
     EventPage, EventQuery, EventType, FeedBatch, KeyEvent, KeyMaterial, KeyPage, KeyPatch,
-    ListQuery, MAX_PAGE, NewKey, Page, PoolUsage, Store, StoreOptions, UsageRecord,
+    ListQuery, MAX_PAGE, NewKey, Page, PoolUsage, Store, StoreOptions, UsageCount, UsagePoint,
+    UsageRecord, minute_start,
 };

@@ -9,6 +9,7 @@ use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_tables;
 mod m20261201_000001_create_feed;
 mod m20261202_000001_add_key_policy;
+mod m20261202_000001_create_key_usage;
 
 /// keyward's migrations, in order.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_tables::Migration),
             Box::new(m20261201_000001_create_feed::Migration),
             Box::new(m20261202_000001_add_key_policy::Migration),
+            Box::new(m20261202_000001_create_key_usage::Migration),
         ]
     }
 

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use keyward::convert::timestamp;
 use keyward::pb;
 use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
@@ -194,8 +196,15 @@ impl TestApp {
     /// A second keyward in this process over the same database and with the
     /// same settings: bound, not serving until [`serve_until_dropped`].
     pub async fn build_replica(&self) -> Application {
+        self.build_replica_with(|_| {}).await
+    }
+
+    /// [`build_replica`](Self::build_replica) with its settings changed by
+    /// `configure`.
+    pub async fn build_replica_with(&self, configure: impl FnOnce(&mut Settings)) -> Application {
         let mut settings = self.settings.clone();
         settings.listen = "127.0.0.1:0".parse().expect("a valid socket address");
+        configure(&mut settings);
         Application::build(settings)
             .await
             .expect("the replica starts")
@@ -296,6 +305,23 @@ impl TestApp {
             .revoke_key(self.acme(pb::RevokeKeyRequest { id: id.to_owned() }))
             .await
             .expect("RevokeKey succeeds");
+    }
+
+    /// GetKeyUsage of acme's key `id` over `[from, to)`.
+    pub async fn key_usage(
+        &self,
+        id: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<pb::GetKeyUsageResponse, Status> {
+        self.admin()
+            .get_key_usage(self.acme(pb::GetKeyUsageRequest {
+                id: id.to_owned(),
+                from: from.map(timestamp),
+                to: to.map(timestamp),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// The admin CLI against this keyward ([`TestApp::url`]), with no admin

@@ -7,10 +7,13 @@ use sea_orm::{
     Select, Value,
 };
 
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SelectStatement};
+
 use super::Store;
 use super::feed::{KeyEvent, event_from_row};
 use super::keys::key_from_row;
-use crate::entity::{api_keys, key_events};
+use super::usage::minute_start;
+use crate::entity::{api_keys, key_events, key_usage};
 use crate::error::{Error, StoreError};
 use crate::time;
 
@@ -40,6 +43,12 @@ pub struct ListQuery {
     pub service_account_id: Option<String>,
     /// Only keys never used, or last used before this instant.
     pub last_used_before: Option<DateTime<Utc>>,
+    /// Only keys with usage counts (any outcome) in the minute of this
+    /// instant or later.
+    pub used_since: Option<DateTime<Utc>>,
+    /// Only keys without usage counts in the minute of this instant or
+    /// later. With `used_since`: keys used from one minute and not since the other.
+    pub unused_since: Option<DateTime<Utc>>,
 }
 
 /// Filters and cursor of an event listing. Newest first (seq descending).
@@ -103,6 +112,12 @@ impl Store {
                     .add(C::LastUsedAt.lt(time::db(time::ceil_micros(before)))),
             );
         }
+        for (since, used) in [(query.used_since, true), (query.unused_since, false)] {
+            if let Some(since) = since {
+                let exists = Expr::exists(used_since(since));
+                filter = filter.add(if used { exists } else { exists.not() });
+            }
+        }
         let keyset = Keyset {
             column: C::Id,
             after: query.after_id.as_ref().map(|id| id.as_str().into()),
@@ -141,6 +156,22 @@ impl Store {
         ))
         .await
     }
+}
+
+/// `SELECT 1 FROM key_usage` of the listed key from the minute of `since`:
+/// the primary key (key_id, minute_start, outcome) answers it.
+fn used_since(since: DateTime<Utc>) -> SelectStatement {
+    Query::select()
+        .expr(Expr::val(1))
+        .from(key_usage::Entity)
+        .and_where(
+            Expr::col((key_usage::Entity, key_usage::Column::KeyId))
+                .equals((api_keys::Entity, api_keys::Column::Id)),
+        )
+        .and_where(
+            Expr::col((key_usage::Entity, key_usage::Column::MinuteStart)).gte(minute_start(since)),
+        )
+        .take()
 }
 
 /// A keyset page over `column`, newest (largest) first: `after` reads below

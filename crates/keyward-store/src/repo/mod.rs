@@ -7,7 +7,8 @@
 //! - [`list`]: keyset pages of keys and events.
 //! - [`feed`]: the change feed other replicas follow, in commit order.
 //! - [`policy`]: a key's policy column (versioned JSON).
-//! - [`usage`]: coalesced last-used writes.
+//! - [`usage`]: coalesced usage writes (last-used data, counts per key,
+//!   minute and outcome), the usage series and its pruning.
 //! - [`migrate`]: migrations under a database lock.
 //!
 //! Every public method passes through [`Store::bounded`]: one deadline and
@@ -34,7 +35,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 pub use feed::{EventType, FeedBatch, KeyEvent};
 pub use keys::{KeyMaterial, KeyPatch, NewKey};
 pub use list::{EventPage, EventQuery, KeyPage, ListQuery, MAX_PAGE, Page};
-pub use usage::UsageRecord;
+pub use usage::{UsageCount, UsagePoint, UsageRecord, minute_start};
 
 use crate::audit::{self, AuditReport};
 use crate::error::{Error, Outage, StoreError};
