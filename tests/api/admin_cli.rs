@@ -339,16 +339,18 @@ e2e_test!(every_key_subcommand_works, backends = [sqlite], |app| {
             "archived",
             "updated",
             "updated",
+            "updated",
+            "updated",
             "created"
         ]
     );
-    let first_update = &events["events"][5];
+    let first_update = &events["events"][7];
     assert_eq!(first_update["changes"]["name"], "orders (renamed)");
     assert_eq!(first_update["actor"]["type"], "api_key");
     let table = app.cli(&["events", "list", "--key-id", &id]).await;
     let lines: Vec<&str> = table.success().lines().collect();
     assert!(lines[0].starts_with("SEQ"), "{lines:?}");
-    assert_eq!(lines.len(), 1 + 7, "a header and one row per event");
+    assert_eq!(lines.len(), 1 + 9, "a header and one row per event");
 });
 
 e2e_test!(all_follows_the_cursors, backends = [sqlite], |app| {

@@ -494,6 +494,7 @@ async fn a_real_prometheus_scrapes_the_validation_counts() {
             ("archived", 0),
             ("expired", 0),
             ("revoked", 0),
+            ("ip_not_allowed", 0),
         ]
         .into_iter()
         .map(|(code, count)| (code.to_owned(), count as f64))
