@@ -98,17 +98,7 @@ impl PendingUse {
             return &mut self.counts;
         }
         // A verdict whose clock reading predates a newer one already noted.
-        match self
-            .earlier
-            .iter()
-            .position(|counts| counts.minute_start == minute_start)
-        {
-            Some(index) => &mut self.earlier[index],
-            None => {
-                self.earlier.push(MinuteCounts::new(minute_start));
-                self.earlier.last_mut().expect("just pushed")
-            }
-        }
+        self.minute_back(minute_start)
     }
 
     /// Counts a verdict; a valid one also becomes the last use.
