@@ -249,10 +249,14 @@ async fn validations_write_nothing_per_call(backend: Backend) {
             stats.close_by_ref().await.ok();
         }
         // Checked last, so that the verdict on writes above is not hidden.
+        // The first miss, and at most one reload: the feed follower applies
+        // this replica's own Created event too, and if that lands after the
+        // key was cached it drops the entry once (src/validation/feed.rs).
         assert!(
-            lookups <= 1,
+            lookups <= 2,
             "{CALLS} validations of one key (16 at a time) reached the database {lookups} times; \
-             at most 1 (the first miss) is right"
+             at most 2 (the first miss, one reload after the follower applies the key's creation) \
+             is right"
         );
     })
     .await;
