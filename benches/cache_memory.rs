@@ -173,6 +173,7 @@ fn via_cache(keys: usize) {
             revoked_at: None,
             rotated_from_id: None,
             policy: None,
+            credits_spent: keyward_core::CreditsSpent::default(),
         };
         let read = cache.generation();
         cache.insert(*hash, Arc::new(key), read);

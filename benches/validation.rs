@@ -110,6 +110,7 @@ async fn fixture(backend: Backend) -> Option<Fixture> {
     let (secret, key) = support::create_key(&store, "bench key").await;
     let policy = Policy {
         allowed_cidrs: allowlist(8),
+        ..Policy::default()
     };
     let (allowlisted, _) = support::create_key_with_policy(&store, "allowlisted", policy).await;
     let validator = KeyValidator::new(store.clone(), LookupHasher::derived(), settings());

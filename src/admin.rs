@@ -481,6 +481,7 @@ impl KeyAdminService for AdminApi {
             expires_at,
             policy: Policy {
                 allowed_cidrs: allowed_cidrs.expect(PARSED),
+                ..Policy::default()
             },
         };
         let key = self.keys.write(&caller, Create(new_key)).await?;

@@ -381,6 +381,7 @@ mod tests {
             revoked_at: None,
             rotated_from_id: None,
             policy: None,
+            credits_spent: keyward_core::CreditsSpent::default(),
         };
         (LookupHasher::derived().hash(&secret), Arc::new(key))
     }

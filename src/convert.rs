@@ -170,6 +170,8 @@ pub fn validation_code(code: ValidationCode) -> pb::ValidationCode {
         ValidationCode::Revoked => pb::ValidationCode::Revoked,
         ValidationCode::IpNotAllowed => pb::ValidationCode::IpNotAllowed,
         ValidationCode::InsufficientScope => pb::ValidationCode::InsufficientScope,
+        ValidationCode::RateLimited => pb::ValidationCode::RateLimited,
+        ValidationCode::UsageExceeded => pb::ValidationCode::UsageExceeded,
     }
 }
 
@@ -205,6 +207,7 @@ pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
             .rotated_from_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
+        ..Default::default()
     }
 }
 

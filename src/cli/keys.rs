@@ -375,6 +375,7 @@ impl Call {
                 expires_at: expiry(args.expires_in, args.expires_at)?,
                 user_id: args.user_id,
                 service_account_id: args.service_account_id,
+                ..Default::default()
             }),
             KeysCommand::Get(IdArg { id }) => Self::Get(pb::GetKeyRequest { id }),
             KeysCommand::Usage(args) => Self::Usage(pb::GetKeyUsageRequest {

@@ -521,6 +521,7 @@ pub(crate) mod test_support {
     ) -> (ApiKey, ApiKeySecret) {
         let policy = Policy {
             allowed_cidrs: AllowedCidrs::parse(cidrs).expect("valid ranges"),
+            ..Policy::default()
         };
         create(store, kind, policy).await
     }

@@ -126,6 +126,7 @@ fn validate(key: &str, bad: impl FnOnce(&mut pb::ValidateKeyRequest)) -> Call {
         required_scopes: vec!["orders:read".into()],
         client_ip: "203.0.113.7".into(),
         user_agent: "bad-input-test/1.0".into(),
+        ..Default::default()
     };
     bad(&mut request);
     Call::Validate(request)

@@ -550,6 +550,7 @@ fn create() -> impl Strategy<Value = Rpc> {
                     user_id,
                     service_account_id,
                     allowed_cidrs,
+                    ..Default::default()
                 })
             },
         )
@@ -650,6 +651,7 @@ fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                     expires_at,
                     status,
                     allowed_cidrs,
+                    ..Default::default()
                 })
             },
         )
@@ -729,6 +731,7 @@ fn validate(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                 required_scopes,
                 client_ip,
                 user_agent,
+                ..Default::default()
             })
         },
     )

@@ -173,6 +173,7 @@ async fn validations_write_nothing_per_call(backend: Backend) {
                             required_scopes: vec!["orders:read".into()],
                             client_ip: CLIENT_IP.into(),
                             user_agent: USER_AGENT.into(),
+                            ..Default::default()
                         })
                         .await
                         .expect("ValidateKey answers")

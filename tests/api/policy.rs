@@ -25,6 +25,7 @@ async fn validate_from(
             required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             client_ip: client_ip.to_owned(),
             user_agent: "policy-test".to_owned(),
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)

@@ -142,6 +142,7 @@ impl RemoteValidator {
                 .filter(|c| !c.is_control())
                 .take(MAX_USER_AGENT_CHARS)
                 .collect(),
+            ..Default::default()
         });
         call.set_timeout(self.timeout);
         let mut client = self.client.clone();

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::fields::{Metadata, Scope, Scopes};
 use crate::id::KeyId;
-use crate::policy::Policy;
+use crate::policy::{CreditsSpent, Policy};
 
 /// Standard keys protect product services; admin keys call the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,12 +144,17 @@ pub enum ValidationCode {
     IpNotAllowed,
     /// Valid, but lacks a required scope.
     InsufficientScope,
+    /// Valid, but over one of its rate limits in the current window.
+    /// Decided after every check above: a denied call spends nothing.
+    RateLimited,
+    /// Valid, but without credits left for this call.
+    UsageExceeded,
 }
 
 impl ValidationCode {
     /// Every code, in declaration order: `ALL[code as usize] == code`. A new
     /// code is added here too (a test checks the order).
-    pub const ALL: [ValidationCode; 9] = [
+    pub const ALL: [ValidationCode; 11] = [
         ValidationCode::Valid,
         ValidationCode::Malformed,
         ValidationCode::NotFound,
@@ -159,6 +164,8 @@ impl ValidationCode {
         ValidationCode::Revoked,
         ValidationCode::IpNotAllowed,
         ValidationCode::InsufficientScope,
+        ValidationCode::RateLimited,
+        ValidationCode::UsageExceeded,
     ];
 
     /// The stable lowercase name, as usage counts store it (`valid`,
@@ -174,6 +181,8 @@ impl ValidationCode {
             ValidationCode::Revoked => "revoked",
             ValidationCode::IpNotAllowed => "ip_not_allowed",
             ValidationCode::InsufficientScope => "insufficient_scope",
+            ValidationCode::RateLimited => "rate_limited",
+            ValidationCode::UsageExceeded => "usage_exceeded",
         }
     }
 
@@ -243,6 +252,8 @@ pub struct ApiKey {
     /// What a validation must also satisfy; `None` when the key has no
     /// restriction (the warm path's one branch).
     pub policy: Option<Arc<Policy>>,
+    /// What was spent of the key's credits, as last recorded in the database.
+    pub credits_spent: CreditsSpent,
 }
 
 impl ApiKey {
@@ -271,6 +282,8 @@ impl ApiKey {
     pub fn policy(&self) -> &Policy {
         static UNRESTRICTED: Policy = Policy {
             allowed_cidrs: crate::policy::AllowedCidrs::EMPTY,
+            rate_limits: crate::policy::RateLimits::EMPTY,
+            credits: None,
         };
         self.policy.as_deref().unwrap_or(&UNRESTRICTED)
     }
@@ -329,8 +342,10 @@ mod tests {
             ValidationCode::Revoked => 6,
             ValidationCode::IpNotAllowed => 7,
             ValidationCode::InsufficientScope => 8,
+            ValidationCode::RateLimited => 9,
+            ValidationCode::UsageExceeded => 10,
         };
-        assert_eq!(ValidationCode::ALL.len(), 9, "every code is in ALL");
+        assert_eq!(ValidationCode::ALL.len(), 11, "every code is in ALL");
         for (index, code) in ValidationCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), index);
             assert_eq!(code as usize, index, "{code:?} is out of order in ALL");
@@ -370,6 +385,7 @@ mod tests {
             revoked_at: None,
             rotated_from_id: None,
             policy: None,
+            credits_spent: CreditsSpent::default(),
         }
     }
 
@@ -412,6 +428,7 @@ mod tests {
         let mut limited = key();
         limited.policy = Policy {
             allowed_cidrs: crate::AllowedCidrs::parse(&["203.0.113.0/24"]).unwrap(),
+            ..Policy::default()
         }
         .shared();
         let verdict = |k: &ApiKey, required: &[Scope], client| k.verdict(required, client, || now);

@@ -1,5 +1,5 @@
 //! A key's policy: what a validation of an otherwise valid key must also
-//! satisfy. Today the IP allowlist; rate limits and credits join it here.
+//! satisfy: the IP allowlist, rate limits and credits.
 //!
 //! A policy is parsed once, at the edge (the admin API) or when read back from
 //! storage, into its checking form: the warm path searches sorted ranges and
@@ -7,6 +7,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use crate::fields::FieldError;
 use crate::net::{Cidr, address_number};
@@ -126,6 +129,323 @@ fn merged(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     out
 }
 
+/// Most rate limits on one key.
+pub const MAX_RATE_LIMITS: usize = 8;
+/// Longest name of a rate limit.
+pub const MAX_RATE_LIMIT_NAME_CHARS: usize = 64;
+/// Largest `limit` of a rate limit (units per window).
+pub const MAX_RATE_LIMIT: u64 = 1_000_000_000;
+/// Longest rate-limit window (30 days).
+pub const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest cost of one call (per limit, or given with a validation).
+pub const MAX_COST: u64 = 1_000_000;
+/// Largest number of credits (remaining, or a refill amount).
+pub const MAX_CREDITS: u64 = 1_000_000_000_000;
+
+/// One named rate limit: at most `limit` units per `window`, each call
+/// costing `cost` units unless the validation says otherwise. Windows are
+/// fixed and aligned to the Unix epoch (`floor(now / window)`), so every
+/// replica and every caller agrees on when one ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// 1 to 64 of `[A-Za-z0-9_.-]`, unique on the key (`requests`, `burst`).
+    pub name: String,
+    /// Units per window, 1 to [`MAX_RATE_LIMIT`].
+    pub limit: u64,
+    /// The window: whole seconds, 1 s to 30 days.
+    pub window: Duration,
+    /// Units one call costs by default, 1 to [`MAX_COST`].
+    pub cost: u64,
+}
+
+/// A field of a [`RateLimit`] that was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitField {
+    /// `name`.
+    Name,
+    /// `limit`.
+    Limit,
+    /// `duration`.
+    Duration,
+    /// `cost`.
+    Cost,
+}
+
+impl RateLimitField {
+    /// The field's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Limit => "limit",
+            Self::Duration => "duration",
+            Self::Cost => "cost",
+        }
+    }
+}
+
+/// Where a list of rate limits was rejected: the index and field of the bad
+/// limit, or `None` for the list as a whole (too many).
+pub type RateLimitError = (Option<(usize, RateLimitField)>, FieldError);
+
+impl RateLimit {
+    /// Parses one limit from wire values: `cost` 0 means the default, 1.
+    /// `window` is `None` when the wire value is not a valid duration.
+    pub fn parse(
+        name: &str,
+        limit: i64,
+        window: Option<Duration>,
+        cost: i64,
+    ) -> Result<Self, (RateLimitField, FieldError)> {
+        let bad = |field, why: String| Err((field, FieldError::new(why)));
+        if name.is_empty() || name.chars().count() > MAX_RATE_LIMIT_NAME_CHARS {
+            return bad(
+                RateLimitField::Name,
+                format!("must be 1 to {MAX_RATE_LIMIT_NAME_CHARS} characters"),
+            );
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return bad(
+                RateLimitField::Name,
+                "must hold only letters, digits, '_', '.' and '-'".to_owned(),
+            );
+        }
+        let Some(limit) = u64::try_from(limit)
+            .ok()
+            .filter(|l| (1..=MAX_RATE_LIMIT).contains(l))
+        else {
+            return bad(
+                RateLimitField::Limit,
+                format!("must be 1 to {MAX_RATE_LIMIT}"),
+            );
+        };
+        let Some(window) = window.filter(|w| {
+            w.subsec_nanos() == 0 && *w >= Duration::from_secs(1) && *w <= MAX_RATE_LIMIT_WINDOW
+        }) else {
+            return bad(
+                RateLimitField::Duration,
+                "must be whole seconds, 1s to 30 days (2592000s)".to_owned(),
+            );
+        };
+        let cost = match cost {
+            0 => 1,
+            c => match u64::try_from(c).ok().filter(|c| *c <= MAX_COST) {
+                Some(c) => c,
+                None => {
+                    return bad(
+                        RateLimitField::Cost,
+                        format!("must be 1 to {MAX_COST}, or 0 for the default of 1"),
+                    );
+                }
+            },
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            limit,
+            window,
+            cost,
+        })
+    }
+
+    /// The window in milliseconds.
+    pub fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The number of the window holding `now_ms` (milliseconds since the
+    /// Unix epoch).
+    pub fn window_at(&self, now_ms: u64) -> u64 {
+        now_ms / self.window_ms()
+    }
+
+    /// How long from `now_ms` until its window ends (at least 1 ms).
+    pub fn until_reset(&self, now_ms: u64) -> Duration {
+        let window = self.window_ms();
+        Duration::from_millis(window - now_ms % window)
+    }
+}
+
+/// A key's rate limits: at most [`MAX_RATE_LIMITS`], unique names, kept
+/// sorted by name. A call passes only if it passes every one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RateLimits(Vec<RateLimit>);
+
+impl RateLimits {
+    /// No limits.
+    pub const EMPTY: Self = Self(Vec::new());
+
+    /// Checks a parsed list: the count and unique names. Errors name the
+    /// index in `limits` as given.
+    pub fn new(limits: Vec<RateLimit>) -> Result<Self, RateLimitError> {
+        if limits.len() > MAX_RATE_LIMITS {
+            return Err((
+                None,
+                FieldError::new(format!("must hold at most {MAX_RATE_LIMITS} rate limits")),
+            ));
+        }
+        for (i, limit) in limits.iter().enumerate() {
+            if limits[..i].iter().any(|earlier| earlier.name == limit.name) {
+                return Err((
+                    Some((i, RateLimitField::Name)),
+                    FieldError::new("must be unique among the key's rate limits"),
+                ));
+            }
+        }
+        let mut limits = limits;
+        limits.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self(limits))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The limits, sorted by name.
+    pub fn as_slice(&self) -> &[RateLimit] {
+        &self.0
+    }
+}
+
+/// How often credits are refilled: at 00:00 UTC every day, or on the first
+/// of every month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefillInterval {
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// On the first of every month, 00:00 UTC.
+    Monthly,
+}
+
+impl RefillInterval {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Monthly => "monthly",
+        }
+    }
+
+    /// Reads the stored name.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        match s {
+            "daily" => Some(Self::Daily),
+            "monthly" => Some(Self::Monthly),
+            _ => None,
+        }
+    }
+
+    /// The number of the refill period holding `at`: days, or months, since
+    /// the Unix epoch.
+    pub fn period_at(self, at: DateTime<Utc>) -> i64 {
+        match self {
+            Self::Daily => at.timestamp().div_euclid(86_400),
+            Self::Monthly => i64::from(at.year() - 1970) * 12 + i64::from(at.month0()),
+        }
+    }
+
+    /// When `period` ends: the next refill.
+    pub fn period_end(self, period: i64) -> DateTime<Utc> {
+        match self {
+            Self::Daily => Utc
+                .timestamp_opt(period.saturating_add(1).saturating_mul(86_400), 0)
+                .single()
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            Self::Monthly => {
+                let next = period.saturating_add(1);
+                let year = i32::try_from(next.div_euclid(12) + 1970).unwrap_or(i32::MAX);
+                let month = u32::try_from(next.rem_euclid(12)).unwrap_or(0) + 1;
+                Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+                    .single()
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            }
+        }
+    }
+}
+
+/// A refill: every `interval`, the key's remaining credits are set to
+/// `amount` (unused credits do not carry over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    /// Credits after each refill, 1 to [`MAX_CREDITS`].
+    pub amount: u64,
+    /// When.
+    pub interval: RefillInterval,
+}
+
+/// A key's credits (a quota): each valid call spends its cost; at zero,
+/// validations are USAGE_EXCEEDED until a refill or an update.
+///
+/// `remaining` is what an operator set, at `set_at`; what has been spent
+/// since is counted apart (in memory, Redis and, in batches, the database),
+/// per refill period. `set_at` identifies the setting: a new one starts
+/// counting from zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credits {
+    /// Credits granted when set, 0 to [`MAX_CREDITS`].
+    pub remaining: u64,
+    /// The optional refill.
+    pub refill: Option<Refill>,
+    /// When the operator set them (microseconds since the epoch): the
+    /// setting's identity.
+    pub set_at: i64,
+}
+
+impl Credits {
+    /// The refill period holding `at`: always 0 without a refill.
+    pub fn period_at(&self, at: DateTime<Utc>) -> i64 {
+        self.refill.map_or(0, |r| r.interval.period_at(at))
+    }
+
+    /// The credits granted for `period`: what was set, in the period it was
+    /// set in; the refill amount in every later one.
+    pub fn allowance(&self, period: i64) -> u64 {
+        match self.refill {
+            Some(refill) if period != self.set_period() => refill.amount,
+            _ => self.remaining,
+        }
+    }
+
+    /// The period the credits were set in.
+    pub fn set_period(&self) -> i64 {
+        let set_at = DateTime::<Utc>::from_timestamp_micros(self.set_at).unwrap_or_default();
+        self.period_at(set_at)
+    }
+
+    /// When `period`'s credits are refilled, if ever.
+    pub fn refilled_after(&self, period: i64) -> Option<DateTime<Utc>> {
+        self.refill.map(|r| r.interval.period_end(period))
+    }
+}
+
+/// What has been spent of a key's credits in one refill period, as recorded
+/// (in batches) in the database: the starting point of the counters in
+/// memory and in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CreditsSpent {
+    /// The [`Credits::set_at`] of the setting spent from: spending of an
+    /// older setting does not count against a new one.
+    pub set_at: i64,
+    /// The refill period ([`Credits::period_at`]).
+    pub period: i64,
+    /// Credits spent in it.
+    pub used: u64,
+}
+
+impl Credits {
+    /// What is left in `period`, given what was recorded as `spent`.
+    pub fn remaining_in(&self, period: i64, spent: CreditsSpent) -> u64 {
+        let used = if spent.set_at == self.set_at && spent.period == period {
+            spent.used
+        } else {
+            0
+        };
+        self.allowance(period).saturating_sub(used)
+    }
+}
+
 /// What a validation of a valid key must also satisfy. The default policy
 /// restricts nothing; a key without restrictions carries no policy at all
 /// (see [`Policy::shared`]), so the warm path pays one branch for it.
@@ -133,12 +453,23 @@ fn merged(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
 pub struct Policy {
     /// Client addresses the key may be used from; empty: any.
     pub allowed_cidrs: AllowedCidrs,
+    /// Rate limits; empty: none.
+    pub rate_limits: RateLimits,
+    /// Credits; `None`: unlimited.
+    pub credits: Option<Credits>,
 }
 
 impl Policy {
     /// Whether the policy restricts nothing.
     pub fn is_unrestricted(&self) -> bool {
-        self.allowed_cidrs.is_empty()
+        self.allowed_cidrs.is_empty() && !self.is_metered()
+    }
+
+    /// Whether validations are counted against the key: it has rate limits
+    /// or credits. A verdict on such a key must not be reused by a caller's
+    /// cache, since each call spends.
+    pub fn is_metered(&self) -> bool {
+        !self.rate_limits.is_empty() || self.credits.is_some()
     }
 
     /// The policy as a key record carries it: `None` when it restricts
@@ -253,10 +584,89 @@ mod tests {
         assert!(open.clone().shared().is_none());
         let office = Policy {
             allowed_cidrs: list(&["203.0.113.0/24"]),
+            ..Policy::default()
         };
         assert!(office.admits(Some(ip("203.0.113.9"))));
         assert!(!office.admits(Some(ip("198.51.100.1"))));
         assert!(!office.admits(None));
         assert!(office.shared().is_some());
+    }
+
+    fn limit(name: &str, limit: i64, secs: u64, cost: i64) -> Result<RateLimit, RateLimitField> {
+        RateLimit::parse(name, limit, Some(Duration::from_secs(secs)), cost).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn rate_limits_are_checked_field_by_field() {
+        let ok = limit("requests", 100, 1, 0).expect("valid");
+        assert_eq!((ok.limit, ok.window_ms(), ok.cost), (100, 1000, 1));
+        assert_eq!(limit("", 1, 1, 0), Err(RateLimitField::Name));
+        assert_eq!(limit("a b", 1, 1, 0), Err(RateLimitField::Name));
+        assert_eq!(limit("x", 0, 1, 0), Err(RateLimitField::Limit));
+        assert_eq!(limit("x", -5, 1, 0), Err(RateLimitField::Limit));
+        assert_eq!(limit("x", 1, 0, 0), Err(RateLimitField::Duration));
+        assert_eq!(limit("x", 1, 31 * 86_400, 0), Err(RateLimitField::Duration));
+        assert_eq!(limit("x", 1, 1, -1), Err(RateLimitField::Cost));
+        assert_eq!(
+            RateLimit::parse("x", 1, Some(Duration::from_millis(1500)), 0).map_err(|e| e.0),
+            Err(RateLimitField::Duration)
+        );
+        assert_eq!(
+            RateLimit::parse("x", 1, None, 0).map_err(|e| e.0),
+            Err(RateLimitField::Duration)
+        );
+        let twice = RateLimits::new(vec![ok.clone(), ok.clone()]).unwrap_err();
+        assert_eq!(twice.0, Some((1, RateLimitField::Name)));
+        let many = vec![ok.clone(); MAX_RATE_LIMITS + 1];
+        assert_eq!(RateLimits::new(many).unwrap_err().0, None);
+    }
+
+    #[test]
+    fn windows_are_aligned_to_the_epoch() {
+        let ten = limit("x", 1000, 10, 0).expect("valid");
+        assert_eq!(ten.window_at(0), 0);
+        assert_eq!(ten.window_at(9_999), 0);
+        assert_eq!(ten.window_at(10_000), 1);
+        assert_eq!(ten.until_reset(12_500), Duration::from_millis(7_500));
+        assert_eq!(ten.until_reset(20_000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn credits_are_refilled_per_period() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("a time");
+        let set_at = at("2026-01-31T23:00:00Z");
+        let credits = Credits {
+            remaining: 5,
+            refill: Some(Refill {
+                amount: 100,
+                interval: RefillInterval::Monthly,
+            }),
+            set_at: set_at.timestamp_micros(),
+        };
+        let january = credits.period_at(set_at);
+        let february = credits.period_at(at("2026-02-01T00:00:00Z"));
+        assert_eq!(february, january + 1);
+        assert_eq!(credits.allowance(january), 5);
+        assert_eq!(credits.allowance(february), 100);
+        assert_eq!(
+            credits.refilled_after(january),
+            Some(at("2026-02-01T00:00:00Z"))
+        );
+        assert_eq!(
+            RefillInterval::Monthly.period_end(credits.period_at(at("2026-12-15T00:00:00Z"))),
+            at("2027-01-01T00:00:00Z")
+        );
+        let daily = RefillInterval::Daily;
+        let day = daily.period_at(at("2026-03-04T05:06:07Z"));
+        assert_eq!(daily.period_end(day), at("2026-03-05T00:00:00Z"));
+        let once = Credits {
+            refill: None,
+            ..credits
+        };
+        assert_eq!(
+            once.allowance(once.period_at(at("2030-01-01T00:00:00Z"))),
+            5
+        );
+        assert_eq!(once.refilled_after(0), None);
     }
 }

@@ -100,6 +100,31 @@ impl Error {
         }
     }
 
+    /// Whether SQLite refused because another connection holds the database
+    /// (BUSY or LOCKED), as when connecting while another process migrates:
+    /// trying again shortly is correct.
+    pub(crate) fn is_sqlite_busy(&self) -> bool {
+        let Self::Db(
+            DbErr::Conn(RuntimeErr::SqlxError(err))
+            | DbErr::Exec(RuntimeErr::SqlxError(err))
+            | DbErr::Query(RuntimeErr::SqlxError(err)),
+        ) = self
+        else {
+            return false;
+        };
+        match &**err {
+            SqlxError::Database(db_err)
+                if db_err.try_downcast_ref::<SqlxSqliteError>().is_some() =>
+            {
+                db_err
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+
     /// The error a caller sees: database errors that mean "the database cannot
     /// be reached right now" become `Unavailable`, other database errors
     /// `Database`.

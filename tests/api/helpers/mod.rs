@@ -508,6 +508,7 @@ fn validate_request(key: &str, scopes: &[&str]) -> pb::ValidateKeyRequest {
         required_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         client_ip: CLIENT_IP.into(),
         user_agent: USER_AGENT.into(),
+        ..Default::default()
     }
 }
 

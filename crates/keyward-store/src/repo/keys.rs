@@ -623,5 +623,6 @@ pub(super) fn key_from_row(row: api_keys::Model) -> Result<ApiKey, Error> {
         revoked_at: row.revoked_at.map(time::utc),
         rotated_from_id: row.rotated_from_id.map(KeyId::from_trusted),
         policy,
+        credits_spent: keyward_core::CreditsSpent::default(),
     })
 }

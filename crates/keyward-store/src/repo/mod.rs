@@ -165,13 +165,12 @@ impl Store {
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let connect = async {
             let in_memory = is_in_memory(url);
-            let db =
-                Database::connect(pool_options(url, &options, options.max_connections)).await?;
+            let db = open_pool(pool_options(url, &options, options.max_connections)).await?;
             let lookups = if in_memory {
                 // Every connection to an in-memory database is its own database.
                 db.clone()
             } else {
-                Database::connect(pool_options(url, &options, options.lookup_connections)).await?
+                open_pool(pool_options(url, &options, options.lookup_connections)).await?
             };
             Ok::<_, Error>(Self {
                 db,
@@ -270,6 +269,23 @@ pub(crate) async fn deadline<T, E: Into<Error>>(
 
 /// Pool options for `url` with at most `max` connections (SQLite files
 /// at most 8), with the server-side safeguards of `options`.
+/// Opens a pool. A SQLite file another process holds locked (it is
+/// migrating, or switching to WAL) is tried again every 50 ms: the caller's
+/// connect deadline bounds the wait.
+async fn open_pool(options: ConnectOptions) -> Result<DatabaseConnection, Error> {
+    loop {
+        match Database::connect(options.clone())
+            .await
+            .map_err(Error::from)
+        {
+            Err(error) if error.is_sqlite_busy() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 fn pool_options(url: &str, options: &StoreOptions, max: u32) -> ConnectOptions {
     let mut pool = ConnectOptions::new(url);
     pool.sqlx_logging(false)

@@ -78,6 +78,7 @@ mod tests {
         assert_eq!(from_column("k", None).expect("no policy"), None);
         let policy = Policy {
             allowed_cidrs: AllowedCidrs::parse(&["2001:db8::/32", "10.0.0.0/8"]).expect("valid"),
+            ..Policy::default()
         };
         let column = to_column(&policy).expect("a restriction");
         assert_eq!(

@@ -60,6 +60,7 @@ async fn the_policy_migration_reverses_and_repeats(backend: Backend) {
         let mut key = new_key("acme", "limited");
         key.policy = keyward_core::Policy {
             allowed_cidrs: keyward_core::AllowedCidrs::parse(&["10.0.0.0/8"]).expect("valid"),
+            ..keyward_core::Policy::default()
         };
         store
             .ensure_organization(&key.organization_id)
