@@ -101,6 +101,7 @@ mod tests {
             required_scopes: &[],
             client_ip: Some([10, 0, 0, 1].into()),
             user_agent: None,
+            idempotency_key: None,
         }
     }
 

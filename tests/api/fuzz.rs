@@ -115,6 +115,7 @@ impl Fixture {
                         required_scopes: &[],
                         client_ip: None,
                         user_agent: None,
+                        idempotency_key: None,
                     })
                     .await
                     .expect("the admin key validates");

@@ -14,9 +14,12 @@ use keyward_core::{Cidr, Environment, Scope, client_address};
 use tower::{Layer, Service};
 
 use crate::metrics::{AuthMetrics, DenialReason};
-use crate::validator::{Denial, ValidationRequest, Validator, Verdict};
+use crate::validator::{Denial, Throttle, ValidationRequest, Validator, Verdict};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// A client's idempotency key: a retried request with the same one spends
+/// a metered key's rate limits and credits once.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Where the layer looks for the key.
@@ -247,6 +250,7 @@ where
                     required_scopes: required,
                     client_ip,
                     user_agent: header_str(&request, &USER_AGENT),
+                    idempotency_key: header_str(&request, &IDEMPOTENCY_KEY),
                 })
                 .await;
             match verdict {
@@ -270,7 +274,7 @@ where
                     inner.call(request).await
                 }
                 Ok(Verdict::Deny(denial)) => {
-                    metrics.note_denial(denial.into());
+                    metrics.note_denial((&denial).into());
                     Ok(deny(grpc, denial))
                 }
                 Err(error) => {
@@ -381,7 +385,30 @@ fn deny<ResBody: Default>(grpc: bool, denial: Denial) -> Response<ResBody> {
             response
         }
         (false, Denial::Forbidden | Denial::IpNotAllowed) => http_error(StatusCode::FORBIDDEN),
+        (grpc, Denial::RateLimited(throttle)) => exhausted(grpc, "rate limited", &throttle),
+        (grpc, Denial::UsageExceeded(throttle)) => exhausted(grpc, "usage exceeded", &throttle),
     }
+}
+
+/// RESOURCE_EXHAUSTED (gRPC) or 429 (HTTP), with the limit's RateLimit
+/// headers and `retry-after`.
+fn exhausted<ResBody: Default>(
+    grpc: bool,
+    message: &'static str,
+    throttle: &Throttle,
+) -> Response<ResBody> {
+    let mut response = if grpc {
+        grpc_error(8, message)
+    } else {
+        http_error(StatusCode::TOO_MANY_REQUESTS)
+    };
+    let headers = response.headers_mut();
+    for (name, value) in throttle.headers(true) {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+    response
 }
 
 fn unavailable<ResBody: Default>(grpc: bool) -> Response<ResBody> {

@@ -78,6 +78,6 @@ pub use single_flight::SingleFlight;
 #[cfg(feature = "remote")]
 pub use tls::{ClientTls, TlsError};
 pub use validator::{
-    Denial, Identity, IdentityDetails, RedactedKey, ValidationFuture, ValidationRequest, Validator,
-    ValidatorError, Verdict,
+    Denial, Identity, IdentityDetails, RedactedKey, Throttle, ValidationFuture, ValidationRequest,
+    Validator, ValidatorError, Verdict,
 };

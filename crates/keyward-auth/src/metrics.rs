@@ -25,6 +25,8 @@ struct Counters {
     forbidden: AtomicU64,
     wrong_environment: AtomicU64,
     ip_not_allowed: AtomicU64,
+    rate_limited: AtomicU64,
+    usage_exceeded: AtomicU64,
     errors: AtomicU64,
     keyward_calls: AtomicU64,
     cache_hits: AtomicU64,
@@ -48,16 +50,22 @@ pub enum DenialReason {
     /// The client's address is outside the key's IP allowlist (the client is
     /// told PERMISSION_DENIED, as for a missing scope).
     IpNotAllowed,
+    /// The key is over one of its rate limits.
+    RateLimited,
+    /// The key has no credits left.
+    UsageExceeded,
 }
 
 impl DenialReason {
     /// Every reason, in label order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::MissingKey,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::WrongEnvironment,
         Self::IpNotAllowed,
+        Self::RateLimited,
+        Self::UsageExceeded,
     ];
 
     /// The label value.
@@ -68,16 +76,20 @@ impl DenialReason {
             Self::Forbidden => "forbidden",
             Self::WrongEnvironment => "wrong_environment",
             Self::IpNotAllowed => "ip_not_allowed",
+            Self::RateLimited => "rate_limited",
+            Self::UsageExceeded => "usage_exceeded",
         }
     }
 }
 
-impl From<Denial> for DenialReason {
-    fn from(denial: Denial) -> Self {
+impl From<&Denial> for DenialReason {
+    fn from(denial: &Denial) -> Self {
         match denial {
             Denial::Unauthenticated => Self::Unauthenticated,
             Denial::Forbidden => Self::Forbidden,
             Denial::IpNotAllowed => Self::IpNotAllowed,
+            Denial::RateLimited(_) => Self::RateLimited,
+            Denial::UsageExceeded(_) => Self::UsageExceeded,
         }
     }
 }
@@ -121,6 +133,8 @@ impl AuthMetrics {
             DenialReason::Forbidden => &self.0.forbidden,
             DenialReason::WrongEnvironment => &self.0.wrong_environment,
             DenialReason::IpNotAllowed => &self.0.ip_not_allowed,
+            DenialReason::RateLimited => &self.0.rate_limited,
+            DenialReason::UsageExceeded => &self.0.usage_exceeded,
         }
     }
 

@@ -19,9 +19,13 @@ use self::cache::{Answer, Limits, VerdictCache, cache_key};
 use self::pb::key_validation_service_client::KeyValidationServiceClient;
 use crate::metrics::AuthMetrics;
 use crate::validator::{
-    Denial, Identity, IdentityDetails, ValidationFuture, ValidationRequest, Validator,
+    Denial, Identity, IdentityDetails, Throttle, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,
 };
+
+/// keyward's longest idempotency key; a longer one is not sent (the call
+/// then spends like any other) rather than have keyward refuse the call.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
 /// The generated `keyward.v1` client and messages (wire types stay here).
 #[allow(
@@ -142,7 +146,12 @@ impl RemoteValidator {
                 .filter(|c| !c.is_control())
                 .take(MAX_USER_AGENT_CHARS)
                 .collect(),
-            ..Default::default()
+            cost: 0,
+            idempotency_key: request
+                .idempotency_key
+                .filter(|key| key.len() <= MAX_IDEMPOTENCY_KEY_CHARS)
+                .unwrap_or_default()
+                .to_owned(),
         });
         call.set_timeout(self.timeout);
         let mut client = self.client.clone();
@@ -157,11 +166,16 @@ impl RemoteValidator {
                 ))
             })?
             .into_inner();
-        let hint = within_lifetime(
-            cache_hint(response.cache_ttl),
-            response.expires_at.as_ref(),
-            Utc::now(),
-        );
+        // A metered key's verdict is never reused: each call spends.
+        let hint = if response.metered {
+            Duration::ZERO
+        } else {
+            within_lifetime(
+                cache_hint(response.cache_ttl),
+                response.expires_at.as_ref(),
+                Utc::now(),
+            )
+        };
         Ok((answer(response)?, hint))
     }
 }
@@ -279,6 +293,7 @@ fn answer(mut response: pb::ValidateKeyResponse) -> Result<Answer, ValidatorErro
         Some(Arc::new(allowed))
     };
     Ok(Answer {
+        metered: response.metered,
         verdict: verdict(response),
         allowed_cidrs,
     })
@@ -316,7 +331,24 @@ fn verdict(response: pb::ValidateKeyResponse) -> Verdict {
         }
         pb::ValidationCode::InsufficientScope => Verdict::Deny(Denial::Forbidden),
         pb::ValidationCode::IpNotAllowed => Verdict::Deny(Denial::IpNotAllowed),
+        pb::ValidationCode::RateLimited => Verdict::Deny(Denial::RateLimited(throttle(&response))),
+        pb::ValidationCode::UsageExceeded => {
+            Verdict::Deny(Denial::UsageExceeded(throttle(&response)))
+        }
         _ => Verdict::Deny(Denial::Unauthenticated),
+    }
+}
+
+/// The limit keyward says refused the call.
+fn throttle(response: &pb::ValidateKeyResponse) -> Throttle {
+    let duration = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok());
+    Throttle {
+        name: Arc::from(response.limit_name.as_str()),
+        limit: u64::try_from(response.limit).unwrap_or(0),
+        remaining: u64::try_from(response.remaining).unwrap_or(0),
+        reset: duration(response.reset),
+        retry_after: duration(response.retry_after).unwrap_or(Duration::from_secs(1)),
+        window: duration(response.window),
     }
 }
 
@@ -535,6 +567,7 @@ mod tests {
             required_scopes: &[],
             client_ip: None,
             user_agent: None,
+            idempotency_key: None,
         };
         assert!(validator.validate(request).await.is_err());
         assert!(validator.validate(request).await.is_err());
@@ -553,6 +586,7 @@ mod tests {
                     required_scopes: &[],
                     client_ip: None,
                     user_agent: None,
+                    idempotency_key: None,
                 })
                 .await
                 .expect("no call, no error");
@@ -635,6 +669,7 @@ mod tests {
                     required_scopes: &[],
                     client_ip: None,
                     user_agent: None,
+                    idempotency_key: None,
                 })
             })
             .collect();

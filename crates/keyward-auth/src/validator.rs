@@ -6,6 +6,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyward_core::{Environment, PresentedKey, Scope};
@@ -35,6 +36,10 @@ pub struct ValidationRequest<'a> {
     pub client_ip: Option<std::net::IpAddr>,
     /// The client's user agent, if known.
     pub user_agent: Option<&'a str>,
+    /// The request's idempotency key (the `idempotency-key` header), if any:
+    /// a retry with the same one spends the key's rate limits and credits
+    /// once.
+    pub idempotency_key: Option<&'a str>,
 }
 
 impl fmt::Debug for ValidationRequest<'_> {
@@ -44,6 +49,7 @@ impl fmt::Debug for ValidationRequest<'_> {
             .field("required_scopes", &self.required_scopes)
             .field("client_ip", &self.client_ip)
             .field("user_agent", &self.user_agent)
+            .field("idempotency_key", &self.idempotency_key.is_some())
             .finish()
     }
 }
@@ -73,7 +79,7 @@ pub enum Verdict {
 }
 
 /// Why a request is refused. Only the kind is ever told to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
     /// No usable key: missing, malformed, unknown, archived, expired, revoked.
     Unauthenticated,
@@ -83,6 +89,78 @@ pub enum Denial {
     /// from an unknown address). Told to the client as [`Denial::Forbidden`]
     /// is (PERMISSION_DENIED / 403), with the same generic message.
     IpNotAllowed,
+    /// A good key over one of its rate limits: RESOURCE_EXHAUSTED / 429,
+    /// with `retry-after` and the RateLimit headers.
+    RateLimited(Throttle),
+    /// A good key without credits left: RESOURCE_EXHAUSTED / 429.
+    UsageExceeded(Throttle),
+}
+
+/// The limit that refused a request, as the client is told it: the
+/// `RateLimit-Policy` and `RateLimit` headers (IETF httpapi
+/// ratelimit-headers draft, structured-field form) and `retry-after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    /// The limit's name (`credits` for credits).
+    pub name: Arc<str>,
+    /// Units per window (credits: per refill period).
+    pub limit: u64,
+    /// Units left (zero when refused).
+    pub remaining: u64,
+    /// Until the window ends (credits: until the refill; `None` if never).
+    pub reset: Option<Duration>,
+    /// How long the client should wait before trying again.
+    pub retry_after: Duration,
+    /// The window's length, for `RateLimit-Policy` (`None` for credits).
+    pub window: Option<Duration>,
+}
+
+impl Throttle {
+    /// The response headers that describe this limit: `ratelimit-policy`
+    /// (when it has a window), `ratelimit`, and `retry-after` in whole
+    /// seconds (rounded up, at least 1) when `refused`.
+    pub fn headers(&self, refused: bool) -> Vec<(&'static str, String)> {
+        let name = sf_string(&self.name);
+        let mut headers = Vec::with_capacity(3);
+        if let Some(window) = self.window {
+            headers.push((
+                "ratelimit-policy",
+                format!("{name};q={};w={}", self.limit, window.as_secs()),
+            ));
+        }
+        let mut state = format!("{name};r={}", self.remaining);
+        if let Some(reset) = self.reset {
+            state.push_str(&format!(";t={}", whole_seconds_up(reset)));
+        }
+        headers.push(("ratelimit", state));
+        if refused {
+            headers.push((
+                "retry-after",
+                whole_seconds_up(self.retry_after).max(1).to_string(),
+            ));
+        }
+        headers
+    }
+}
+
+/// `d` in whole seconds, rounded up.
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A structured-field string: quoted, with `"` and `\` escaped (limit names
+/// are `[A-Za-z0-9_.-]`, so this never changes one).
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// The caller a request was allowed for, inserted into request extensions.
@@ -165,6 +243,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_throttle_is_told_in_ratelimit_headers() {
+        let limited = Throttle {
+            name: Arc::from("requests"),
+            limit: 100,
+            remaining: 0,
+            reset: Some(Duration::from_millis(1_200)),
+            retry_after: Duration::from_millis(1_200),
+            window: Some(Duration::from_secs(10)),
+        };
+        assert_eq!(
+            limited.headers(true),
+            [
+                ("ratelimit-policy", "\"requests\";q=100;w=10".to_owned()),
+                ("ratelimit", "\"requests\";r=0;t=2".to_owned()),
+                ("retry-after", "2".to_owned()),
+            ]
+        );
+        let credits = Throttle {
+            name: Arc::from("credits"),
+            remaining: 7,
+            reset: None,
+            window: None,
+            ..limited
+        };
+        assert_eq!(
+            credits.headers(false),
+            [("ratelimit", "\"credits\";r=7".to_owned())]
+        );
+    }
+
+    #[test]
     fn debug_never_shows_the_key() {
         let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
         let scopes = [Scope::parse("orders:read").expect("a valid scope")];
@@ -178,6 +287,7 @@ mod tests {
                 required_scopes: &scopes,
                 client_ip: Some([10, 0, 0, 1].into()),
                 user_agent: None,
+                idempotency_key: None,
             };
             let shown = format!("{request:?} {request:#?}");
             assert!(!shown.contains(key), "{shown}");
@@ -190,6 +300,7 @@ mod tests {
                 required_scopes: &[],
                 client_ip: None,
                 user_agent: None,
+                idempotency_key: None,
             }
         );
         assert!(shown.contains(&secret.display_prefix()), "{shown}");

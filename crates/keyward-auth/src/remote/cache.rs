@@ -11,11 +11,17 @@
 //! key, so it cannot be checked again for another address: it is cached
 //! under the key, the scopes *and* the client address, and lookups in flight
 //! are shared only between requests from the same address.
+//!
+//! A metered key's answer (rate limits or credits: each call spends) is
+//! never cached, and never shared either: a request that joined another's
+//! lookup of a metered key asks keyward itself, so that every request is
+//! charged.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::mem::size_of;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,10 @@ pub(crate) type CacheKey = [u8; 32];
 
 /// A fetch's answer: the verdict, or why there is none.
 pub(crate) type Outcome = Result<Verdict, ValidatorError>;
+
+/// What a shared lookup hands every waiter: the verdict, and whether the key
+/// is metered (then only the caller that drove the lookup may use it).
+type Flight = Result<(Verdict, bool), ValidatorError>;
 
 /// The cache key of `key` with `scopes`. Scopes are hashed as a sorted set so
 /// that their order does not matter; every part is length-prefixed so that
@@ -78,6 +88,8 @@ pub(crate) fn addressed_key(base: &CacheKey, client: Option<IpAddr>) -> CacheKey
 pub(crate) struct Answer {
     pub(crate) verdict: Verdict,
     pub(crate) allowed_cidrs: Option<Arc<AllowedCidrs>>,
+    /// The key has rate limits or credits: the verdict was for one call.
+    pub(crate) metered: bool,
 }
 
 impl From<Verdict> for Answer {
@@ -85,6 +97,7 @@ impl From<Verdict> for Answer {
         Self {
             verdict,
             allowed_cidrs: None,
+            metered: false,
         }
     }
 }
@@ -120,7 +133,7 @@ pub(crate) struct Limits {
 pub(crate) struct VerdictCache {
     limits: Limits,
     state: Mutex<State>,
-    flights: SingleFlight<CacheKey, Outcome>,
+    flights: SingleFlight<CacheKey, Flight>,
     metrics: AuthMetrics,
 }
 
@@ -162,7 +175,8 @@ impl VerdictCache {
     /// and client address share one `fetch` ([`SingleFlight`]: if every
     /// caller goes away, the fetch is dropped and nothing stays in flight).
     /// Errors are shared with the callers waiting at that moment but never
-    /// cached.
+    /// cached. A metered key's answer serves only the caller that fetched
+    /// it: the others fetch again, each for itself.
     pub(crate) async fn get_or_fetch<F, Fut>(
         &self,
         key: CacheKey,
@@ -170,7 +184,7 @@ impl VerdictCache {
         fetch: F,
     ) -> Outcome
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<(Answer, Duration), ValidatorError>>,
     {
         // The warm path: one lookup, and the address check if the key has
@@ -184,25 +198,41 @@ impl VerdictCache {
             self.metrics.note_cache_hit();
             return Ok(answer.verdict);
         }
-        self.flights
-            .run(addressed, || async {
-                // A flight that landed between the miss and joining.
-                if let Some(answer) = self.get(&key, Instant::now()) {
-                    return Ok(answer.for_client(client));
+        let drove = AtomicBool::new(false);
+        let flight = self
+            .flights
+            .run(addressed, || {
+                drove.store(true, Ordering::Relaxed);
+                async {
+                    // A flight that landed between the miss and joining.
+                    if let Some(answer) = self.get(&key, Instant::now()) {
+                        return Ok((answer.for_client(client), false));
+                    }
+                    if let Some(answer) = self.get(&addressed, Instant::now()) {
+                        return Ok((answer.verdict, false));
+                    }
+                    let (answer, hint) = fetch().await?;
+                    let slot = if answer.verdict == Verdict::Deny(Denial::IpNotAllowed) {
+                        addressed
+                    } else {
+                        key
+                    };
+                    if !answer.metered {
+                        self.insert(slot, &answer, hint, Instant::now());
+                    }
+                    Ok((answer.for_client(client), answer.metered))
                 }
-                if let Some(answer) = self.get(&addressed, Instant::now()) {
-                    return Ok(answer.verdict);
-                }
-                let (answer, hint) = fetch().await?;
-                let slot = if answer.verdict == Verdict::Deny(Denial::IpNotAllowed) {
-                    addressed
-                } else {
-                    key
-                };
-                self.insert(slot, &answer, hint, Instant::now());
-                Ok(answer.for_client(client))
             })
-            .await
+            .await;
+        match flight {
+            // Another request's charge: this one must be charged too.
+            Ok((_, true)) if !drove.load(Ordering::Relaxed) => {
+                let (answer, _) = fetch().await?;
+                Ok(answer.for_client(client))
+            }
+            Ok((verdict, _)) => Ok(verdict),
+            Err(error) => Err(error),
+        }
     }
 
     /// A live answer for `key`; an expired one is dropped.
@@ -534,8 +564,9 @@ mod tests {
         assert_eq!(tiny.usage(), (0, 0));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_misses_share_one_fetch() {
+    /// 50 concurrent misses of one key, the first fetch held until all
+    /// have joined: how many fetches they made.
+    async fn fetches_of_concurrent_misses(metered: bool) -> usize {
         let cache = Arc::new(VerdictCache::new(limits(10, Duration::from_secs(5))));
         let fetches = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Notify::new());
@@ -548,10 +579,18 @@ mod tests {
             );
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_fetch(key(1), None, || async move {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        release.notified().await;
-                        Ok((DENY.into(), HINT))
+                    .get_or_fetch(key(1), None, || {
+                        let (fetches, release) = (Arc::clone(&fetches), Arc::clone(&release));
+                        async move {
+                            if fetches.fetch_add(1, Ordering::SeqCst) == 0 {
+                                release.notified().await;
+                            }
+                            let answer = Answer {
+                                metered,
+                                ..DENY.into()
+                            };
+                            Ok((answer, HINT))
+                        }
                     })
                     .await
             }));
@@ -566,16 +605,32 @@ mod tests {
         for task in tasks {
             assert_eq!(task.await.expect("no panic").expect("a verdict"), DENY);
         }
-        assert_eq!(fetches.load(Ordering::SeqCst), 1);
         assert_eq!(cache.in_flight(), 0);
+        assert_eq!(
+            cache.usage().0,
+            usize::from(!metered),
+            "metered: not cached"
+        );
+        if !metered {
+            let verdict = cache
+                .get_or_fetch(key(1), None, || async {
+                    panic!("a cached verdict needs no fetch")
+                })
+                .await;
+            assert_eq!(verdict.expect("a verdict"), DENY);
+        }
+        fetches.load(Ordering::SeqCst)
+    }
 
-        // Now cached: no further fetch.
-        let verdict = cache
-            .get_or_fetch(key(1), None, || async {
-                panic!("a cached verdict needs no fetch")
-            })
-            .await;
-        assert_eq!(verdict.expect("a verdict"), DENY);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_fetch() {
+        assert_eq!(fetches_of_concurrent_misses(false).await, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_for_a_metered_key_is_fetched_for_itself() {
+        // Each call spends: one shared answer would charge 50 requests once.
+        assert_eq!(fetches_of_concurrent_misses(true).await, 50);
     }
 
     #[tokio::test]
@@ -587,9 +642,12 @@ mod tests {
         let fetches = AtomicUsize::new(0);
         let ask = |client, answer: Answer| {
             let fetches = &fetches;
-            cache.get_or_fetch(key(1), client, move || async move {
-                fetches.fetch_add(1, Ordering::SeqCst);
-                Ok((answer, HINT))
+            cache.get_or_fetch(key(1), client, move || {
+                let answer = answer.clone();
+                async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    Ok((answer, HINT))
+                }
             })
         };
         // keyward refuses a first request from outside: cached for that
@@ -607,6 +665,7 @@ mod tests {
         let valid = Answer {
             verdict: allow.clone(),
             allowed_cidrs: Some(Arc::clone(&allowed)),
+            metered: false,
         };
         assert_eq!(
             ask(ip("203.0.113.9"), valid.clone())
