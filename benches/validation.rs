@@ -57,6 +57,8 @@ const CLIENT: ClientInfo<'static> = ClientInfo {
     ))),
     user_agent: Some("bench-client/1.0"),
     path: ValidationPath::InProcess,
+    cost: None,
+    idempotency_key: None,
 };
 
 /// A client outside the bench allowlist.
@@ -65,6 +67,8 @@ const OUTSIDER: ClientInfo<'static> = ClientInfo {
     address: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))),
     user_agent: Some("bench-client/1.0"),
     path: ValidationPath::InProcess,
+    cost: None,
+    idempotency_key: None,
 };
 
 /// An allowlist of `n` ranges (IPv4 and IPv6) whose last IPv4 range holds

@@ -82,8 +82,19 @@ pub fn validate_key_response(
         valid: validation.code == ValidationCode::Valid,
         code: validation_code(validation.code).into(),
         cache_ttl: Some(duration(cache_ttl)),
+        metered: validation.metered,
         ..Default::default()
     };
+    if let Some(throttle) = validation.throttle {
+        response.limit_name = throttle.name.to_string();
+        response.limit = i64::try_from(throttle.limit).unwrap_or(i64::MAX);
+        response.remaining = i64::try_from(throttle.remaining).unwrap_or(i64::MAX);
+        response.reset = throttle.reset.map(duration);
+        response.window = throttle.window.map(duration);
+        if validation.code != ValidationCode::Valid {
+            response.retry_after = Some(duration(throttle.retry_after));
+        }
+    }
     if let Some(key) = validation.key {
         response.key_id = key.id.as_str().to_owned();
         response.organization_id = key.organization_id.clone();

@@ -20,6 +20,14 @@
 //! from the right of the request's `x-forwarded-for`, by the same rule as
 //! keyward's own connections ([`client_address`]). No address: a key with an
 //! allowlist is refused.
+//!
+//! A key with rate limits or credits spends on every allowed Check: a route
+//! may set what a call costs in `context_extensions.cost` (1 to 1,000,000;
+//! default each limit's own cost and one credit), and a client may send an
+//! `idempotency-key` header so that a retry is charged once. Over a limit or
+//! out of credits: 429 with `retry-after`, `ratelimit-policy` and
+//! `ratelimit` (IETF httpapi ratelimit-headers draft); an allowed call of
+//! such a key gets `ratelimit-policy` and `ratelimit` on its response.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -35,8 +43,11 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::HeaderName;
-use keyward_auth::{CredentialSource, presented_key};
-use keyward_core::{Cidr, Environment, MAX_SCOPES, Scope, ValidationCode, client_address};
+use keyward_auth::{CredentialSource, Throttle, presented_key};
+use keyward_core::{
+    Cidr, Environment, MAX_COST, MAX_IDEMPOTENCY_KEY_CHARS, MAX_SCOPES, Scope, ValidationCode,
+    client_address,
+};
 use tonic::{Code, Request, Response, Status};
 
 use crate::metrics::ValidationPath;
@@ -47,6 +58,8 @@ pub const REQUIRED_SCOPES: &str = "required_scopes";
 /// The `context_extensions` entry naming the one environment (`live` or
 /// `test`) whose keys a route accepts.
 pub const REQUIRED_ENVIRONMENT: &str = "required_environment";
+/// The `context_extensions` entry setting what one call of the route costs.
+pub const COST: &str = "cost";
 /// The dynamic-metadata namespace keyward writes under.
 pub const METADATA_NAMESPACE: &str = "keyward";
 
@@ -165,6 +178,38 @@ fn required_environment(request: &CheckRequest) -> Result<Option<Environment>, S
     })
 }
 
+fn route_cost(request: &CheckRequest) -> Result<Option<u64>, Status> {
+    let Some(raw) = request
+        .attributes
+        .as_ref()
+        .and_then(|attributes| attributes.context_extensions.get(COST))
+    else {
+        return Ok(None);
+    };
+    match raw.parse::<u64>() {
+        Ok(cost) if (1..=MAX_COST).contains(&cost) => Ok(Some(cost)),
+        _ => {
+            // A route misconfiguration: deny, and tell the operator why.
+            tracing::error!(
+                cost = raw,
+                "bad cost in an Envoy route's context_extensions"
+            );
+            Err(Status::invalid_argument(format!(
+                "context_extensions {COST} {raw:?} must be 1 to {MAX_COST}"
+            )))
+        }
+    }
+}
+
+/// The RateLimit headers of `throttle` as Envoy header options.
+fn throttle_headers(throttle: &Throttle, refused: bool) -> Vec<HeaderValueOption> {
+    throttle
+        .headers(refused)
+        .iter()
+        .map(|(name, value)| set_header(name, value))
+        .collect()
+}
+
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -191,7 +236,14 @@ fn ok_status() -> Option<rpc::Status> {
 }
 
 fn denied(code: Code, status: HttpStatusCode) -> CheckResponse {
-    let mut headers = Vec::new();
+    denied_with(code, status, Vec::new())
+}
+
+fn denied_with(
+    code: Code,
+    status: HttpStatusCode,
+    mut headers: Vec<HeaderValueOption>,
+) -> CheckResponse {
     if status == HttpStatusCode::Unauthorized {
         headers.push(set_header(
             "www-authenticate",
@@ -232,6 +284,7 @@ impl Authorization for ExtAuthz {
         };
         let required = required_scopes(&request)?;
         let environment = required_environment(&request)?;
+        let cost = route_cost(&request)?;
         // A key of another environment is no credential here: refused before
         // it is looked up (its prefix is authentic: the lookup hash covers it).
         if environment.is_some_and(|wanted| {
@@ -248,6 +301,15 @@ impl Authorization for ExtAuthz {
             address,
             user_agent: headers.get("user-agent").map(String::as_str),
             path: ValidationPath::ExtAuthz,
+            cost,
+            idempotency_key: headers
+                .get("idempotency-key")
+                .map(String::as_str)
+                .filter(|key| {
+                    !key.is_empty()
+                        && key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
+                        && !key.chars().any(char::is_control)
+                }),
         };
         // UNAVAILABLE when the database is: Envoy then denies
         // (failure_mode_allow: false).
@@ -256,6 +318,7 @@ impl Authorization for ExtAuthz {
             .validate(key, &required, client)
             .await
             .map_err(Status::from)?;
+        let throttle = validation.throttle;
         let response = match (validation.code, validation.key) {
             (ValidationCode::Valid, Some(key))
                 if environment.is_some_and(|wanted| key.environment != wanted) =>
@@ -307,6 +370,9 @@ impl Authorization for ExtAuthz {
                     http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                         headers: upstream,
                         headers_to_remove: remove,
+                        response_headers_to_add: throttle
+                            .map(|throttle| throttle_headers(&throttle, false))
+                            .unwrap_or_default(),
                         ..Default::default()
                     })),
                     dynamic_metadata: Some(Struct {
@@ -322,6 +388,13 @@ impl Authorization for ExtAuthz {
             (ValidationCode::InsufficientScope | ValidationCode::IpNotAllowed, _) => {
                 denied(Code::PermissionDenied, HttpStatusCode::Forbidden)
             }
+            (ValidationCode::RateLimited | ValidationCode::UsageExceeded, _) => denied_with(
+                Code::ResourceExhausted,
+                HttpStatusCode::TooManyRequests,
+                throttle
+                    .map(|throttle| throttle_headers(&throttle, true))
+                    .unwrap_or_default(),
+            ),
             _ => denied(Code::Unauthenticated, HttpStatusCode::Unauthorized),
         };
         Ok(Response::new(response))

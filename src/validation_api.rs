@@ -3,7 +3,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use keyward_core::{MAX_CLIENT_IP_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS, Scope};
+use keyward_core::{
+    MAX_CLIENT_IP_CHARS, MAX_COST, MAX_IDEMPOTENCY_KEY_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS,
+    Scope,
+};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -95,6 +98,27 @@ impl KeyValidationService for ValidationApi {
                 ),
             );
         }
+        let cost = match u64::try_from(req.cost) {
+            Ok(0) => None,
+            Ok(cost) if cost <= MAX_COST => Some(cost),
+            _ => {
+                v.add(
+                    "cost",
+                    format!("must be 1 to {MAX_COST}, or 0 for the key's own costs"),
+                );
+                None
+            }
+        };
+        if req.idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
+            || req.idempotency_key.chars().any(char::is_control)
+        {
+            v.add(
+                "idempotency_key",
+                format!(
+                    "must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters without control characters"
+                ),
+            );
+        }
         v.finish()?;
 
         let client = ClientInfo {
@@ -102,6 +126,8 @@ impl KeyValidationService for ValidationApi {
             address,
             user_agent: Some(req.user_agent.as_str()),
             path: ValidationPath::ValidateKey,
+            cost,
+            idempotency_key: Some(req.idempotency_key.as_str()).filter(|key| !key.is_empty()),
         };
         let validation = self.validator.validate(&req.key, &required, client).await?;
         let hint = self.validator.cache_hint_for(&validation);

@@ -52,6 +52,8 @@ impl Validator for AdminValidator {
                     address: request.client_ip,
                     user_agent: request.user_agent,
                     path,
+                    cost: None,
+                    idempotency_key: None,
                 };
                 self.0.usage.record(
                     &key,

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use keyward_auth::{Identity, IdentityDetails, SingleFlight};
+use keyward_auth::{Identity, IdentityDetails, SingleFlight, Throttle};
 use keyward_core::{ApiKey, KeyId, LookupHash, LookupHasher, PresentedKey, Scope, ValidationCode};
 use keyward_store::{EventType, KeyEvent, Store, StoreError};
 
@@ -141,6 +141,24 @@ pub struct Validation {
     /// The key, when one was found and may be described to the caller
     /// (VALID and INSUFFICIENT_SCOPE).
     pub key: Option<Arc<ApiKey>>,
+    /// The key has rate limits or credits: this verdict was for this one
+    /// call, and no caller may reuse it.
+    pub metered: bool,
+    /// For a metered key's VALID, RATE_LIMITED or USAGE_EXCEEDED: the limit
+    /// that decided (the refusing one, or the one with the least left).
+    pub throttle: Option<Throttle>,
+}
+
+impl Validation {
+    /// A verdict that names no key and spent nothing.
+    fn bare(code: ValidationCode) -> Self {
+        Self {
+            code,
+            key: None,
+            metered: false,
+            throttle: None,
+        }
+    }
 }
 
 /// Where a presented key came from: checked against the key's policy,
@@ -158,6 +176,12 @@ pub struct ClientInfo<'a> {
     /// The entrypoint that asked (the `path` label of
     /// `keyward_validations_total`).
     pub path: ValidationPath,
+    /// Units this call spends of a metered key's rate limits and credits;
+    /// `None`: each limit's own cost, and one credit.
+    pub cost: Option<u64>,
+    /// The caller's idempotency key: a retry with the same one is charged
+    /// once.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// Validates presented keys against the cache and the store.
@@ -245,8 +269,12 @@ impl KeyValidator {
 
     /// How long a caller may reuse `validation`'s verdict: the
     /// [`cache_hint`](Self::cache_hint), cut at the key's `expires_at` so
-    /// that no caller reuses "valid" past it.
+    /// that no caller reuses "valid" past it; zero for a metered key (each
+    /// call spends).
     pub fn cache_hint_for(&self, validation: &Validation) -> Duration {
+        if validation.metered {
+            return Duration::ZERO;
+        }
         let hint = self.cache_hint();
         match validation.key.as_ref().and_then(|key| key.expires_at) {
             Some(expires_at) => until_expiry(hint, expires_at, self.clock.utc(Instant::now())),
@@ -372,10 +400,7 @@ impl KeyValidator {
         let Ok(presented) = PresentedKey::parse(raw) else {
             self.metrics
                 .verdict(client.path, ValidationCode::Malformed, Duration::ZERO);
-            return Ok(Validation {
-                code: ValidationCode::Malformed,
-                key: None,
-            });
+            return Ok(Validation::bare(ValidationCode::Malformed));
         };
         // The one clock read of a warm validation. A miss moves `now` to the
         // end of its database read, so `now - start` is the validation's
@@ -394,10 +419,7 @@ impl KeyValidator {
         let Some(key) = found else {
             self.metrics
                 .verdict(client.path, ValidationCode::NotFound, took);
-            return Ok(Validation {
-                code: ValidationCode::NotFound,
-                key: None,
-            });
+            return Ok(Validation::bare(ValidationCode::NotFound));
         };
         let code = key.verdict(required, client.address, || self.clock.utc(now));
         self.metrics.verdict(client.path, code, took);
@@ -411,7 +433,9 @@ impl KeyValidator {
         );
         Ok(Validation {
             code,
+            metered: key.policy().is_metered(),
             key: described.then_some(key),
+            throttle: None,
         })
     }
 
@@ -703,6 +727,8 @@ mod tests {
                         address: address.map(|a| a.parse().expect("an address")),
                         user_agent: None,
                         path: ValidationPath::ValidateKey,
+                        cost: None,
+                        idempotency_key: None,
                     };
                     let verdict = validator
                         .validate(secret.expose(), &[], client)

@@ -337,6 +337,8 @@ mod tests {
             address: None,
             user_agent: Some("test"),
             path: Default::default(),
+            cost: None,
+            idempotency_key: None,
         }
     }
 

@@ -12,7 +12,9 @@ use std::time::Duration;
 // keyward's limits on the usage data sent along: longer values would make
 // keyward reject the whole call as INVALID_ARGUMENT.
 use chrono::{DateTime, Utc};
-use keyward_core::{AllowedCidrs, Environment, MAX_USER_AGENT_CHARS, PresentedKey};
+use keyward_core::{
+    AllowedCidrs, Environment, MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_AGENT_CHARS, PresentedKey,
+};
 use tonic::transport::Channel;
 
 use self::cache::{Answer, Limits, VerdictCache, cache_key};
@@ -22,10 +24,6 @@ use crate::validator::{
     Denial, Identity, IdentityDetails, Throttle, ValidationFuture, ValidationRequest, Validator,
     ValidatorError, Verdict,
 };
-
-/// keyward's longest idempotency key; a longer one is not sent (the call
-/// then spends like any other) rather than have keyward refuse the call.
-const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
 /// The generated `keyward.v1` client and messages (wire types stay here).
 #[allow(
@@ -149,7 +147,13 @@ impl RemoteValidator {
             cost: 0,
             idempotency_key: request
                 .idempotency_key
-                .filter(|key| key.len() <= MAX_IDEMPOTENCY_KEY_CHARS)
+                // keyward would refuse the whole call over a longer one (or
+                // one with control characters): such a request is charged as
+                // any other.
+                .filter(|key| {
+                    key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
+                        && !key.chars().any(char::is_control)
+                })
                 .unwrap_or_default()
                 .to_owned(),
         });

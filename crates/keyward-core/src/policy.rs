@@ -139,6 +139,8 @@ pub const MAX_RATE_LIMIT: u64 = 1_000_000_000;
 pub const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Largest cost of one call (per limit, or given with a validation).
 pub const MAX_COST: u64 = 1_000_000;
+/// Longest idempotency key a validation may carry.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 /// Largest number of credits (remaining, or a refill amount).
 pub const MAX_CREDITS: u64 = 1_000_000_000_000;
 
