@@ -486,6 +486,52 @@ async fn an_allowlist_holds_behind_the_layer_also_from_the_verdict_cache() {
     .await;
 }
 
+/// SPEC §15 behind the layer: a rate-limited key is refused
+/// RESOURCE_EXHAUSTED with `retry-after` once its limit is spent, although
+/// the remote validator caches verdicts: a metered key's "valid" is neither
+/// cached nor shared between concurrent requests, so every request is
+/// charged exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_behind_the_layer_despite_its_verdict_cache() {
+    with_app(Backend::Sqlite, async |keyward| {
+        let CreatedKey { secret, .. } = keyward
+            .create_key("ten a month")
+            .scopes(&["orders:write"])
+            .with(|r| {
+                r.rate_limits = vec![crate::rate_limits::monthly_limit("requests", 10)];
+            })
+            .await;
+        let validator = Arc::new(RemoteValidator::new(keyward.lazy_channel()));
+        let orders = start_orders(Arc::clone(&validator)).await;
+        // 16 concurrent requests: exactly 10 get through.
+        let calls = (0..16).map(|_| orders.create(Some(&secret)));
+        let results = futures_util::future::join_all(calls).await;
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, 10, "{results:?}");
+        assert_eq!(validator.calls(), 16, "each request asked keyward");
+        let status = orders.create(Some(&secret)).await.expect_err("refused");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "rate limited");
+        let retry_after: u64 = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a retry-after in seconds");
+        assert!(retry_after >= 1);
+        assert!(
+            status
+                .metadata()
+                .get("ratelimit")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("\"requests\";r=0")),
+            "{:?}",
+            status.metadata()
+        );
+    })
+    .await;
+}
+
 /// README's claim: a service using the remote validator sees a change on
 /// keyward within about a second (keyward's cache hint), even though the
 /// verdict was cached.

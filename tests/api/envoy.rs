@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use crate::helpers::certs::{TestPki, display};
 use crate::helpers::process::free_addr;
 use crate::helpers::{
-    TestApp, eventually, missing_tool, serve_until_dropped, with_app, with_tls_app,
+    CreatedKey, TestApp, eventually, missing_tool, serve_until_dropped, with_app, with_tls_app,
 };
 
 /// The sample Envoy config a test runs.
@@ -502,6 +502,23 @@ async fn through_envoy(app: &TestApp, envoy_bin: &Path) {
     );
 }
 
+/// Envoy with the plain sample config in front of a recording upstream, both
+/// keyward endpoints on `app`, once it answers: the guard, its port and what
+/// the upstream saw.
+async fn plain_envoy(app: &TestApp, envoy_bin: &Path) -> (Envoy, u16, Seen) {
+    let (upstream_port, seen) = upstream().await;
+    let (envoy, port, _) = start_envoy(
+        envoy_bin,
+        Sample::Plain,
+        [app.addr.port(); 2],
+        upstream_port,
+    );
+    eventually(Duration::from_secs(60), || get(port, "/", &[]))
+        .await
+        .expect("Envoy answers");
+    (envoy, port, seen)
+}
+
 /// Starts Envoy with a sample config (its addresses and ports rewritten and
 /// an access log added) in front of `upstream_port`, with its two keyward
 /// endpoints on `keyward_ports`: the guard, Envoy's port and the access log's
@@ -557,16 +574,7 @@ async fn envoy_path_variants_cannot_skip_a_scoped_route() {
 }
 
 async fn path_variants(app: &TestApp, envoy_bin: &Path) {
-    let (upstream_port, seen) = upstream().await;
-    let (_envoy, port, _) = start_envoy(
-        envoy_bin,
-        Sample::Plain,
-        [app.addr.port(); 2],
-        upstream_port,
-    );
-    eventually(Duration::from_secs(60), || get(port, "/", &[]))
-        .await
-        .expect("Envoy answers");
+    let (_envoy, port, seen) = plain_envoy(app, envoy_bin).await;
 
     let reader = app.create_key("reader").scopes(&["orders:read"]).await;
     let writer = app.create_key("writer").scopes(&["orders:write"]).await;
@@ -624,16 +632,7 @@ async fn envoy_answers_403_outside_a_keys_allowlist() {
 }
 
 async fn allowlist(app: &TestApp, envoy_bin: &Path) {
-    let (upstream_port, seen) = upstream().await;
-    let (_envoy, port, _) = start_envoy(
-        envoy_bin,
-        Sample::Plain,
-        [app.addr.port(); 2],
-        upstream_port,
-    );
-    eventually(Duration::from_secs(60), || get(port, "/", &[]))
-        .await
-        .expect("Envoy answers");
+    let (_envoy, port, seen) = plain_envoy(app, envoy_bin).await;
     let local = app
         .create_key("local only")
         .with(|r| r.allowed_cidrs = vec!["127.0.0.1/32".into()])
@@ -693,6 +692,70 @@ async fn allowlist(app: &TestApp, envoy_bin: &Path) {
 /// the first untrusted hop from the right of `x-forwarded-for` (as a proxy in
 /// front of Envoy would write it); hops a client wrote further left are not
 /// believed.
+/// SPEC §15: a key over its rate limit gets 429 with `retry-after` and the
+/// RateLimit headers, and the upstream is not reached; an allowed call of a
+/// metered key carries the RateLimit headers to the client; a route's
+/// `context_extensions.cost` is what one call spends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_answers_429_over_a_keys_rate_limit() {
+    with_envoy(rate_limited).await;
+}
+
+async fn rate_limited(app: &TestApp, envoy_bin: &Path) {
+    let (_envoy, port, seen) = plain_envoy(app, envoy_bin).await;
+    let limited = app
+        .create_key("two a month")
+        .with(|r| r.rate_limits = vec![crate::rate_limits::monthly_limit("requests", 2)])
+        .await;
+    let broke = app
+        .create_key("no credits")
+        .with(|r| r.credits = Some(crate::rate_limits::credits(0)))
+        .await;
+    let call = async |key: &CreatedKey| {
+        let bearer = format!("Bearer {}", key.secret);
+        {
+            let before = seen.lock().expect("lock").len();
+            let answer = get(port, "/orders", &[("authorization", &bearer)])
+                .await
+                .expect("Envoy answers");
+            let reached = seen.lock().expect("lock").len() - before;
+            (answer, reached)
+        }
+    };
+    let ((status, headers), reached) = call(&limited).await;
+    assert_eq!((status, reached), (200, 1));
+    assert_eq!(
+        headers.get("ratelimit-policy").map(String::as_str),
+        Some("\"requests\";q=2;w=2592000")
+    );
+    assert!(
+        headers
+            .get("ratelimit")
+            .is_some_and(|v| v.starts_with("\"requests\";r=1;t=")),
+        "{headers:?}"
+    );
+    assert_eq!(call(&limited).await.0.0, 200);
+    let ((status, headers), reached) = call(&limited).await;
+    assert_eq!((status, reached), (429, 0), "{headers:?}");
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a retry-after in seconds");
+    assert!((1..=2_592_000).contains(&retry_after));
+    assert!(
+        headers
+            .get("ratelimit")
+            .is_some_and(|v| v.starts_with("\"requests\";r=0;t="))
+    );
+
+    let ((status, headers), reached) = call(&broke).await;
+    assert_eq!((status, reached), (429, 0), "{headers:?}");
+    assert_eq!(
+        headers.get("ratelimit").map(String::as_str),
+        Some("\"credits\";r=0")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_trusted_as_a_proxy_uses_the_forwarded_client_address() {
     let Some(envoy_bin) = envoy_binary() else {

@@ -17,6 +17,7 @@ mod limits;
 mod list;
 mod metrics;
 mod policy;
+mod rate_limits;
 mod secrets;
 mod server;
 mod tenancy;
