@@ -12,6 +12,8 @@
 //! keyward believes (the peer's, or what trusted proxies forwarded), and puts
 //! it in the request as a [`ClientIp`], which the auth layer records as
 //! `last_used_ip`.
+//! [`InFlightLimitLayer`] caps the requests handled at once over all
+//! connections: a request beyond it is answered RESOURCE_EXHAUSTED at once.
 
 use std::io;
 use std::pin::Pin;
@@ -385,5 +387,71 @@ where
             request.extensions_mut().insert(ClientIp(client));
         }
         self.inner.call(request)
+    }
+}
+
+/// Caps the requests being handled at once over all connections. The permit
+/// is taken in `call`, never waited for: a request beyond the cap gets
+/// RESOURCE_EXHAUSTED at once (readiness is never reported as pending, so no
+/// request is queued on a full server whatever its connection does), and
+/// the permit is held until the response future ends (the request timeout
+/// ends a slow one).
+#[derive(Debug, Clone)]
+pub struct InFlightLimitLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl InFlightLimitLayer {
+    /// At most `max` requests at once; one semaphore shared by every clone.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<S> Layer<S> for InFlightLimitLayer {
+    type Service = InFlightLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightLimit {
+            inner,
+            permits: Arc::clone(&self.permits),
+        }
+    }
+}
+
+/// The service produced by [`InFlightLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct InFlightLimit<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for InFlightLimit<S>
+where
+    S: Service<Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return Box::pin(std::future::ready(Ok(crate::error::overloaded())));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
     }
 }

@@ -50,6 +50,13 @@ const MAX_TEXT_BYTES: usize = 128;
 /// Longest status message (bytes).
 const MAX_MESSAGE_BYTES: usize = 512;
 
+/// The answer to a request beyond the in-flight cap: RESOURCE_EXHAUSTED,
+/// trailers only.
+pub fn overloaded<B: Default>() -> http::Response<B> {
+    Status::resource_exhausted("keyward is at its limit of requests in flight; retry shortly")
+        .into_http()
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {

@@ -19,13 +19,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::limit::ConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 
 use crate::admin::AdminApi;
 pub use crate::config::Settings;
 use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
-use crate::connection::{ClientAddrLayer, LimitedIncoming, ServerIncoming};
+use crate::connection::{ClientAddrLayer, InFlightLimitLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
 use crate::metrics::{self, AdminMetrics};
 use crate::pb;
@@ -333,10 +331,9 @@ impl Application {
             .http2_max_header_list_size(limits.max_header_list_size)
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-            // One semaphore for the whole server (the stack is built once and
-            // cloned per connection); beyond it, RESOURCE_EXHAUSTED at once.
-            .layer(LoadShedLayer::new())
-            .layer(ConcurrencyLimitLayer::new(limits.max_in_flight))
+            // One semaphore for the whole server, taken per request in
+            // `call`; beyond it, RESOURCE_EXHAUSTED at once.
+            .layer(InFlightLimitLayer::new(limits.max_in_flight))
             .layer(RequestIdLayer)
             .layer(self.admin_metrics)
             .layer(ClientAddrLayer::new(&self.trusted_proxies))

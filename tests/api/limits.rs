@@ -665,8 +665,6 @@ async fn hold_a_slot(channel: Channel) -> Status {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky in full CI runs: while the slot is held, a probe is sometimes queued instead of \
-            shed (RESOURCE_EXHAUSTED); cause not found. Run: cargo test --test api -- --ignored limits"]
 async fn requests_beyond_the_in_flight_cap_are_shed_and_slow_ones_time_out() {
     const TIMEOUT: Duration = Duration::from_secs(6);
     let Some((app, db)) = spawn_app_with(Backend::Sqlite, |settings| {
