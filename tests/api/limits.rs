@@ -23,7 +23,6 @@ use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
 use keyward::{Application, Settings, StartupError};
 use keyward_core::KeyId;
-use keyward_store::ListQuery;
 use keyward_store::testing::Backend;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -543,25 +542,7 @@ async fn recorded_ip(trusted_proxies: &str) -> String {
     else {
         panic!("SQLite is always available");
     };
-    let mut request = app.acme(pb::ListKeysRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-forwarded-for", "203.0.113.7".parse().expect("ASCII"));
-    app.admin()
-        .list_keys(request)
-        .await
-        .expect("ListKeys succeeds");
-    // Read from the store: another admin call would record its own use.
-    let query = ListQuery {
-        limit: 10,
-        ..ListQuery::default()
-    };
-    let ip = eventually(Duration::from_secs(5), || async {
-        let page = app.store.list_keys("acme", &query).await.ok()?;
-        page.items.into_iter().find_map(|key| key.last_used_ip)
-    })
-    .await
-    .expect("the admin key's use is recorded");
+    let ip = app.ip_recorded_with_a_forged_forwarded_for().await;
     app.stop().await;
     db.drop_database().await;
     ip

@@ -13,7 +13,6 @@ use std::time::Duration;
 use keyward::pb;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
 use keyward_auth::ClientTls;
-use keyward_store::ListQuery;
 use keyward_store::testing::Backend;
 use orders_service::OrdersServer;
 use orders_service::pb::CreateOrderRequest;
@@ -123,25 +122,11 @@ async fn mtls_refuses_clients_without_a_certificate_of_its_ca() {
 
         // The client's address still comes from the TCP connection under
         // TLS: a forged x-forwarded-for is not believed.
-        let mut request = app.acme(pb::ListKeysRequest::default());
-        request
-            .metadata_mut()
-            .insert("x-forwarded-for", "203.0.113.7".parse().expect("ASCII"));
-        app.admin()
-            .list_keys(request)
-            .await
-            .expect("ListKeys over mTLS");
-        let query = ListQuery {
-            limit: 10,
-            ..ListQuery::default()
-        };
-        let ip = eventually(Duration::from_secs(10), || async {
-            let page = app.store.list_keys("acme", &query).await.ok()?;
-            page.items.into_iter().find_map(|key| key.last_used_ip)
-        })
-        .await
-        .expect("the admin key's use is recorded");
-        assert_eq!(ip, "127.0.0.1", "the peer's address, not a forged header");
+        assert_eq!(
+            app.ip_recorded_with_a_forged_forwarded_for().await,
+            "127.0.0.1",
+            "the peer's address, not a forged header"
+        );
     })
     .await;
 }

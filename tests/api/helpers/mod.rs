@@ -324,6 +324,31 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// The `last_used_ip` keyward records for acme's admin key after one
+    /// ListKeys that carries a forged `x-forwarded-for: 203.0.113.7`: what
+    /// keyward believed the client's address was. Read from the store, since
+    /// another admin call would record its own use.
+    pub async fn ip_recorded_with_a_forged_forwarded_for(&self) -> String {
+        let mut request = self.acme(pb::ListKeysRequest::default());
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", "203.0.113.7".parse().expect("ASCII"));
+        self.admin()
+            .list_keys(request)
+            .await
+            .expect("ListKeys succeeds");
+        let query = keyward_store::ListQuery {
+            limit: 10,
+            ..keyward_store::ListQuery::default()
+        };
+        eventually(Duration::from_secs(10), || async {
+            let page = self.store.list_keys("acme", &query).await.ok()?;
+            page.items.into_iter().find_map(|key| key.last_used_ip)
+        })
+        .await
+        .expect("the admin key's use is recorded")
+    }
+
     /// The admin CLI against this keyward ([`TestApp::url`]), with no admin
     /// key yet (and no TLS options: a TLS test adds its own).
     pub fn admin_cli(&self) -> process::AdminCli {
