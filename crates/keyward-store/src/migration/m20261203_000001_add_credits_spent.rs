@@ -53,7 +53,7 @@ impl MigrationTrait for Migration {
                 .alter_table(
                     Table::alter()
                         .table(ApiKeys::Table)
-                        .add_column(&mut column.definition())
+                        .add_column(column.definition())
                         .take(),
                 )
                 .await?;
