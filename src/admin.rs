@@ -9,9 +9,10 @@ use chrono::{DateTime, Datelike, Utc};
 use keyward_auth::Identity;
 use keyward_core::ValidationCode;
 use keyward_core::{
-    Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind,
-    KeyName, LookupHasher, MAX_ALLOWED_CIDRS, MAX_METADATA_ENTRIES, Metadata, OptionalRef,
-    OrganizationId, Policy, Scopes,
+    Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Credits, CreditsField, Description,
+    Environment, KeyId, KeyKind, KeyName, LookupHasher, MAX_ALLOWED_CIDRS, MAX_METADATA_ENTRIES,
+    MAX_RATE_LIMITS, Metadata, OptionalRef, OrganizationId, Policy, RateLimit, RateLimits,
+    RefillInterval, Scopes,
 };
 use keyward_store::{
     EventQuery, KeyMaterial, KeyPatch, ListQuery, MAX_PAGE, NewKey, Store, UsagePoint, minute_start,
@@ -43,6 +44,8 @@ const UPDATABLE: &[&str] = &[
     "expires_at",
     "status",
     "allowed_cidrs",
+    "rate_limits",
+    "credits",
 ];
 
 /// The admin API over a store. Every change is also told to the validator,
@@ -366,6 +369,76 @@ fn parse_allowed_cidrs(violations: &mut Violations, raw: &[String]) -> Option<Al
         .ok()
 }
 
+/// Rate limits: counted first (one violation over the cap), then each limit
+/// (a violation naming its index and field, `rate_limits[1].limit`), then
+/// the list as a whole (unique names).
+fn parse_rate_limits(violations: &mut Violations, raw: &[pb::RateLimit]) -> Option<RateLimits> {
+    if !violations.check_count("rate_limits", raw.len(), MAX_RATE_LIMITS, "rate limits") {
+        return None;
+    }
+    let field = |i: usize, field: keyward_core::RateLimitField| {
+        format!("rate_limits[{i}].{}", field.as_str())
+    };
+    let mut limits = Vec::with_capacity(raw.len());
+    for (i, limit) in raw.iter().enumerate() {
+        let window = limit.duration.as_ref().and_then(convert::from_duration);
+        match RateLimit::parse(&limit.name, limit.limit, window, limit.cost) {
+            Ok(limit) => limits.push(limit),
+            Err((bad, error)) => violations.add(field(i, bad), error.description()),
+        }
+    }
+    if limits.len() < raw.len() {
+        return None;
+    }
+    RateLimits::new(limits)
+        .map_err(|(at, error)| match at {
+            Some((i, bad)) => violations.add(field(i, bad), error.description()),
+            None => violations.add("rate_limits", error.description()),
+        })
+        .ok()
+}
+
+/// Optional credits, set at `now`: `Some(None)` when unset (unlimited),
+/// `None` when a field is bad (each named, `credits.remaining`).
+/// `refills_at` is output only: ignored.
+fn parse_credits(
+    violations: &mut Violations,
+    raw: Option<&pb::Credits>,
+    now: DateTime<Utc>,
+) -> Option<Option<Credits>> {
+    let Some(raw) = raw else {
+        return Some(None);
+    };
+    let field = |bad: CreditsField| format!("credits.{}", bad.as_str());
+    let interval = parse_enum(
+        violations,
+        &field(CreditsField::RefillInterval),
+        raw.refill_interval,
+    );
+    let interval_known = interval.is_some();
+    let interval = match interval {
+        Some(pb::RefillInterval::Daily) => Some(RefillInterval::Daily),
+        Some(pb::RefillInterval::Monthly) => Some(RefillInterval::Monthly),
+        Some(pb::RefillInterval::Unspecified) | None => None,
+    };
+    Credits::parse(
+        raw.remaining,
+        raw.refill_amount,
+        interval,
+        now.timestamp_micros(),
+    )
+    .map_err(|errors| {
+        for (bad, error) in errors {
+            // An unknown interval is already named: not again as missing.
+            if interval_known || bad != CreditsField::RefillInterval {
+                violations.add(field(bad), error.description());
+            }
+        }
+    })
+    .ok()
+    .map(Some)
+}
+
 fn parse_metadata(
     violations: &mut Violations,
     raw: &std::collections::HashMap<String, String>,
@@ -463,6 +536,8 @@ impl KeyAdminService for AdminApi {
         };
         let expires_at = parse_expiry(&mut v, req.expires_at.as_ref(), now);
         let allowed_cidrs = parse_allowed_cidrs(&mut v, &req.allowed_cidrs);
+        let rate_limits = parse_rate_limits(&mut v, &req.rate_limits);
+        let credits = parse_credits(&mut v, req.credits.as_ref(), now);
         v.finish()?;
 
         let secret = ApiKeySecret::generate(kind, environment);
@@ -481,7 +556,8 @@ impl KeyAdminService for AdminApi {
             expires_at,
             policy: Policy {
                 allowed_cidrs: allowed_cidrs.expect(PARSED),
-                ..Policy::default()
+                rate_limits: rate_limits.expect(PARSED),
+                credits: credits.expect(PARSED),
             },
         };
         let key = self.keys.write(&caller, Create(new_key)).await?;
@@ -615,6 +691,10 @@ impl KeyAdminService for AdminApi {
                 "allowed_cidrs" => {
                     patch.allowed_cidrs = parse_allowed_cidrs(&mut v, &req.allowed_cidrs);
                 }
+                "rate_limits" => {
+                    patch.rate_limits = parse_rate_limits(&mut v, &req.rate_limits);
+                }
+                "credits" => patch.credits = parse_credits(&mut v, req.credits.as_ref(), now),
                 "status" => match parse_enum(&mut v, "status", req.status) {
                     Some(pb::KeyStatus::Active) => patch.disabled = Some(false),
                     Some(pb::KeyStatus::Inactive) => patch.disabled = Some(true),

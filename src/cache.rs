@@ -308,12 +308,19 @@ pub fn weight(key: &ApiKey) -> usize {
         + optional(&key.user_id)
         + optional(&key.service_account_id)
         + optional(&key.last_used_ip)
-        // A policy: its Arc and the allowlist's canonical list and ranges.
+        // A policy: its Arc, the allowlist's canonical list and ranges, and
+        // the rate limits with their names.
         + key.policy.as_ref().map_or(0, |policy| {
             2 * size_of::<usize>()
                 + size_of::<keyward_core::Policy>()
                 + policy.allowed_cidrs.as_slice().len()
                     * (size_of::<keyward_core::Cidr>() + 2 * size_of::<u128>())
+                + policy
+                    .rate_limits
+                    .as_slice()
+                    .iter()
+                    .map(|limit| size_of::<keyward_core::RateLimit>() + limit.name.len())
+                    .sum::<usize>()
         })
         + optional(&key.last_used_user_agent)
         + key.rotated_from_id.as_ref().map_or(0, |id| text(id.as_str()))

@@ -40,7 +40,7 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Manages keys on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
-    Keys(crate::cli::KeysArgs),
+    Keys(Box<crate::cli::KeysArgs>),
     /// Reads the audit log on a running keyward (admin key from KEYWARD_ADMIN_KEY or --admin-key-file).
     Events(crate::cli::EventsArgs),
 }

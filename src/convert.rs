@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use keyward_auth::RedactedKey;
 use keyward_core::{
-    Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, Metadata, ValidationCode,
+    Actor, ActorKind, ApiKey, Credits, CreditsSpent, Environment, KeyKind, KeyStatus, Metadata,
+    RateLimit, RefillInterval, ValidationCode,
 };
 use keyward_store::{EventType, KeyEvent};
 
@@ -61,6 +62,13 @@ pub fn duration(d: Duration) -> prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A protobuf duration as a domain duration; `None` if negative or malformed.
+pub fn from_duration(d: &prost_types::Duration) -> Option<Duration> {
+    let seconds = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(seconds, nanos))
 }
 
 /// Metadata as the wire's map.
@@ -186,11 +194,57 @@ pub fn validation_code(code: ValidationCode) -> pb::ValidationCode {
     }
 }
 
-/// Wire form of a key record, with its status computed at `now`.
+/// Wire form of a rate limit.
+pub fn rate_limit(limit: &RateLimit) -> pb::RateLimit {
+    pb::RateLimit {
+        name: limit.name.clone(),
+        limit: i64::try_from(limit.limit).unwrap_or(i64::MAX),
+        duration: Some(duration(limit.window)),
+        cost: i64::try_from(limit.cost).unwrap_or(i64::MAX),
+    }
+}
+
+/// Wire form of a key's credits at `now`: what is left in the current
+/// refill period as last recorded (`spent`), and when it is next refilled.
+pub fn credits(credits: &Credits, spent: CreditsSpent, now: DateTime<Utc>) -> pb::Credits {
+    let period = credits.period_at(now);
+    let wire = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let (refill_amount, refill_interval) = match credits.refill {
+        Some(refill) => (
+            wire(refill.amount),
+            match refill.interval {
+                RefillInterval::Daily => pb::RefillInterval::Daily,
+                RefillInterval::Monthly => pb::RefillInterval::Monthly,
+            },
+        ),
+        None => (0, pb::RefillInterval::Unspecified),
+    };
+    pb::Credits {
+        remaining: wire(credits.remaining_in(period, spent)),
+        refill_amount,
+        refill_interval: refill_interval.into(),
+        refills_at: credits.refilled_after(period).map(timestamp),
+    }
+}
+
+/// Wire form of a key record, with its status and credits computed at `now`.
 pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
-    let allowed_cidrs = key.policy().allowed_cidrs.to_strings();
+    let policy = key.policy();
+    let allowed_cidrs = policy.allowed_cidrs.to_strings();
+    let rate_limits = policy
+        .rate_limits
+        .as_slice()
+        .iter()
+        .map(rate_limit)
+        .collect();
+    let credits = policy
+        .credits
+        .as_ref()
+        .map(|c| credits(c, key.credits_spent, now));
     pb::ApiKey {
         allowed_cidrs,
+        rate_limits,
+        credits,
         status: status(key.status(now)).into(),
         kind: kind(key.kind).into(),
         environment: environment(key.environment).into(),
@@ -218,7 +272,6 @@ pub fn api_key(key: ApiKey, now: DateTime<Utc>) -> pb::ApiKey {
             .rotated_from_id
             .map(|id| id.to_string())
             .unwrap_or_default(),
-        ..Default::default()
     }
 }
 

@@ -41,7 +41,7 @@ async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{}", secret.expose());
         }
         // The admin CLI prints its own errors and picks its exit codes.
-        Command::Keys(args) => return Ok(cli::run_keys(args).await),
+        Command::Keys(args) => return Ok(cli::run_keys(*args).await),
         Command::Events(args) => return Ok(cli::run_events(args).await),
         Command::Audit(AuditCommand::Verify(args)) => {
             let (store, _) = open(&args.database).await?;

@@ -241,6 +241,9 @@ pub async fn seed(store: &Store, count: usize, keep_secrets: bool, keep_ids: boo
                     revoked_at: None,
                     rotated_from_id: None,
                     policy: None,
+                    credits_set_at: None,
+                    credits_period: None,
+                    credits_used: 0,
                 }
                 .into_active_model()
             });

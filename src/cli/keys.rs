@@ -82,6 +82,17 @@ pub struct CreateArgs {
     /// 203.0.113.0/24 or 2001:db8::/32; none: any address.
     #[arg(long = "allowed-cidr", value_name = "CIDR")]
     pub allowed_cidrs: Vec<String>,
+    /// A rate limit NAME=LIMIT/DURATION[:COST] (repeat for more, up to 8),
+    /// e.g. requests=100/1s or bulk=1000/10s:5 (each call costs 5).
+    #[arg(long = "rate-limit", value_name = "NAME=LIMIT/DURATION[:COST]", value_parser = parse_rate_limit)]
+    pub rate_limits: Vec<pb::RateLimit>,
+    /// Credits (a quota): each valid call spends one; none: unlimited.
+    #[arg(long, value_name = "N")]
+    pub credits: Option<i64>,
+    /// Refill the credits to AMOUNT every day or month (00:00 UTC), e.g.
+    /// 1000/daily. Needs --credits.
+    #[arg(long, value_name = "AMOUNT/daily|monthly", value_parser = parse_refill, requires = "credits")]
+    pub credits_refill: Option<Refill>,
     /// Free text (up to 1024 characters).
     #[arg(long, default_value = "")]
     pub description: String,
@@ -164,7 +175,7 @@ pub struct ListKeysArgs {
         .args([
             "name", "description", "scopes", "clear_scopes", "metadata", "clear_metadata",
             "expires_in", "expires_at", "clear_expiry", "status", "allowed_cidrs",
-            "clear_allowed_cidrs",
+            "clear_allowed_cidrs", "rate_limits", "clear_rate_limits", "credits", "clear_credits",
         ])
 ))]
 pub struct UpdateArgs {
@@ -192,6 +203,27 @@ pub struct UpdateArgs {
     /// Remove the IP allowlist: the key may be used from any address.
     #[arg(long)]
     pub clear_allowed_cidrs: bool,
+    /// The rate limits, replacing all of the current ones (repeat for more).
+    #[arg(
+        long = "rate-limit",
+        value_name = "NAME=LIMIT/DURATION[:COST]",
+        value_parser = parse_rate_limit,
+        conflicts_with = "clear_rate_limits"
+    )]
+    pub rate_limits: Vec<pb::RateLimit>,
+    /// Remove every rate limit.
+    #[arg(long)]
+    pub clear_rate_limits: bool,
+    /// New credits, replacing the current ones and what was spent of them
+    /// (the same number again is a top-up).
+    #[arg(long, value_name = "N", conflicts_with = "clear_credits")]
+    pub credits: Option<i64>,
+    /// The new credits' refill, e.g. 1000/daily. Needs --credits.
+    #[arg(long, value_name = "AMOUNT/daily|monthly", value_parser = parse_refill, requires = "credits")]
+    pub credits_refill: Option<Refill>,
+    /// Remove the credits: the key is unlimited.
+    #[arg(long)]
+    pub clear_credits: bool,
     /// The metadata, replacing all of the current entries (repeat for more).
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_entry, conflicts_with = "clear_metadata")]
     pub metadata: Vec<(String, String)>,
@@ -282,6 +314,61 @@ fn parse_time(raw: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(raw)
         .map(|at| at.with_timezone(&Utc))
         .map_err(|_| format!("{raw:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"))
+}
+
+/// A credits refill: `AMOUNT/daily` or `AMOUNT/monthly`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    /// Credits after each refill.
+    pub amount: i64,
+    /// When.
+    pub interval: pb::RefillInterval,
+}
+
+/// Parses a rate limit `NAME=LIMIT/DURATION[:COST]` (`requests=100/1s`,
+/// `bulk=1000/10s:5`). Only the shape is checked here; keyward checks the
+/// values (and names the bad one).
+fn parse_rate_limit(raw: &str) -> Result<pb::RateLimit, String> {
+    let bad = || format!("{raw:?} is not NAME=LIMIT/DURATION[:COST], e.g. requests=100/1s");
+    let (name, rest) = raw.split_once('=').ok_or_else(bad)?;
+    let (limit, rest) = rest.split_once('/').ok_or_else(bad)?;
+    let (window, cost) = match rest.split_once(':') {
+        Some((window, cost)) => (window, Some(cost)),
+        None => (rest, None),
+    };
+    let number = |n: &str| n.parse::<i64>().map_err(|_| bad());
+    Ok(pb::RateLimit {
+        name: name.to_owned(),
+        limit: number(limit)?,
+        duration: Some(duration(parse_span(window)?)),
+        cost: cost.map(number).transpose()?.unwrap_or(0),
+    })
+}
+
+/// Parses a refill `AMOUNT/daily` or `AMOUNT/monthly`.
+fn parse_refill(raw: &str) -> Result<Refill, String> {
+    let bad = || format!("{raw:?} is not AMOUNT/daily or AMOUNT/monthly, e.g. 1000/daily");
+    let (amount, interval) = raw.split_once('/').ok_or_else(bad)?;
+    Ok(Refill {
+        amount: amount.parse().map_err(|_| bad())?,
+        interval: match interval {
+            "daily" => pb::RefillInterval::Daily,
+            "monthly" => pb::RefillInterval::Monthly,
+            _ => return Err(bad()),
+        },
+    })
+}
+
+/// The credits of `--credits N [--credits-refill AMOUNT/INTERVAL]`.
+fn credits(remaining: Option<i64>, refill: Option<Refill>) -> Option<pb::Credits> {
+    remaining.map(|remaining| pb::Credits {
+        remaining,
+        refill_amount: refill.map_or(0, |r| r.amount),
+        refill_interval: refill
+            .map_or(pb::RefillInterval::Unspecified, |r| r.interval)
+            .into(),
+        refills_at: None,
+    })
 }
 
 /// Parses a metadata entry `KEY=VALUE` (the value may hold `=`).
@@ -375,7 +462,8 @@ impl Call {
                 expires_at: expiry(args.expires_in, args.expires_at)?,
                 user_id: args.user_id,
                 service_account_id: args.service_account_id,
-                ..Default::default()
+                rate_limits: args.rate_limits,
+                credits: credits(args.credits, args.credits_refill),
             }),
             KeysCommand::Get(IdArg { id }) => Self::Get(pb::GetKeyRequest { id }),
             KeysCommand::Usage(args) => Self::Usage(pb::GetKeyUsageRequest {
@@ -495,6 +583,15 @@ fn update_request(args: UpdateArgs) -> Result<pb::UpdateKeyRequest, CliError> {
         paths.push("allowed_cidrs");
         request.allowed_cidrs = args.allowed_cidrs;
     }
+    if !args.rate_limits.is_empty() || args.clear_rate_limits {
+        paths.push("rate_limits");
+        request.rate_limits = args.rate_limits;
+    }
+    if args.credits.is_some() || args.clear_credits {
+        // Unset with credits in the mask removes them.
+        paths.push("credits");
+        request.credits = credits(args.credits, args.credits_refill);
+    }
     if !args.metadata.is_empty() || args.clear_metadata {
         paths.push("metadata");
         request.metadata = metadata_map(args.metadata)?;
@@ -555,10 +652,10 @@ mod tests {
         let line = ["keyward", "keys", "update", "key_x"].iter().chain(args);
         let cli = Cli::try_parse_from(line).map_err(|e| e.to_string())?;
         match cli.command {
-            Command::Keys(KeysArgs {
-                command: KeysCommand::Update(args),
-                ..
-            }) => update_request(args).map_err(|e| format!("{e:?}")),
+            Command::Keys(keys) => match keys.command {
+                KeysCommand::Update(args) => update_request(args).map_err(|e| format!("{e:?}")),
+                other => panic!("not keys update: {other:?}"),
+            },
             other => panic!("not keys update: {other:?}"),
         }
     }
@@ -588,6 +685,48 @@ mod tests {
 
         let request = update(&["--metadata", "team=a=b"]).unwrap();
         assert_eq!(request.metadata["team"], "a=b");
+
+        let request = update(&[
+            "--rate-limit",
+            "requests=100/1s",
+            "--rate-limit",
+            "bulk=1000/10s:5",
+            "--credits",
+            "500",
+            "--credits-refill",
+            "1000/monthly",
+        ])
+        .unwrap();
+        assert_eq!(mask(&request), ["rate_limits", "credits"]);
+        let limits: Vec<_> = request
+            .rate_limits
+            .iter()
+            .map(|l| {
+                (
+                    l.name.as_str(),
+                    l.limit,
+                    l.duration.map(|d| d.seconds),
+                    l.cost,
+                )
+            })
+            .collect();
+        assert_eq!(
+            limits,
+            [("requests", 100, Some(1), 0), ("bulk", 1000, Some(10), 5)]
+        );
+        let credits = request.credits.expect("credits");
+        assert_eq!((credits.remaining, credits.refill_amount), (500, 1000));
+        assert_eq!(credits.refill_interval(), pb::RefillInterval::Monthly);
+
+        let request = update(&["--clear-rate-limits", "--clear-credits"]).unwrap();
+        assert_eq!(mask(&request), ["rate_limits", "credits"]);
+        assert!(request.rate_limits.is_empty() && request.credits.is_none());
+
+        // The server checks the values: a negative limit is sent as it is.
+        let request = update(&["--rate-limit", "r=-5/1m", "--credits=-1"]).unwrap();
+        assert_eq!(request.rate_limits[0].limit, -5);
+        assert_eq!(request.rate_limits[0].duration.map(|d| d.seconds), Some(60));
+        assert_eq!(request.credits.map(|c| c.remaining), Some(-1));
     }
 
     #[test]
@@ -600,6 +739,16 @@ mod tests {
             &["--metadata", "novalue"],
             &["--expires-at", "tomorrow"],
             &["--status", "revoked"],
+            &["--rate-limit", "requests"],
+            &["--rate-limit", "requests=100"],
+            &["--rate-limit", "requests=many/1s"],
+            &["--rate-limit", "requests=100/1w"],
+            &["--rate-limit", "requests=100/1s:x"],
+            &["--rate-limit", "r=1/1s", "--clear-rate-limits"],
+            &["--credits", "5", "--clear-credits"],
+            &["--credits-refill", "100/daily"],
+            &["--credits", "5", "--credits-refill", "100/weekly"],
+            &["--credits", "5", "--credits-refill", "100"],
         ] {
             assert!(update(bad).is_err(), "{bad:?}");
         }

@@ -306,6 +306,8 @@ fn key_fields(key: &pb::ApiKey) -> String {
         ("description", or_dash(&key.description)),
         ("scopes", or_dash(&key.scopes.join(", "))),
         ("allowed cidrs", or_dash(&key.allowed_cidrs.join(", "))),
+        ("rate limits", or_dash(&rate_limits(&key.rate_limits))),
+        ("credits", credits(key.credits.as_ref())),
         ("metadata", or_dash(&metadata.join(", "))),
         ("user", or_dash(&key.user_id)),
         ("service account", or_dash(&key.service_account_id)),
@@ -326,6 +328,60 @@ fn key_fields(key: &pb::ApiKey) -> String {
         let _ = writeln!(text, "{field:<width$}  {value}");
     }
     text
+}
+
+/// Rate limits as `--rate-limit` takes them: `requests=100/1s, bulk=1000/10s:5`.
+fn rate_limits(limits: &[pb::RateLimit]) -> String {
+    limits
+        .iter()
+        .map(|limit| {
+            let mut text = format!(
+                "{}={}/{}",
+                printable(&limit.name),
+                limit.limit,
+                span(limit.duration.as_ref())
+            );
+            if limit.cost > 1 {
+                let _ = write!(text, ":{}", limit.cost);
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Credits for people: `950 left, refilled to 1000 daily (next 2026-12-03T00:00:00Z)`.
+fn credits(credits: Option<&pb::Credits>) -> String {
+    let Some(credits) = credits else {
+        return "-".into();
+    };
+    let mut text = format!("{} left", credits.remaining);
+    if credits.refill_amount > 0 {
+        let _ = write!(
+            text,
+            ", refilled to {} {} (next {})",
+            credits.refill_amount,
+            refill_interval(credits.refill_interval),
+            time(credits.refills_at.as_ref())
+        );
+    }
+    text
+}
+
+/// A duration as the shortest span `--rate-limit` takes (`90s`, `15m`,
+/// `12h`, `30d`); `-` if unset.
+fn span(duration: Option<&prost_types::Duration>) -> String {
+    let Some(duration) = duration else {
+        return "-".into();
+    };
+    let seconds = duration.seconds;
+    match [(86_400, "d"), (3_600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(unit, _)| seconds > 0 && seconds % unit == 0)
+    {
+        Some((unit, suffix)) => format!("{}{suffix}", seconds / unit),
+        None => format!("{seconds}s"),
+    }
 }
 
 /// Rows under a header, each column as wide as its widest cell, two spaces apart.
@@ -452,6 +508,13 @@ fn event_type(raw: i32) -> String {
     short(name, "KEY_EVENT_TYPE_", raw)
 }
 
+fn refill_interval(raw: i32) -> String {
+    let name = pb::RefillInterval::try_from(raw)
+        .ok()
+        .map(|i| i.as_str_name());
+    short(name, "REFILL_INTERVAL_", raw)
+}
+
 fn actor_type(raw: i32) -> String {
     let name = pb::ActorType::try_from(raw).ok().map(|t| t.as_str_name());
     short(name, "ACTOR_TYPE_", raw)
@@ -495,6 +558,8 @@ pub(crate) fn api_key_json(key: &pb::ApiKey) -> Value {
         "description": key.description,
         "scopes": key.scopes,
         "allowed_cidrs": key.allowed_cidrs,
+        "rate_limits": key.rate_limits.iter().map(rate_limit_json).collect::<Vec<_>>(),
+        "credits": key.credits.as_ref().map_or(Value::Null, credits_json),
         "metadata": string_map(&key.metadata),
         "prefix": key.prefix,
         "partial_key_hint": key.partial_key_hint,
@@ -511,6 +576,29 @@ pub(crate) fn api_key_json(key: &pb::ApiKey) -> Value {
         "archived_at": time_json(key.archived_at.as_ref()),
         "revoked_at": time_json(key.revoked_at.as_ref()),
         "rotated_from_id": key.rotated_from_id,
+    })
+}
+
+/// A rate limit as JSON: its proto fields, `duration` as proto JSON writes
+/// it (`"10s"`).
+fn rate_limit_json(limit: &pb::RateLimit) -> Value {
+    json!({
+        "name": limit.name,
+        "limit": limit.limit,
+        "duration": limit.duration.map(|d| format!("{}s", d.seconds)),
+        "cost": limit.cost,
+    })
+}
+
+/// Credits as JSON: their proto fields; without a refill, `refill_amount` 0
+/// and `refill_interval` and `refills_at` null.
+fn credits_json(credits: &pb::Credits) -> Value {
+    let refills = credits.refill_amount > 0;
+    json!({
+        "remaining": credits.remaining,
+        "refill_amount": credits.refill_amount,
+        "refill_interval": if refills { Value::String(refill_interval(credits.refill_interval)) } else { Value::Null },
+        "refills_at": time_json(credits.refills_at.as_ref()),
     })
 }
 
@@ -567,6 +655,75 @@ mod tests {
         assert_eq!(value["created_at"], "2027-01-15T08:00:00Z");
         assert_eq!(value["expires_at"], Value::Null);
         assert_eq!(value["created_by"], Value::Null);
+        assert_eq!(value["rate_limits"], json!([]));
+        assert_eq!(value["credits"], Value::Null);
+    }
+
+    #[test]
+    fn rate_limits_and_credits_show_as_the_flags_take_them() {
+        let metered = pb::ApiKey {
+            rate_limits: vec![
+                pb::RateLimit {
+                    name: "bulk".into(),
+                    limit: 1000,
+                    duration: Some(prost_types::Duration {
+                        seconds: 10,
+                        nanos: 0,
+                    }),
+                    cost: 5,
+                },
+                pb::RateLimit {
+                    name: "hourly".into(),
+                    limit: 100,
+                    duration: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                    cost: 1,
+                },
+            ],
+            credits: Some(pb::Credits {
+                remaining: 950,
+                refill_amount: 1000,
+                refill_interval: pb::RefillInterval::Daily.into(),
+                refills_at: Some(prost_types::Timestamp {
+                    seconds: 1_800_057_600,
+                    nanos: 0,
+                }),
+            }),
+            ..key()
+        };
+        let text = Report::Key(metered.clone()).render(OutputFormat::Table);
+        assert!(text.contains("bulk=1000/10s:5, hourly=100/1h"), "{text}");
+        assert!(
+            text.contains("950 left, refilled to 1000 daily (next 2027-01-16T00:00:00Z)"),
+            "{text}"
+        );
+        let value = api_key_json(&metered);
+        assert_eq!(
+            value["rate_limits"][0],
+            json!({"name": "bulk", "limit": 1000, "duration": "10s", "cost": 5})
+        );
+        assert_eq!(
+            value["credits"],
+            json!({"remaining": 950, "refill_amount": 1000, "refill_interval": "daily", "refills_at": "2027-01-16T00:00:00Z"})
+        );
+        let once = pb::ApiKey {
+            credits: Some(pb::Credits {
+                remaining: 3,
+                ..Default::default()
+            }),
+            ..key()
+        };
+        assert!(
+            Report::Key(once.clone())
+                .render(OutputFormat::Table)
+                .contains("3 left\n")
+        );
+        assert_eq!(
+            api_key_json(&once)["credits"]["refill_interval"],
+            Value::Null
+        );
     }
 
     #[test]

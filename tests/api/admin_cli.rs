@@ -622,6 +622,147 @@ e2e_test!(
     }
 );
 
+e2e_test!(
+    rate_limits_and_credits_from_the_command_line,
+    backends = [sqlite],
+    |app| {
+        let created = json(
+            app,
+            &[
+                "keys",
+                "create",
+                "--name",
+                "metered",
+                "--rate-limit",
+                "requests=100/1s",
+                "--rate-limit",
+                "bulk=1000/10s:5",
+                "--credits",
+                "500",
+                "--credits-refill",
+                "1000/monthly",
+            ],
+        )
+        .await;
+        let key = &created["api_key"];
+        let id = text(&key["id"]).to_owned();
+        crate::helpers::record_secret(text(&created["secret"]));
+        assert_eq!(
+            key["rate_limits"],
+            serde_json::json!([
+                {"name": "bulk", "limit": 1000, "duration": "10s", "cost": 5},
+                {"name": "requests", "limit": 100, "duration": "1s", "cost": 1},
+            ])
+        );
+        assert_eq!(key["credits"]["remaining"], 500);
+        assert_eq!(key["credits"]["refill_amount"], 1000);
+        assert_eq!(key["credits"]["refill_interval"], "monthly");
+        assert!(key["credits"]["refills_at"].is_string(), "{key}");
+        let got = app.get_key(&id).await;
+        assert_eq!(got.rate_limits.len(), 2);
+        assert_eq!(got.credits.map(|c| c.remaining), Some(500));
+
+        // The table shows them as the flags take them.
+        let table = app.cli(&["keys", "get", &id]).await;
+        let table = table.success();
+        assert!(
+            table.contains("bulk=1000/10s:5, requests=100/1s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("500 left, refilled to 1000 monthly (next "),
+            "{table}"
+        );
+
+        // Update replaces the limits and removes the credits; the audit log
+        // has both sides.
+        let updated = json(
+            app,
+            &[
+                "keys",
+                "update",
+                &id,
+                "--rate-limit",
+                "hourly=5000/1h",
+                "--clear-credits",
+            ],
+        )
+        .await;
+        assert_eq!(
+            updated["api_key"]["rate_limits"],
+            serde_json::json!([{"name": "hourly", "limit": 5000, "duration": "3600s", "cost": 1}])
+        );
+        assert_eq!(updated["api_key"]["credits"], Value::Null);
+        let events = json(app, &["events", "list", "--key-id", &id]).await;
+        let changes = &events["events"][0]["changes"];
+        assert_eq!(changes["rate_limits"][0]["window_s"], 3600);
+        assert_eq!(changes["previous_rate_limits"][0]["name"], "bulk");
+        assert_eq!(changes["credits"], Value::Null);
+        assert_eq!(changes["previous_credits"]["remaining"], 500);
+        let topped = json(
+            app,
+            &[
+                "keys",
+                "update",
+                &id,
+                "--credits",
+                "7",
+                "--clear-rate-limits",
+            ],
+        )
+        .await;
+        assert_eq!(topped["api_key"]["rate_limits"], serde_json::json!([]));
+        assert_eq!(topped["api_key"]["credits"]["remaining"], 7);
+        assert_eq!(topped["api_key"]["credits"]["refill_interval"], Value::Null);
+
+        // keyward checks the values and names the bad one; the shape is
+        // checked before any call.
+        let bad = app
+            .cli(&[
+                "keys",
+                "update",
+                &id,
+                "--rate-limit",
+                "requests=0/1s",
+                "--credits=-1",
+            ])
+            .await;
+        let stderr = bad.failure(exit::INVALID_ARGUMENT);
+        assert!(stderr.contains("\n  rate_limits[0].limit: "), "{stderr}");
+        assert!(stderr.contains("\n  credits.remaining: "), "{stderr}");
+        for shape in [
+            &["--rate-limit", "requests"][..],
+            &["--rate-limit", "requests=100/1w"],
+            &["--credits-refill", "100/daily"],
+            &["--credits", "5", "--credits-refill", "100/hourly"],
+            &["--credits", "5", "--clear-credits"],
+        ] {
+            let mut args = vec!["keys", "update", id.as_str()];
+            args.extend_from_slice(shape);
+            app.cli(&args).await.failure(exit::USAGE);
+        }
+        assert_eq!(app.get_key(&id).await.credits.map(|c| c.remaining), Some(7));
+
+        // README's commands: create, then update the key created.
+        let commands = readme::commands("### Rate limits and credits", "keyward");
+        let [create, update] = <[Vec<String>; 2]>::try_from(commands).expect("create and update");
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        let created = json(app, &create).await;
+        crate::helpers::record_secret(text(&created["secret"]));
+        let id = text(&created["api_key"]["id"]).to_owned();
+        assert_eq!(
+            created["api_key"]["rate_limits"].as_array().map(Vec::len),
+            Some(2)
+        );
+        assert_eq!(created["api_key"]["credits"]["refill_interval"], "monthly");
+        let update: Vec<String> = update.iter().map(|arg| arg.replace("key_…", &id)).collect();
+        let update: Vec<&str> = update.iter().map(String::as_str).collect();
+        let updated = json(app, &update).await;
+        assert_eq!(updated["api_key"]["rate_limits"][0]["limit"], 10);
+        assert_eq!(updated["api_key"]["credits"]["remaining"], 500);
+    }
+);
+
 e2e_test!(the_readme_commands_work, backends = [sqlite], |app| {
     let commands = readme::commands("## Using it with the CLI", "keyward");
     let mut id: Option<String> = None;

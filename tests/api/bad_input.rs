@@ -88,6 +88,26 @@ fn update(id: &str, paths: &[&str], bad: impl FnOnce(&mut pb::UpdateKeyRequest))
     Call::Update(request)
 }
 
+/// A wire rate limit of `limit` per `seconds`, each call costing `cost`.
+fn limit(name: &str, limit: i64, seconds: i64, cost: i64) -> pb::RateLimit {
+    pb::RateLimit {
+        name: name.to_owned(),
+        limit,
+        duration: Some(prost_types::Duration { seconds, nanos: 0 }),
+        cost,
+    }
+}
+
+/// Wire credits with a raw refill interval.
+fn credits(remaining: i64, refill_amount: i64, refill_interval: i32) -> pb::Credits {
+    pb::Credits {
+        remaining,
+        refill_amount,
+        refill_interval,
+        refills_at: None,
+    }
+}
+
 fn list(bad: impl FnOnce(&mut pb::ListKeysRequest)) -> Call {
     let mut request = pb::ListKeysRequest::default();
     bad(&mut request);
@@ -360,6 +380,24 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("create: 65-char CIDR", create(|r| r.allowed_cidrs = vec![long(65)]), &["allowed_cidrs[0]"]),
         case("create: 65 CIDRs", create(|r| r.allowed_cidrs = (0..65).map(|i| format!("10.0.{i}.0/24")).collect()), &["allowed_cidrs"]),
         case("create: 1000 bad CIDRs", create(|r| r.allowed_cidrs = vec!["bad".into(); 1000]), &["allowed_cidrs"]),
+        case("create: rate limit of zero duration", create(|r| r.rate_limits = vec![limit("requests", 100, 0, 0)]), &["rate_limits[0].duration"]),
+        case("create: rate limit without a duration", create(|r| r.rate_limits = vec![pb::RateLimit { duration: None, ..limit("requests", 100, 1, 0) }]), &["rate_limits[0].duration"]),
+        case("create: rate limit of 1.5 s", create(|r| r.rate_limits = vec![pb::RateLimit { duration: Some(prost_types::Duration { seconds: 1, nanos: 500_000_000 }), ..limit("requests", 100, 1, 0) }]), &["rate_limits[0].duration"]),
+        case("create: rate limit of 31 days", create(|r| r.rate_limits = vec![limit("monthly", 100, 31 * 86_400, 0)]), &["rate_limits[0].duration"]),
+        case("create: negative rate limit", create(|r| r.rate_limits = vec![limit("ok", 1, 1, 0), limit("requests", -1, 1, 0)]), &["rate_limits[1].limit"]),
+        case("create: rate limit of zero", create(|r| r.rate_limits = vec![limit("requests", 0, 1, 0)]), &["rate_limits[0].limit"]),
+        case("create: negative rate limit cost", create(|r| r.rate_limits = vec![limit("requests", 100, 1, -5)]), &["rate_limits[0].cost"]),
+        case("create: rate limit name with a space", create(|r| r.rate_limits = vec![limit("per second", 100, 1, 0)]), &["rate_limits[0].name"]),
+        case("create: empty rate limit name", create(|r| r.rate_limits = vec![limit("", 100, 1, 0)]), &["rate_limits[0].name"]),
+        case("create: duplicate rate limit names", create(|r| r.rate_limits = vec![limit("requests", 100, 1, 0), limit("bulk", 5, 10, 0), limit("requests", 1000, 60, 0)]), &["rate_limits[2].name"]),
+        case("create: 9 rate limits", create(|r| r.rate_limits = (0..9).map(|i| limit(&format!("l{i}"), 100, 1, 0)).collect()), &["rate_limits"]),
+        case("create: 1000 bad rate limits", create(|r| r.rate_limits = vec![limit("", -1, 0, -1); 1000]), &["rate_limits"]),
+        case("create: negative credits", create(|r| r.credits = Some(credits(-1, 0, 0))), &["credits.remaining"]),
+        case("create: credits past the maximum", create(|r| r.credits = Some(credits(1_000_000_000_001, 0, 0))), &["credits.remaining"]),
+        case("create: refill amount without interval", create(|r| r.credits = Some(credits(10, 100, 0))), &["credits.refill_interval"]),
+        case("create: refill interval without amount", create(|r| r.credits = Some(credits(10, 0, 1))), &["credits.refill_amount"]),
+        case("create: negative refill amount", create(|r| r.credits = Some(credits(10, -100, 2))), &["credits.refill_amount"]),
+        case("create: refill interval 9", create(|r| r.credits = Some(credits(10, 100, 9))), &["credits.refill_interval"]),
         case("create: expires_at in the year 10000", create(|r| r.expires_at = Some(prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 })), &["expires_at"]),
         case("create: expires_at with negative nanos", create(|r| r.expires_at = Some(prost_types::Timestamp { seconds: 4_102_444_800, nanos: -1 })), &["expires_at"]),
 
@@ -403,6 +441,10 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("update: 65 scopes", update(t, &["scopes"], |r| r.scopes = scopes(65)), &["scopes"]),
         case("update: bad metadata key", update(t, &["metadata"], |r| r.metadata = meta("bad key", "v")), &["metadata[\"bad key\"]"]),
         case("update: bad CIDR", update(t, &["allowed_cidrs"], |r| r.allowed_cidrs = vec!["::/129".into()]), &["allowed_cidrs[0]"]),
+        case("update: zero rate-limit duration", update(t, &["rate_limits"], |r| r.rate_limits = vec![limit("requests", 100, 0, 0)]), &["rate_limits[0].duration"]),
+        case("update: 9 rate limits", update(t, &["rate_limits"], |r| r.rate_limits = (0..9).map(|i| limit(&format!("l{i}"), 1, 1, 0)).collect()), &["rate_limits"]),
+        case("update: negative credits", update(t, &["credits"], |r| r.credits = Some(credits(-5, 0, 0))), &["credits.remaining"]),
+        case("update: refill interval without amount", update(t, &["credits", "name"], |r| r.credits = Some(credits(5, 0, 2))), &["credits.refill_amount"]),
         case("update: 65 CIDRs", update(t, &["allowed_cidrs"], |r| r.allowed_cidrs = (0..65).map(|i| format!("10.0.{i}.0/24")).collect()), &["allowed_cidrs"]),
 
         // RotateKey, on the real target.
@@ -445,6 +487,14 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
                 r.expires_at = timestamp(past);
             }),
             &["name", "description", "scopes[1]", "metadata[\"bad key\"]", "workspace_id", "environment", "kind", "expires_at"],
+        ),
+        case(
+            "create: rate limits and credits, five bad fields",
+            create(|r| {
+                r.rate_limits = vec![limit("a b", 1, 1, 0), limit("ok", -1, 1, 0), limit("fine", 1, 0, 0)];
+                r.credits = Some(credits(-1, -1, 1));
+            }),
+            &["rate_limits[0].name", "rate_limits[1].limit", "rate_limits[2].duration", "credits.remaining", "credits.refill_amount"],
         ),
         case(
             "update: five bad fields",
@@ -559,4 +609,19 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
     assert!(ok.is_ok(), "a valid UpdateKey works: {ok:?}");
     let ok = send(app, create(|_| {})).await;
     assert!(ok.is_ok(), "a valid CreateKey works: {ok:?}");
+    let ok = send(
+        app,
+        create(|r| {
+            r.rate_limits = vec![
+                limit("requests", 100, 1, 0),
+                limit("bulk", 1000, 2_592_000, 1_000_000),
+            ];
+            r.credits = Some(credits(1_000_000_000_000, 1, 2));
+        }),
+    )
+    .await;
+    assert!(
+        ok.is_ok(),
+        "rate limits and credits at their bounds work: {ok:?}"
+    );
 });

@@ -515,6 +515,49 @@ fn cidrs() -> impl Strategy<Value = Vec<String>> {
     ]
 }
 
+/// Rate limits: mostly plausible ones (some bad), sometimes any numbers,
+/// sometimes more than the cap.
+fn rate_limits() -> impl Strategy<Value = Vec<pb::RateLimit>> {
+    let duration = prop_oneof![
+        1 => Just(None),
+        4 => (0i64..3_000_000).prop_map(|seconds| Some(prost_types::Duration { seconds, nanos: 0 })),
+        1 => (any::<i64>(), any::<i32>())
+            .prop_map(|(seconds, nanos)| Some(prost_types::Duration { seconds, nanos })),
+    ];
+    let number = prop_oneof![3 => -2i64..2000, 1 => any::<i64>()];
+    let limit = (
+        prop_oneof![3 => "[a-z_.-]{1,12}", 1 => text()],
+        number.clone(),
+        duration,
+        number,
+    )
+        .prop_map(|(name, limit, duration, cost)| pb::RateLimit {
+            name,
+            limit,
+            duration,
+            cost,
+        });
+    prop_oneof![
+        3 => Just(Vec::new()),
+        3 => vec(limit.clone(), 0..4),
+        1 => vec(limit, 8..12),
+    ]
+}
+
+/// Credits: none, or any numbers and refill intervals (known or not).
+fn credits() -> impl Strategy<Value = Option<pb::Credits>> {
+    let number = prop_oneof![3 => -2i64..2000, 1 => any::<i64>()];
+    let credits = (number.clone(), number, enum_value(0..3), timestamp()).prop_map(
+        |(remaining, refill_amount, refill_interval, refills_at)| pb::Credits {
+            remaining,
+            refill_amount,
+            refill_interval,
+            refills_at,
+        },
+    );
+    prop_oneof![2 => Just(None), 1 => credits.prop_map(Some)]
+}
+
 fn create() -> impl Strategy<Value = Rpc> {
     (
         prop_oneof![3 => "[A-Za-z][A-Za-z0-9 ]{0,20}", 1 => text()],
@@ -526,6 +569,8 @@ fn create() -> impl Strategy<Value = Rpc> {
         enum_value(0..3),
         timestamp(),
         cidrs(),
+        rate_limits(),
+        credits(),
     )
         .prop_map(
             |(
@@ -538,6 +583,8 @@ fn create() -> impl Strategy<Value = Rpc> {
                 kind,
                 expires_at,
                 allowed_cidrs,
+                rate_limits,
+                credits,
             )| {
                 Rpc::Create(pb::CreateKeyRequest {
                     name,
@@ -551,7 +598,8 @@ fn create() -> impl Strategy<Value = Rpc> {
                     user_id,
                     service_account_id,
                     allowed_cidrs,
-                    ..Default::default()
+                    rate_limits,
+                    credits,
                 })
             },
         )
@@ -610,7 +658,7 @@ fn list(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
 
 fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
     let path = prop_oneof![
-        4 => proptest::sample::select(vec!["name", "description", "scopes", "metadata", "expires_at", "status", "allowed_cidrs"])
+        4 => proptest::sample::select(vec!["name", "description", "scopes", "metadata", "expires_at", "status", "allowed_cidrs", "rate_limits", "credits"])
             .prop_map(str::to_owned),
         1 => text(),
     ];
@@ -629,6 +677,8 @@ fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
         timestamp(),
         enum_value(0..7),
         cidrs(),
+        rate_limits(),
+        credits(),
     )
         .prop_map(
             |(
@@ -641,6 +691,8 @@ fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                 expires_at,
                 status,
                 allowed_cidrs,
+                rate_limits,
+                credits,
             )| {
                 Rpc::Update(pb::UpdateKeyRequest {
                     id,
@@ -652,7 +704,8 @@ fn update(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
                     expires_at,
                     status,
                     allowed_cidrs,
-                    ..Default::default()
+                    rate_limits,
+                    credits,
                 })
             },
         )

@@ -77,6 +77,13 @@ async fn the_readme_commands_give_a_key_an_ip_allowlist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_commands_give_a_key_rate_limits_and_credits() {
+    if grpcurl_or_skip().is_some() {
+        with_app(Backend::Sqlite, rate_limits).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_and_request_ids_show_in_grpcurl() {
     if grpcurl_or_skip().is_some() {
         with_app(Backend::Sqlite, errors).await;
@@ -232,6 +239,50 @@ async fn allowlist(app: &TestApp) {
         .await
         .json();
     assert_valid(&moved, &id);
+}
+
+/// README's "Rate limits and credits" grpcurl commands: CreateKey with
+/// rate limits and credits, then UpdateKey replacing both.
+async fn rate_limits(app: &TestApp) {
+    let commands: Vec<Grpcurl> = readme_section("### Rate limits and credits")
+        .into_iter()
+        .map(|command| {
+            command
+                .with(README_ADDR, &app.addr.to_string())
+                .with("$ADMIN", &app.acme_key)
+        })
+        .collect();
+    let [create, update] = <[Grpcurl; 2]>::try_from(commands).expect("CreateKey and UpdateKey");
+    let created = create.run().await.json();
+    record_secret(str_at(&created, "/secret"));
+    let id = str_at(&created, "/apiKey/id").to_owned();
+    // Proto3 JSON: int64 as strings, a default cost of 1 shown.
+    assert_eq!(
+        created["apiKey"]["rateLimits"],
+        serde_json::json!([
+            {"name": "bulk", "limit": "1000", "duration": "10s", "cost": "5"},
+            {"name": "requests", "limit": "100", "duration": "1s", "cost": "1"},
+        ])
+    );
+    let credits = &created["apiKey"]["credits"];
+    assert_eq!(credits["remaining"], "10000");
+    assert_eq!(credits["refillAmount"], "10000");
+    assert_eq!(credits["refillInterval"], "REFILL_INTERVAL_MONTHLY");
+    assert!(credits["refillsAt"].is_string(), "{credits:#}");
+
+    let updated = update.with(README_KEY_ID, &id).run().await.json();
+    assert_eq!(
+        updated["apiKey"]["rateLimits"],
+        serde_json::json!([{"name": "requests", "limit": "10", "duration": "1s", "cost": "1"}])
+    );
+    assert_eq!(
+        updated["apiKey"]["credits"],
+        serde_json::json!({"remaining": "500"})
+    );
+    assert_eq!(
+        app.get_key(&id).await.credits.map(|c| c.remaining),
+        Some(500)
+    );
 }
 
 async fn reflection(app: &TestApp) {

@@ -1,6 +1,7 @@
-//! Per-key policy over real gRPC: the IP allowlist (`allowed_cidrs`) set by
-//! CreateKey and UpdateKey, returned by GetKey and ListKeys, recorded in the
-//! audit log, and enforced by ValidateKey. Bad lists are in `bad_input.rs`
+//! Per-key policy over real gRPC: the IP allowlist (`allowed_cidrs`), rate
+//! limits and credits set by CreateKey and UpdateKey, returned by GetKey and
+//! ListKeys, recorded in the audit log, and carried by RotateKey; the
+//! allowlist enforced by ValidateKey. Bad values are in `bad_input.rs`
 //! (named violations, nothing written); ext_authz through a real Envoy is in
 //! `envoy.rs`, the keyward-auth layer in `auth_layer.rs`.
 
@@ -31,6 +32,28 @@ async fn validate_from(
         .map(tonic::Response::into_inner)
 }
 
+/// UpdateKey of `id` with mask `paths`, the body set by `body` (and a new name).
+async fn update(
+    app: &TestApp,
+    id: &str,
+    paths: &[&str],
+    body: impl FnOnce(&mut pb::UpdateKeyRequest),
+) -> Result<pb::ApiKey, tonic::Status> {
+    let mut request = pb::UpdateKeyRequest {
+        id: id.to_owned(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+        name: "renamed".to_owned(),
+        ..Default::default()
+    };
+    body(&mut request);
+    app.admin()
+        .update_key(app.acme(request))
+        .await
+        .map(|r| r.into_inner().api_key.expect("the key"))
+}
+
 /// UpdateKey of `id` with mask `paths`, the body carrying `cidrs` (and a new name).
 async fn set_allowlist(
     app: &TestApp,
@@ -38,18 +61,44 @@ async fn set_allowlist(
     cidrs: &[&str],
     paths: &[&str],
 ) -> Result<pb::ApiKey, tonic::Status> {
-    app.admin()
-        .update_key(app.acme(pb::UpdateKeyRequest {
-            id: id.to_owned(),
-            update_mask: Some(prost_types::FieldMask {
-                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-            }),
-            name: "renamed".to_owned(),
-            allowed_cidrs: cidrs.iter().map(|c| (*c).to_owned()).collect(),
-            ..Default::default()
-        }))
-        .await
-        .map(|r| r.into_inner().api_key.expect("the key"))
+    update(app, id, paths, |r| {
+        r.allowed_cidrs = cidrs.iter().map(|c| (*c).to_owned()).collect();
+    })
+    .await
+}
+
+/// A wire rate limit of `limit` per `seconds`, each call costing `cost` (0: the default).
+fn rate_limit(name: &str, limit: i64, seconds: i64, cost: i64) -> pb::RateLimit {
+    pb::RateLimit {
+        name: name.to_owned(),
+        limit,
+        duration: Some(prost_types::Duration { seconds, nanos: 0 }),
+        cost,
+    }
+}
+
+/// Wire credits: `remaining`, refilled daily to `daily` (0: never).
+fn credits(remaining: i64, daily: i64) -> pb::Credits {
+    pb::Credits {
+        remaining,
+        refill_amount: daily,
+        refill_interval: if daily > 0 {
+            pb::RefillInterval::Daily
+        } else {
+            pb::RefillInterval::Unspecified
+        }
+        .into(),
+        refills_at: None,
+    }
+}
+
+/// The next 00:00 UTC after now: when daily credits are refilled.
+fn next_midnight() -> prost_types::Timestamp {
+    let day = chrono::Utc::now().timestamp().div_euclid(86_400);
+    prost_types::Timestamp {
+        seconds: (day + 1) * 86_400,
+        nanos: 0,
+    }
 }
 
 /// The changes of `key_id`'s newest event, parsed.
@@ -265,3 +314,166 @@ e2e_test!(
         get(&here.secret).await.expect("allowed from 127.0.0.1");
     }
 );
+
+e2e_test!(
+    rate_limits_and_credits_are_returned_updated_and_audited,
+    |app| {
+        let CreatedKey { id, key, .. } = app
+            .create_key("metered")
+            .with(|r| {
+                r.rate_limits = vec![
+                    rate_limit("requests", 100, 1, 0),
+                    rate_limit("bulk", 1000, 10, 5),
+                ];
+                // refills_at is output only: what is sent is ignored.
+                r.credits = Some(pb::Credits {
+                    refills_at: Some(prost_types::Timestamp::default()),
+                    ..credits(500, 1000)
+                });
+            })
+            .await;
+        // Sorted by name, the default cost made explicit.
+        let limits = vec![
+            rate_limit("bulk", 1000, 10, 5),
+            rate_limit("requests", 100, 1, 1),
+        ];
+        let granted = pb::Credits {
+            refills_at: Some(next_midnight()),
+            ..credits(500, 1000)
+        };
+        assert_eq!(key.rate_limits, limits, "CreateKey's answer");
+        assert_eq!(key.credits, Some(granted), "CreateKey's answer");
+        let got = app.get_key(&id).await;
+        assert_eq!(
+            (&got.rate_limits, &got.credits),
+            (&limits, &key.credits),
+            "GetKey"
+        );
+        let listed = app.list_keys(&app.acme_key).await;
+        let listed = listed.iter().find(|k| k.id == id).expect("listed");
+        assert_eq!(
+            (&listed.rate_limits, &listed.credits),
+            (&limits, &key.credits),
+            "ListKeys"
+        );
+        let plain = app.create_key("unmetered").await.key;
+        assert!(plain.rate_limits.is_empty() && plain.credits.is_none());
+
+        let (kind, changes) = newest_changes(app, &id).await;
+        assert_eq!(kind, pb::KeyEventType::Created);
+        assert_eq!(
+            changes["rate_limits"],
+            serde_json::json!([
+                {"name": "bulk", "limit": 1000, "window_s": 10, "cost": 5},
+                {"name": "requests", "limit": 100, "window_s": 1, "cost": 1},
+            ])
+        );
+        assert_eq!(changes["credits"]["remaining"], 500);
+        assert_eq!(changes["credits"]["refill_interval"], "daily");
+
+        // A mask without them leaves them alone, whatever the body says.
+        let renamed = update(app, &id, &["name"], |r| {
+            r.rate_limits = vec![rate_limit("other", 1, 1, 0)];
+            r.credits = Some(credits(1, 0));
+        })
+        .await
+        .expect("UpdateKey succeeds");
+        assert_eq!(
+            (&renamed.rate_limits, &renamed.credits),
+            (&limits, &key.credits)
+        );
+
+        // With them, both are replaced; the event records old and new.
+        let updated = update(app, &id, &["rate_limits", "credits"], |r| {
+            r.rate_limits = vec![rate_limit("hourly", 5000, 3600, 0)];
+            r.credits = Some(credits(20, 0));
+        })
+        .await
+        .expect("UpdateKey succeeds");
+        assert_eq!(updated.rate_limits, [rate_limit("hourly", 5000, 3600, 1)]);
+        assert_eq!(
+            updated.credits,
+            Some(credits(20, 0)),
+            "no refill: no refills_at"
+        );
+        assert_eq!(app.get_key(&id).await.credits, updated.credits);
+        let (kind, changes) = newest_changes(app, &id).await;
+        assert_eq!(kind, pb::KeyEventType::Updated);
+        assert_eq!(
+            changes["rate_limits"],
+            serde_json::json!([{"name": "hourly", "limit": 5000, "window_s": 3600, "cost": 1}])
+        );
+        assert_eq!(changes["previous_rate_limits"][1]["name"], "requests");
+        assert_eq!(changes["credits"]["remaining"], 20);
+        assert!(changes["credits"].get("refill_amount").is_none());
+        assert_eq!(changes["previous_credits"]["remaining"], 500);
+        assert_eq!(changes["previous_credits"]["refill_amount"], 1000);
+
+        // A rotated key keeps its rate limits and what is left of its credits.
+        let rotated = app
+            .admin()
+            .rotate_key(app.acme(pb::RotateKeyRequest {
+                id: id.clone(),
+                grace_period: None,
+            }))
+            .await
+            .expect("RotateKey succeeds")
+            .into_inner();
+        crate::helpers::record_secret(&rotated.secret);
+        let new_key = rotated.api_key.expect("the new key");
+        assert_eq!(new_key.rate_limits, updated.rate_limits);
+        assert_eq!(new_key.credits, updated.credits);
+
+        // Empty rate limits and unset credits with their paths remove them.
+        let cleared = update(app, &id, &["rate_limits", "credits"], |_| {})
+            .await
+            .expect("UpdateKey succeeds");
+        assert!(cleared.rate_limits.is_empty() && cleared.credits.is_none());
+        assert!(app.get_key(&id).await.credits.is_none());
+        let (_, changes) = newest_changes(app, &id).await;
+        assert_eq!(changes["rate_limits"], serde_json::json!([]));
+        assert_eq!(changes["credits"], serde_json::Value::Null);
+        assert_eq!(changes["previous_credits"]["remaining"], 20);
+    }
+);
+
+e2e_test!(recorded_spending_shows_in_what_is_left, |app| {
+    let CreatedKey { id, key, .. } = app
+        .create_key("quota")
+        .with(|r| r.credits = Some(credits(100, 0)))
+        .await;
+    assert_eq!(key.credits.as_ref().map(|c| c.remaining), Some(100));
+    // What a usage flush writes: spending of the key's current setting.
+    let key_id = keyward_core::KeyId::parse(&id).expect("a key id");
+    let stored = app.store.get_key("acme", &key_id).await.expect("the key");
+    let spent = keyward_core::CreditsSpent {
+        used: 30,
+        ..stored.credits_spent
+    };
+    app.store
+        .add_credit_spends(&[(key_id.clone(), spent), (key_id.clone(), spent)])
+        .await
+        .expect("recorded");
+    assert_eq!(
+        app.get_key(&id).await.credits.map(|c| c.remaining),
+        Some(40)
+    );
+    let listed = app.list_keys(&app.acme_key).await;
+    let listed = listed.iter().find(|k| k.id == id).expect("listed");
+    assert_eq!(listed.credits.as_ref().map(|c| c.remaining), Some(40));
+
+    // More than granted shows as none left, not less than none.
+    app.store
+        .add_credit_spends(&[(key_id.clone(), spent), (key_id, spent)])
+        .await
+        .expect("recorded");
+    assert_eq!(app.get_key(&id).await.credits.map(|c| c.remaining), Some(0));
+
+    // New credits start over, the same amount included (a top-up).
+    let topped = update(app, &id, &["credits"], |r| {
+        r.credits = Some(credits(100, 0))
+    })
+    .await
+    .expect("UpdateKey succeeds");
+    assert_eq!(topped.credits.map(|c| c.remaining), Some(100));
+});

@@ -21,9 +21,9 @@ pub use id::{KeyId, new_ulid};
 pub use key::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
 pub use net::{Cidr, client_address};
 pub use policy::{
-    AllowedCidrs, Credits, CreditsSpent, MAX_ALLOWED_CIDRS, MAX_CIDR_CHARS, MAX_COST, MAX_CREDITS,
-    MAX_IDEMPOTENCY_KEY_CHARS, MAX_RATE_LIMIT, MAX_RATE_LIMIT_NAME_CHARS, MAX_RATE_LIMIT_WINDOW,
-    MAX_RATE_LIMITS, Policy, RateLimit, RateLimitError, RateLimitField, RateLimits, Refill,
-    RefillInterval,
+    AllowedCidrs, Credits, CreditsField, CreditsSpent, MAX_ALLOWED_CIDRS, MAX_CIDR_CHARS, MAX_COST,
+    MAX_CREDITS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RATE_LIMIT, MAX_RATE_LIMIT_NAME_CHARS,
+    MAX_RATE_LIMIT_WINDOW, MAX_RATE_LIMITS, Policy, RateLimit, RateLimitError, RateLimitField,
+    RateLimits, Refill, RefillInterval,
 };
 pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError, PresentedKey};

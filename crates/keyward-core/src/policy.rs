@@ -422,6 +422,91 @@ impl Credits {
     }
 }
 
+/// A field of [`Credits`] that was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditsField {
+    /// `remaining`.
+    Remaining,
+    /// `refill_amount`.
+    RefillAmount,
+    /// `refill_interval`.
+    RefillInterval,
+}
+
+impl CreditsField {
+    /// The field's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Remaining => "remaining",
+            Self::RefillAmount => "refill_amount",
+            Self::RefillInterval => "refill_interval",
+        }
+    }
+}
+
+impl Credits {
+    /// Parses credits from wire values, set at `set_at`. `refill_amount` 0
+    /// and no `refill_interval` mean no refill; one without the other is
+    /// refused, on the one missing. Every bad field is reported.
+    pub fn parse(
+        remaining: i64,
+        refill_amount: i64,
+        refill_interval: Option<RefillInterval>,
+        set_at: i64,
+    ) -> Result<Self, Vec<(CreditsField, FieldError)>> {
+        let mut errors = Vec::new();
+        let in_range = |n: i64, min: u64| {
+            u64::try_from(n)
+                .ok()
+                .filter(|n| (min..=MAX_CREDITS).contains(n))
+        };
+        let remaining = in_range(remaining, 0).unwrap_or_else(|| {
+            errors.push((
+                CreditsField::Remaining,
+                FieldError::new(format!("must be 0 to {MAX_CREDITS}")),
+            ));
+            0
+        });
+        let amount = match refill_amount {
+            0 => None,
+            raw => Some(in_range(raw, 1).ok_or_else(|| {
+                FieldError::new(format!("must be 1 to {MAX_CREDITS}, or 0 for no refill"))
+            })),
+        };
+        let refill = match (amount, refill_interval) {
+            (None, None) => None,
+            (Some(Ok(amount)), Some(interval)) => Some(Refill { amount, interval }),
+            (Some(Err(error)), _) => {
+                errors.push((CreditsField::RefillAmount, error));
+                None
+            }
+            (None, Some(_)) => {
+                errors.push((
+                    CreditsField::RefillAmount,
+                    FieldError::new("must be set with refill_interval"),
+                ));
+                None
+            }
+            (Some(Ok(_)), None) => {
+                errors.push((
+                    CreditsField::RefillInterval,
+                    FieldError::new("must be set with refill_amount"),
+                ));
+                None
+            }
+        };
+        if errors.is_empty() {
+            Ok(Self {
+                remaining,
+                refill,
+                set_at,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 /// What has been spent of a key's credits in one refill period, as recorded
 /// (in batches) in the database: the starting point of the counters in
 /// memory and in Redis.
@@ -631,6 +716,38 @@ mod tests {
         assert_eq!(ten.window_at(10_000), 1);
         assert_eq!(ten.until_reset(12_500), Duration::from_millis(7_500));
         assert_eq!(ten.until_reset(20_000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn credits_are_checked_field_by_field() {
+        let fields = |remaining, amount, interval| {
+            Credits::parse(remaining, amount, interval, 7)
+                .map_err(|errors| errors.into_iter().map(|(f, _)| f).collect::<Vec<_>>())
+        };
+        let daily = Some(RefillInterval::Daily);
+        assert_eq!(
+            fields(5, 100, daily),
+            Ok(Credits {
+                remaining: 5,
+                refill: Some(Refill {
+                    amount: 100,
+                    interval: RefillInterval::Daily
+                }),
+                set_at: 7
+            })
+        );
+        assert_eq!(fields(0, 0, None).map(|c| c.refill), Ok(None));
+        let max = i64::try_from(MAX_CREDITS).expect("fits");
+        assert!(fields(max, max, daily).is_ok());
+        assert_eq!(fields(-1, 0, None), Err(vec![CreditsField::Remaining]));
+        assert_eq!(fields(max + 1, 0, None), Err(vec![CreditsField::Remaining]));
+        assert_eq!(fields(1, 5, None), Err(vec![CreditsField::RefillInterval]));
+        assert_eq!(fields(1, 0, daily), Err(vec![CreditsField::RefillAmount]));
+        assert_eq!(fields(1, -5, daily), Err(vec![CreditsField::RefillAmount]));
+        assert_eq!(
+            fields(-1, max + 1, daily),
+            Err(vec![CreditsField::Remaining, CreditsField::RefillAmount])
+        );
     }
 
     #[test]

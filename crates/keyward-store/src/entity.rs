@@ -77,10 +77,18 @@ pub mod api_keys {
         pub revoked_at: Option<DateTimeWithTimeZone>,
         /// The key this one replaced by rotation.
         pub rotated_from_id: Option<String>,
-        /// The key's policy as versioned JSON (`{"v":1,"allowed_cidrs":[…]}`);
+        /// The key's policy as versioned JSON (`{"v":1,"allowed_cidrs":[…],…}`);
         /// NULL when the key has no restriction.
         #[sea_orm(column_type = "Text", nullable)]
         pub policy: Option<String>,
+        /// `set_at` (microseconds) of the credits setting spent from; NULL
+        /// without credits. Set with the credits, in the same write.
+        pub credits_set_at: Option<i64>,
+        /// The refill period `credits_used` counts in; NULL without credits.
+        pub credits_period: Option<i64>,
+        /// Credits spent in `credits_period`, added to in batches by usage
+        /// flushes (`Store::add_credit_spends`).
+        pub credits_used: i64,
     }
 
     /// No relations: keys reference organizations by id only.

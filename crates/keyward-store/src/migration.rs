@@ -10,6 +10,7 @@ mod m20261123_000001_create_tables;
 mod m20261201_000001_create_feed;
 mod m20261202_000001_add_key_policy;
 mod m20261202_000001_create_key_usage;
+mod m20261203_000001_add_credits_spent;
 
 /// keyward's migrations, in order.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_create_feed::Migration),
             Box::new(m20261202_000001_add_key_policy::Migration),
             Box::new(m20261202_000001_create_key_usage::Migration),
+            Box::new(m20261203_000001_add_credits_spent::Migration),
         ]
     }
 

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyward_core::{
-    Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Description, Environment, KeyId, KeyKind,
-    KeyName, LookupHash, LookupHasher, Metadata, OrganizationId, Policy, Scopes,
+    Actor, ActorKind, AllowedCidrs, ApiKey, ApiKeySecret, Credits, CreditsSpent, Description,
+    Environment, KeyId, KeyKind, KeyName, LookupHash, LookupHasher, Metadata, OrganizationId,
+    Policy, RateLimits, Scopes,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
+    DatabaseConnection, EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter,
+    QuerySelect,
 };
 use serde_json::json;
 
@@ -80,6 +82,8 @@ pub struct NewKey {
     /// Expiry, if any.
     pub expires_at: Option<DateTime<Utc>>,
     /// What validations must also satisfy (the default restricts nothing).
+    /// Credits are set by the write: their `set_at` is replaced by its time,
+    /// and nothing of them is spent yet.
     pub policy: Policy,
 }
 
@@ -101,6 +105,14 @@ pub struct KeyPatch {
     /// New IP allowlist (replaces the list; empty lifts the restriction).
     /// The rest of the key's policy stays as it is.
     pub allowed_cidrs: Option<AllowedCidrs>,
+    /// New rate limits (replace the list; empty removes them). Counts in
+    /// the current windows are not the store's: they stay as they are.
+    pub rate_limits: Option<RateLimits>,
+    /// `Some(Some(_))` sets new credits: their `set_at` is replaced by the
+    /// time of the write, and what was spent starts again from zero (even
+    /// when the values are those already set: an operator's top-up).
+    /// `Some(None)` removes them (unlimited).
+    pub credits: Option<Option<Credits>>,
 }
 
 /// Name of the setting holding the lookup-hasher fingerprint.
@@ -143,6 +155,32 @@ impl Store {
                 .one(&self.lookups)
                 .await?;
             found.map(key_from_row).transpose()
+        })
+        .await
+    }
+
+    /// Whether any key that can still validate (not deleted, not revoked)
+    /// has rate limits or credits: what several replicas must share counts
+    /// of (asked at startup).
+    pub async fn has_metered_keys(&self) -> Result<bool, StoreError> {
+        use api_keys::Column as C;
+        self.bounded(async {
+            // Credits are exactly the keys with a spending record; rate
+            // limits show as their field of the policy's JSON (written only
+            // when there are some; no value holds that quoted text).
+            let metered = api_keys::Entity::find()
+                .select_only()
+                .column(C::Id)
+                .filter(C::RevokedAt.is_null())
+                .filter(
+                    Condition::any()
+                        .add(C::CreditsSetAt.is_not_null())
+                        .add(C::Policy.like("%\"rate_limits\":%")),
+                )
+                .into_tuple::<String>()
+                .one(&self.db)
+                .await?;
+            Ok(metered.is_some())
         })
         .await
     }
@@ -196,6 +234,7 @@ impl Store {
                 changes.insert("disabled", json!(disabled));
                 next.disabled = disabled;
             }
+            let mut next_policy = before.policy().clone();
             if let Some(cidrs) = patch
                 .allowed_cidrs
                 .clone()
@@ -208,10 +247,37 @@ impl Store {
                     policy::cidrs_value(&before.policy().allowed_cidrs),
                 );
                 changes.insert("allowed_cidrs", policy::cidrs_value(&cidrs));
-                let mut next_policy = before.policy().clone();
                 next_policy.allowed_cidrs = cidrs;
-                next.policy = policy::to_column(&next_policy);
             }
+            if let Some(limits) = patch
+                .rate_limits
+                .clone()
+                .filter(|l| *l != before.policy().rate_limits)
+            {
+                // Like the allowlist: both lists, for the audit log's reader.
+                changes.insert(
+                    "previous_rate_limits",
+                    policy::rate_limits_value(&before.policy().rate_limits),
+                );
+                changes.insert("rate_limits", policy::rate_limits_value(&limits));
+                next_policy.rate_limits = limits;
+            }
+            // New credits are always a change (a top-up to the same amount
+            // restarts what was spent); removing none is not.
+            if let Some(credits) = patch
+                .credits
+                .filter(|c| c.is_some() || before.policy().credits.is_some())
+            {
+                let credits = credits.map(|c| stamped(c, now));
+                changes.insert(
+                    "previous_credits",
+                    policy::credits_value(before.policy().credits.as_ref()),
+                );
+                changes.insert("credits", policy::credits_value(credits.as_ref()));
+                set_credits_spent(&mut next, credits.as_ref());
+                next_policy.credits = credits;
+            }
+            next.policy = policy::to_column(&next_policy);
             next.updated_at = time::db(now);
             Ok((next, changes))
         })
@@ -342,7 +408,23 @@ impl Store {
             tx.ensure_room_for_key().await?;
             let now = tx.now();
 
-            let new = api_keys::Model {
+            // The new key keeps the old key's policy. Its credits are what
+            // the old key has left, as last recorded, set anew now: the new
+            // key spends from that; the old key, during its grace period,
+            // from what it had (see RotateKey's documentation).
+            let old_key = key_from_row(old.clone())?;
+            let mut policy = old_key.policy().clone();
+            policy.credits = policy.credits.map(|credits| {
+                let left = credits.remaining_in(credits.period_at(now), old_key.credits_spent);
+                stamped(
+                    Credits {
+                        remaining: left,
+                        ..credits
+                    },
+                    now,
+                )
+            });
+            let mut new = api_keys::Model {
                 id: KeyId::generate().as_str().to_owned(),
                 lookup_hash: material.lookup_hash.to_hex(),
                 prefix: material.prefix.clone(),
@@ -359,8 +441,10 @@ impl Store {
                 archived_at: None,
                 revoked_at: None,
                 rotated_from_id: Some(old.id.clone()),
+                policy: policy::to_column(&policy),
                 ..old.clone()
             };
+            set_credits_spent(&mut new, policy.credits.as_ref());
             insert_key(tx.txn(), &new).await?;
 
             // A grace period too large to represent leaves the expiry as it was.
@@ -494,7 +578,11 @@ async fn update_row<C: ConnectionTrait>(
 
 /// The row of a new key.
 fn new_row(key: &NewKey, now: DateTime<Utc>) -> Result<api_keys::Model, Error> {
-    Ok(api_keys::Model {
+    let policy = Policy {
+        credits: key.policy.credits.map(|c| stamped(c, now)),
+        ..key.policy.clone()
+    };
+    let mut row = api_keys::Model {
         id: KeyId::generate().as_str().to_owned(),
         organization_id: key.organization_id.as_str().to_owned(),
         workspace_id: key.workspace_id.clone(),
@@ -521,8 +609,29 @@ fn new_row(key: &NewKey, now: DateTime<Utc>) -> Result<api_keys::Model, Error> {
         archived_at: None,
         revoked_at: None,
         rotated_from_id: None,
-        policy: policy::to_column(&key.policy),
-    })
+        policy: policy::to_column(&policy),
+        credits_set_at: None,
+        credits_period: None,
+        credits_used: 0,
+    };
+    set_credits_spent(&mut row, policy.credits.as_ref());
+    Ok(row)
+}
+
+/// `credits` set at `now`: a new setting.
+fn stamped(credits: Credits, now: DateTime<Utc>) -> Credits {
+    Credits {
+        set_at: time::micros(now).timestamp_micros(),
+        ..credits
+    }
+}
+
+/// Starts the spending record of a new credits setting (nothing spent, in
+/// the period it was set in), or clears it without credits.
+fn set_credits_spent(row: &mut api_keys::Model, credits: Option<&Credits>) {
+    row.credits_set_at = credits.map(|c| c.set_at);
+    row.credits_period = credits.map(Credits::set_period);
+    row.credits_used = 0;
 }
 
 /// The changes of a new key's `Created` event: its initial, non-secret
@@ -555,10 +664,19 @@ fn created_changes(row: &api_keys::Model) -> Result<Changes, Error> {
     if row.expires_at.is_some() {
         changes.insert("expires_at", time_value(row.expires_at.map(time::utc)));
     }
-    if let Some(policy) = policy::from_column(&row.id, row.policy.as_deref())?
-        && !policy.allowed_cidrs.is_empty()
-    {
-        changes.insert("allowed_cidrs", policy::cidrs_value(&policy.allowed_cidrs));
+    if let Some(policy) = policy::from_column(&row.id, row.policy.as_deref())? {
+        if !policy.allowed_cidrs.is_empty() {
+            changes.insert("allowed_cidrs", policy::cidrs_value(&policy.allowed_cidrs));
+        }
+        if !policy.rate_limits.is_empty() {
+            changes.insert(
+                "rate_limits",
+                policy::rate_limits_value(&policy.rate_limits),
+            );
+        }
+        if policy.credits.is_some() {
+            changes.insert("credits", policy::credits_value(policy.credits.as_ref()));
+        }
     }
     Ok(changes)
 }
@@ -594,6 +712,14 @@ pub(super) fn key_from_row(row: api_keys::Model) -> Result<ApiKey, Error> {
     let metadata: BTreeMap<String, String> =
         serde_json::from_str(&row.metadata).map_err(|e| corrupt(&format!("metadata: {e}")))?;
     let policy = policy::from_column(&row.id, row.policy.as_deref())?;
+    let credits_spent = match (row.credits_set_at, row.credits_period) {
+        (Some(set_at), Some(period)) => CreditsSpent {
+            set_at,
+            period,
+            used: u64::try_from(row.credits_used).unwrap_or(0),
+        },
+        _ => CreditsSpent::default(),
+    };
     Ok(ApiKey {
         id: KeyId::from_trusted(row.id),
         organization_id: row.organization_id,
@@ -623,6 +749,6 @@ pub(super) fn key_from_row(row: api_keys::Model) -> Result<ApiKey, Error> {
         revoked_at: row.revoked_at.map(time::utc),
         rotated_from_id: row.rotated_from_id.map(KeyId::from_trusted),
         policy,
-        credits_spent: keyward_core::CreditsSpent::default(),
+        credits_spent,
     })
 }

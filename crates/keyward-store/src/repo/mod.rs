@@ -8,7 +8,7 @@
 //! - [`feed`]: the change feed other replicas follow, in commit order.
 //! - [`policy`]: a key's policy column (versioned JSON).
 //! - [`usage`]: coalesced usage writes (last-used data, counts per key,
-//!   minute and outcome), the usage series and its pruning.
+//!   minute and outcome, credits spent), the usage series and its pruning.
 //! - [`migrate`]: migrations under a database lock.
 //!
 //! Every public method passes through [`Store::bounded`]: one deadline and
@@ -267,8 +267,6 @@ pub(crate) async fn deadline<T, E: Into<Error>>(
     }
 }
 
-/// Pool options for `url` with at most `max` connections (SQLite files
-/// at most 8), with the server-side safeguards of `options`.
 /// Opens a pool. A SQLite file another process holds locked (it is
 /// migrating, or switching to WAL) is tried again every 50 ms: the caller's
 /// connect deadline bounds the wait.
@@ -286,6 +284,8 @@ async fn open_pool(options: ConnectOptions) -> Result<DatabaseConnection, Error>
     }
 }
 
+/// Pool options for `url` with at most `max` connections (SQLite files
+/// at most 8), with the server-side safeguards of `options`.
 fn pool_options(url: &str, options: &StoreOptions, max: u32) -> ConnectOptions {
     let mut pool = ConnectOptions::new(url);
     pool.sqlx_logging(false)

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use keyward_core::{KeyId, MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, ValidationCode};
-use sea_orm::sea_query::Expr;
+use keyward_core::{
+    CreditsSpent, KeyId, MAX_CLIENT_IP_CHARS, MAX_USER_AGENT_CHARS, ValidationCode,
+};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, Statement, TransactionTrait, Value,
@@ -165,6 +167,61 @@ impl Store {
 }
 
 impl Store {
+    /// Adds credits spent, each `(key, spent)` what one replica spent of
+    /// the key's credits setting `spent.set_at` in refill period
+    /// `spent.period` since its last flush, in one transaction:
+    /// - the record of that setting and period: `used` is added to it;
+    /// - of that setting, but an older period (a refill came): it becomes
+    ///   the record, starting at `used`;
+    /// - of another setting (the credits were set anew, or removed), or an
+    ///   older period: ignored, it no longer counts.
+    ///
+    /// Keys are taken in id order (then setting and period), so concurrent
+    /// flushes of several replicas lock rows in one order. Deleted keys are
+    /// skipped. Writes no event and leaves `updated_at` alone: spending is
+    /// usage, not a change of the key.
+    pub async fn add_credit_spends(
+        &self,
+        spends: &[(KeyId, CreditsSpent)],
+    ) -> Result<(), StoreError> {
+        use api_keys::Column as C;
+        let mut spends: Vec<&(KeyId, CreditsSpent)> =
+            spends.iter().filter(|(_, spent)| spent.used > 0).collect();
+        if spends.is_empty() {
+            return Ok(());
+        }
+        spends.sort_by_key(|(id, spent)| (id.as_str(), spent.set_at, spent.period));
+        self.bounded(async {
+            let txn = self.db.begin().await?;
+            let result = async {
+                for (id, spent) in &spends {
+                    let used = i64::try_from(spent.used).unwrap_or(i64::MAX);
+                    let added = api_keys::Entity::update_many()
+                        .col_expr(C::CreditsUsed, Expr::col(C::CreditsUsed).add(used))
+                        .filter(C::Id.eq(id.as_str()))
+                        .filter(C::CreditsSetAt.eq(spent.set_at))
+                        .filter(C::CreditsPeriod.eq(spent.period))
+                        .exec(&txn)
+                        .await?;
+                    if added.rows_affected == 0 {
+                        api_keys::Entity::update_many()
+                            .col_expr(C::CreditsPeriod, Expr::value(spent.period))
+                            .col_expr(C::CreditsUsed, Expr::value(used))
+                            .filter(C::Id.eq(id.as_str()))
+                            .filter(C::CreditsSetAt.eq(spent.set_at))
+                            .filter(C::CreditsPeriod.lt(spent.period))
+                            .exec(&txn)
+                            .await?;
+                    }
+                }
+                Ok(Outcome::Commit(()))
+            }
+            .await;
+            finish(txn, result).await
+        })
+        .await
+    }
+
     /// The stored counts of key `key_id` of `org` whose minute starts in
     /// `[from, to)` (unix seconds), by minute then outcome.
     pub async fn usage_series(

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod list;
 mod migrate;
+mod policy;
 #[path = "../../../../tests/support/tcp_proxy.rs"]
 mod tcp_proxy;
 mod usage;

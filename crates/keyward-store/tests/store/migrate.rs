@@ -3,7 +3,7 @@
 use keyward_store::Store;
 use keyward_store::migration::Migrator;
 use keyward_store::testing::{self, Backend, TestDatabase};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
 use crate::helpers::new_key;
@@ -34,32 +34,56 @@ async fn concurrent_migrations_both_succeed(backend: Backend) {
 
 per_backend!(concurrent_migrations_both_succeed, sqlite: Sqlite, postgres: Postgres, mariadb: MariaDb);
 
-/// The policy column's migration goes down and up again, and runs again
-/// harmlessly when its column exists but its record does not (MySQL/MariaDB
-/// commit DDL on their own, so an interrupted run can leave exactly that).
-async fn the_policy_migration_reverses_and_repeats(backend: Backend) {
+/// The policy migration and the credits migration go down and up again,
+/// and run again harmlessly when their columns exist but their record does
+/// not (MySQL/MariaDB commit DDL on their own, so an interrupted run can
+/// leave exactly that), or when only some of their columns exist.
+async fn the_policy_migrations_reverse_and_repeat(backend: Backend) {
     testing::run(backend, |store| async move {
         let db = store.connection();
-        Migrator::down(db, Some(1)).await.expect("down");
-        assert_eq!(
-            Migrator::get_pending_migrations(db)
+        // From the end: the credits columns are the last migration, the
+        // policy column the third last.
+        for (name, back) in [
+            ("m20261203_000001_add_credits_spent", 1),
+            ("m20261202_000001_add_key_policy", 3),
+        ] {
+            Migrator::down(db, Some(back)).await.expect("down");
+            let pending = Migrator::get_pending_migrations(db)
                 .await
-                .expect("read migrations")
-                .len(),
-            1
-        );
-        Migrator::up(db, None).await.expect("up again");
-        db.execute_unprepared(
-            "DELETE FROM keyward_migrations WHERE version = 'm20261202_000001_add_key_policy'",
-        )
-        .await
-        .expect("forget the record");
-        Migrator::up(db, None)
+                .expect("read migrations");
+            assert_eq!(pending.len(), back as usize, "{name}");
+            Migrator::up(db, None).await.expect("up again");
+            db.execute_unprepared(&format!(
+                "DELETE FROM keyward_migrations WHERE version = '{name}'"
+            ))
             .await
-            .expect("up over an existing column");
+            .expect("forget the record");
+            Migrator::up(db, None)
+                .await
+                .expect("up over existing columns");
+        }
+        // Interrupted after its first column.
+        Migrator::down(db, Some(1)).await.expect("down");
+        // On one connection, read first: an SQLite connection checks an
+        // ALTER against the schema it last read, which may predate the drop.
+        let txn = db.begin().await.expect("begin");
+        txn.execute_unprepared("SELECT COUNT(*) FROM api_keys")
+            .await
+            .expect("read the schema");
+        txn.execute_unprepared("ALTER TABLE api_keys ADD COLUMN credits_set_at BIGINT NULL")
+            .await
+            .expect("one column");
+        txn.commit().await.expect("commit");
+        Migrator::up(db, None).await.expect("up over one column");
+
         let mut key = new_key("acme", "limited");
         key.policy = keyward_core::Policy {
             allowed_cidrs: keyward_core::AllowedCidrs::parse(&["10.0.0.0/8"]).expect("valid"),
+            credits: Some(keyward_core::Credits {
+                remaining: 10,
+                refill: None,
+                set_at: 0,
+            }),
             ..keyward_core::Policy::default()
         };
         store
@@ -67,10 +91,19 @@ async fn the_policy_migration_reverses_and_repeats(backend: Backend) {
             .await
             .expect("organization");
         let created = store.create_key(key).await.expect("the schema is complete");
+        let spent = keyward_core::CreditsSpent {
+            used: 4,
+            ..created.credits_spent
+        };
+        store
+            .add_credit_spends(&[(created.id.clone(), spent)])
+            .await
+            .expect("spend");
         let read = store.get_key("acme", &created.id).await.expect("read back");
         assert_eq!(read.policy().allowed_cidrs.to_strings(), ["10.0.0.0/8"]);
+        assert_eq!(read.credits_spent, spent);
     })
     .await;
 }
 
-per_backend!(the_policy_migration_reverses_and_repeats, sqlite: Sqlite, postgres: Postgres, mariadb: MariaDb);
+per_backend!(the_policy_migrations_reverse_and_repeat, sqlite: Sqlite, postgres: Postgres, mariadb: MariaDb);
