@@ -45,6 +45,9 @@ impl fmt::Debug for pb::ValidateKeyRequest {
             .field("required_scopes", &self.required_scopes)
             .field("client_ip", &self.client_ip)
             .field("user_agent", &self.user_agent)
+            .field("cost", &self.cost)
+            // A caller's idempotency key may be derived from a secret.
+            .field("idempotency_key", &!self.idempotency_key.is_empty())
             .finish()
     }
 }
