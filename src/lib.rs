@@ -4,7 +4,8 @@
 //! `validation_api` are the two keyward.v1 services; `ext_authz` is Envoy's
 //! `Authorization/Check`; `metrics` serves Prometheus metrics; `validation` is the
 //! validation path they share with the auth layer; `error` is the one place
-//! where errors become `tonic::Status`; `convert` holds every wire/domain
+//! where errors become `tonic::Status`; `limits` counts rate limits and
+//! credits (in memory, or shared through Redis); `convert` holds every wire/domain
 //! conversion; `cli` is the admin CLI (`keyward keys …`, `keyward events
 //! list`), a gRPC client of a running server. Only this crate knows about tonic.
 
@@ -16,6 +17,7 @@ pub mod connection;
 pub mod convert;
 pub mod error;
 pub mod ext_authz;
+pub mod limits;
 pub mod metrics;
 pub mod pb;
 pub mod request_id;
