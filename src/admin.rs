@@ -100,6 +100,7 @@ mod keys {
 
     use super::Caller;
     use crate::error::ApiError;
+    use crate::startup::UNCOUNTED_REPLICAS;
     use crate::validation::{Change, KeyValidator};
 
     /// The store behind the admin API, and the validator its writes are
@@ -128,6 +129,16 @@ mod keys {
     impl Keys {
         pub(super) fn new(store: Store, validator: Arc<KeyValidator>) -> Self {
             Self { store, validator }
+        }
+
+        /// Refuses to give a key rate limits or credits (`metered`) on a
+        /// replica that would count them alone on a shared database
+        /// ([`KeyValidator::refuses_metered_keys`]): FAILED_PRECONDITION.
+        pub(super) fn check_metering(&self, metered: bool) -> Result<(), ApiError> {
+            if metered && self.validator.refuses_metered_keys() {
+                return Err(ApiError::FailedPrecondition(UNCOUNTED_REPLICAS.to_owned()));
+            }
+            Ok(())
         }
 
         /// Runs `write`, then announces its change. Also on failure and when
@@ -560,6 +571,7 @@ impl KeyAdminService for AdminApi {
                 credits: credits.expect(PARSED),
             },
         };
+        self.keys.check_metering(new_key.policy.is_metered())?;
         let key = self.keys.write(&caller, Create(new_key)).await?;
         tracing::info!(key_id = %key.id, organization_id = %key.organization_id, "key created");
         Ok(Response::new(pb::CreateKeyResponse {
@@ -711,6 +723,9 @@ impl KeyAdminService for AdminApi {
             }
         }
         v.finish()?;
+        let adds_meters = patch.rate_limits.as_ref().is_some_and(|l| !l.is_empty())
+            || patch.credits.as_ref().is_some_and(Option::is_some);
+        self.keys.check_metering(adds_meters)?;
         let key = self
             .keys
             .write(&caller, Update(id.expect(PARSED), patch))

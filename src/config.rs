@@ -10,6 +10,7 @@ pub use keyward_core::Cidr;
 use keyward_core::LookupHasher;
 use keyward_store::StoreOptions;
 
+use crate::limits::LimiterSettings;
 use crate::validation::ValidatorSettings;
 
 /// The embedded default: a SQLite file in the working directory, created on first start.
@@ -180,6 +181,10 @@ pub struct Settings {
     /// TLS on the listener (off by default).
     #[command(flatten)]
     pub tls: TlsSettings,
+    /// How rate limits and credits are counted (in memory, or shared
+    /// through Redis).
+    #[command(flatten)]
+    pub limiter: LimiterSettings,
 }
 
 impl Default for Settings {

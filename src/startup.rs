@@ -25,6 +25,7 @@ pub use crate::config::Settings;
 use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
 use crate::connection::{ClientAddrLayer, InFlightLimitLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
+use crate::limits::Limiter;
 use crate::metrics::{self, AdminMetrics};
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
@@ -155,11 +156,16 @@ impl Application {
                  network unencrypted; set --tls-cert and --tls-key"
             );
         }
-        let validator = Arc::new(KeyValidator::new(
-            store.clone(),
-            hasher.clone(),
-            settings.validator,
-        ));
+        let limiter = Limiter::connect(settings.limiter.clone())
+            .await
+            .map_err(|error| StartupError::Config(error.to_string()))?;
+        let validator = Arc::new(
+            KeyValidator::new(store.clone(), hasher.clone(), settings.validator)
+                .with_limiter(limiter),
+        );
+        if validator.refuses_metered_keys() && store.has_metered_keys().await? {
+            return Err(StartupError::Config(UNCOUNTED_REPLICAS.to_owned()));
+        }
         let admin_metrics = AdminMetrics::default();
         let metrics = match settings.metrics_listen {
             None => None,
@@ -401,10 +407,24 @@ impl Application {
                 "pending last-used data not written: the database did not answer in time"
             );
         }
+        // Unspent credit leases go back to Redis for the other replicas.
+        if tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, validator.limiter().shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("unspent credit leases not returned: Redis did not answer in time");
+        }
         tracing::info!("keyward stopped");
         Ok(served?)
     }
 }
+
+/// Why a replica of a shared database without Redis refuses metered keys
+/// ([`KeyValidator::refuses_metered_keys`]): its startup error when some
+/// exist, and the admin API's FAILED_PRECONDITION for a new one.
+pub const UNCOUNTED_REPLICAS: &str = "keys with rate limits or credits on a shared database need \
+    --redis-url, so that replicas count together; or start every replica with \
+    --per-replica-limits to accept that each replica enforces them alone";
 
 /// How often old usage counts are pruned (and at start).
 pub const USAGE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keyward_auth::{Identity, IdentityDetails, SingleFlight, Throttle};
-use keyward_core::{ApiKey, KeyId, LookupHash, LookupHasher, PresentedKey, Scope, ValidationCode};
+use keyward_core::{
+    ApiKey, CreditsSpent, KeyId, LookupHash, LookupHasher, Policy, PresentedKey, Scope,
+    ValidationCode,
+};
 use keyward_store::{EventType, KeyEvent, Store, StoreError};
 
 pub use self::admin_validator::AdminValidator;
@@ -35,6 +38,7 @@ pub use self::usage::{FlushError, Flushed};
 use crate::cache::{CacheSettings, Cached, KeyCache};
 use crate::config::{parse_duration, parse_interval};
 use crate::error::ApiError;
+use crate::limits::{Call, Decision, LimitState, Limiter, LimiterSettings, Which};
 use crate::metrics::{ValidationMetrics, ValidationPath};
 
 /// The bound on how long a change takes to show in verdicts, here and through
@@ -202,6 +206,8 @@ pub struct KeyValidator {
     in_flight: SingleFlight<LookupHash, Read>,
     /// Counters of everything above, exported by `/metrics`.
     metrics: ValidationMetrics,
+    /// Counts metered keys' calls (rate limits, credits, idempotency).
+    limiter: Limiter,
 }
 
 /// One database read shared by concurrent misses: `None` if it failed.
@@ -221,7 +227,32 @@ impl KeyValidator {
             database_lookups: AtomicU64::new(0),
             in_flight: SingleFlight::new(),
             metrics: ValidationMetrics::default(),
+            limiter: Limiter::new(LimiterSettings::default()),
         }
+    }
+
+    /// This validator counting metered keys with `limiter` (by default, a
+    /// limiter counting in memory with the default settings).
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// The limiter counting metered keys.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Whether this replica must refuse metered keys (rate limits,
+    /// credits): its database is one several replicas may share
+    /// (PostgreSQL, MySQL/MariaDB), it has no Redis to count with the others
+    /// and the operator did not accept per-replica limits
+    /// (`--per-replica-limits`). Several replicas each counting alone would
+    /// each admit a key's whole limit.
+    pub fn refuses_metered_keys(&self) -> bool {
+        self.store.is_shared()
+            && !self.limiter.uses_redis()
+            && !self.limiter.settings().per_replica_limits
     }
 
     /// The validation path's counters.
@@ -383,6 +414,7 @@ impl KeyValidator {
     pub fn announce(&self, change: Change<'_>) {
         if let Some(id) = change.key {
             self.cache.invalidate(id);
+            self.limiter.forget(id);
         }
         if change.created {
             self.cache.forget_unknown();
@@ -422,6 +454,13 @@ impl KeyValidator {
             return Ok(Validation::bare(ValidationCode::NotFound));
         };
         let code = key.verdict(required, client.address, || self.clock.utc(now));
+        let metered = key.policy.as_ref().filter(|policy| policy.is_metered());
+        let (code, throttle) = match metered {
+            Some(policy) if code == ValidationCode::Valid => {
+                self.charge(&key, policy, client, now).await
+            }
+            _ => (code, None),
+        };
         self.metrics.verdict(client.path, code, took);
         if code.names_a_key() {
             self.usage
@@ -433,10 +472,34 @@ impl KeyValidator {
         );
         Ok(Validation {
             code,
-            metered: key.policy().is_metered(),
+            metered: metered.is_some(),
             key: described.then_some(key),
-            throttle: None,
+            throttle,
         })
+    }
+
+    /// Charges one valid call of a metered key: its verdict (VALID,
+    /// RATE_LIMITED or USAGE_EXCEEDED) and the limit that decided.
+    async fn charge(
+        &self,
+        key: &ApiKey,
+        policy: &Policy,
+        client: ClientInfo<'_>,
+        now: Instant,
+    ) -> (ValidationCode, Option<Throttle>) {
+        let now_ms = u64::try_from(self.clock.utc(now).timestamp_millis()).unwrap_or(0);
+        let call = Call {
+            cost: client.cost,
+            idempotency_key: client.idempotency_key,
+            now_ms,
+        };
+        let charge = self.limiter.charge(key, policy, call).await;
+        let code = match charge.decision {
+            Decision::Admitted => ValidationCode::Valid,
+            Decision::RateLimited => ValidationCode::RateLimited,
+            Decision::UsageExceeded => ValidationCode::UsageExceeded,
+        };
+        (code, charge.state.map(|state| throttle(policy, state)))
     }
 
     /// Writes pending usage (last-used data and counts per minute and
@@ -446,6 +509,7 @@ impl KeyValidator {
     /// also when this future is dropped mid-way (a shutdown that gives up),
     /// so the periodic flusher can be aborted and a final flush still sends it.
     pub async fn flush_usage(&self) -> Result<Flushed, FlushError> {
+        self.flush_credit_spends().await;
         let flushed = self
             .usage
             .flush(&self.store, &self.clock, FLUSH_TIMEOUT)
@@ -467,6 +531,44 @@ impl KeyValidator {
         flushed
     }
 
+    /// Adds the credits admitted calls spent since the last flush to the
+    /// database (one transaction). A write that fails, times out or is
+    /// dropped puts its batch back for the next flush.
+    async fn flush_credit_spends(&self) {
+        struct Pending<'a> {
+            limiter: &'a Limiter,
+            batch: Vec<(KeyId, CreditsSpent)>,
+        }
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if !self.batch.is_empty() {
+                    self.limiter.restore_spends(std::mem::take(&mut self.batch));
+                }
+            }
+        }
+        let mut pending = Pending {
+            limiter: &self.limiter,
+            batch: self.limiter.take_spends(),
+        };
+        if pending.batch.is_empty() {
+            return;
+        }
+        let written =
+            tokio::time::timeout(FLUSH_TIMEOUT, self.store.add_credit_spends(&pending.batch)).await;
+        match written {
+            Ok(Ok(())) => pending.batch.clear(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, keys = pending.batch.len(), "credits spent not recorded; will retry");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    keys = pending.batch.len(),
+                    "credits spent not recorded in time; will retry"
+                );
+            }
+        }
+    }
+
     /// Deletes at most `limit` usage counts whose minute started more than
     /// `retention` ago (by this replica's clock): how many were deleted.
     /// Failures are logged here; the next prune tries again.
@@ -480,6 +582,27 @@ impl KeyValidator {
             Err(error) => tracing::warn!(%error, "old usage counts not pruned; will retry"),
         }
         pruned
+    }
+}
+
+/// A meter's state as the client is told it (names and windows from the
+/// policy).
+fn throttle(policy: &Policy, state: LimitState) -> Throttle {
+    let (name, window, reset) = match state.which {
+        Which::RateLimit(index) => {
+            let limit = &policy.rate_limits.as_slice()[index];
+            (limit.name.as_str(), Some(limit.window), Some(state.reset))
+        }
+        // Credits that are never refilled do not reset.
+        Which::Credits => ("credits", None, Some(state.reset).filter(|r| !r.is_zero())),
+    };
+    Throttle {
+        name: Arc::from(name),
+        limit: state.limit,
+        remaining: state.remaining,
+        reset,
+        retry_after: state.retry_after,
+        window,
     }
 }
 

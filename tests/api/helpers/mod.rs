@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyward::convert::timestamp;
+use keyward::limits::RedisUrl;
 use keyward::pb;
 use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
 use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
@@ -77,8 +78,18 @@ pub fn backend_named(name: &str) -> Backend {
 /// a loaded machine. The one place a
 /// test builds `Settings`; a test changes them through the `configure`
 /// closure of [`TestApp::start`] or [`with_app_configured`].
+/// On PostgreSQL and MariaDB, shared deployments, rate limits and credits
+/// are counted through the machine's Redis (`KEYWARD_TEST_REDIS_URL`,
+/// default 127.0.0.1:6379), as every replica of such a deployment must,
+/// under a prefix of the server's own so that tests never share a count.
 pub fn test_settings(database_url: &str) -> Settings {
     let mut settings = Settings::for_database(database_url);
+    if !database_url.starts_with("sqlite:") {
+        let url = std::env::var("KEYWARD_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        settings.limiter.redis_url = Some(RedisUrl(url));
+        settings.limiter.redis_key_prefix = format!("kwtest-{}", keyward_core::new_ulid());
+    }
     settings.usage_flush_interval = Duration::from_millis(100);
     // Long enough for a loaded test machine; the deadline tests set their own.
     settings.database.database_timeout = Some(Duration::from_secs(10));

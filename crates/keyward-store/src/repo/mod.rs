@@ -189,6 +189,12 @@ impl Store {
         &self.db
     }
 
+    /// Whether the database is a server that several replicas may share
+    /// (PostgreSQL, MySQL/MariaDB), rather than embedded SQLite.
+    pub fn is_shared(&self) -> bool {
+        backend_of(&self.url.0) != DbBackend::Sqlite
+    }
+
     /// The options this store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.options
