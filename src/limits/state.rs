@@ -411,9 +411,17 @@ impl Meters {
     }
 
     /// Marks the key's state for a full comparison at its next call.
+    /// Also forgets which windows' shared counts were seen used up: a
+    /// limit raised under the same name and window has room again, which
+    /// only Redis can tell.
     pub(super) fn mark_stale(&self, id: &KeyId) {
         if let Some(state) = read(self.shard(id)).get(id) {
             state.stale.store(true, Ordering::Relaxed);
+            for slot in &state.limits {
+                if let Some(lease) = &slot.lease {
+                    lease.exhausted.store(0, Ordering::Release);
+                }
+            }
         }
     }
 
