@@ -27,8 +27,9 @@ COPY crates/keyward-store/Cargo.toml crates/keyward-store/
 COPY crates/keyward-auth/Cargo.toml crates/keyward-auth/
 COPY examples/orders-service/Cargo.toml examples/orders-service/
 COPY benches/null-authz/Cargo.toml benches/null-authz/
+COPY benches/load-driver/Cargo.toml benches/load-driver/
 RUN set -eu; \
-    for member in . crates/keyward-core crates/keyward-store crates/keyward-auth examples/orders-service benches/null-authz; do \
+    for member in . crates/keyward-core crates/keyward-store crates/keyward-auth examples/orders-service benches/null-authz benches/load-driver; do \
       mkdir -p "$member/src"; \
       : > "$member/src/lib.rs"; \
     done; \
@@ -41,8 +42,8 @@ RUN set -eu; \
     cargo clean --release --locked -p keyward -p keyward-core -p keyward-store -p keyward-auth; \
     rm -rf src build.rs crates/*/src crates/keyward-auth/build.rs
 
-# 2. keyward itself: only what its build reads (orders-service and null-authz
-#    stay stubs; they are workspace members, not part of the image).
+# 2. keyward itself: only what its build reads (orders-service, null-authz and
+#    load-driver stay stubs; they are workspace members, not part of the image).
 COPY build.rs ./
 COPY proto proto
 COPY src src

@@ -10,14 +10,16 @@
 #   ROOT, QUICK, WORK (a temporary directory, removed on exit unless
 #   BENCH_KEEP=1), SERVER_CPU / LOAD_CPU (taskset prefixes, see BENCH_PIN),
 # and the functions below. Every process started with bench_start is stopped
-# on exit, however the script ends.
+# on exit, however the script ends; then the functions given to bench_at_exit
+# run.
 #
 # One way to pass prebuilt binaries, for every bench script:
 #   KEYWARD_BIN=PATH   use this keyward binary and build nothing; a script
-#                      that also needs orders-service and bench_upstream takes
-#                      them next to it: DIR/orders-service and
-#                      DIR/examples/bench_upstream (`cargo build --bins
-#                      --examples` or `cargo test` puts them there).
+#                      that also needs orders-service and bench_upstream (or
+#                      the accuracy driver) takes them next to it:
+#                      DIR/orders-service and DIR/examples/bench_upstream (or
+#                      DIR/accuracy) (`cargo build --bins --examples` or
+#                      `cargo test` puts them there).
 #   BENCH_PIN=1|0      pin servers to CPU 0 and h2load to CPU 1 (default: 1
 #                      with 2+ CPUs and taskset)
 #   BENCH_KEEP=1       keep the temporary directory (logs, h2load reports)
@@ -60,14 +62,22 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/keyward-$BENCH_NAME.XXXXXX")"
 PIDS=()
 declare -A PID_OF
+_BENCH_AT_EXIT=()
 _bench_cleanup() {
-  local pid
+  local pid hook
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for hook in "${_BENCH_AT_EXIT[@]}"; do "$hook" || true; done
   if [[ "${BENCH_KEEP:-0}" == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap _bench_cleanup EXIT
 trap 'exit 130' INT TERM
+
+# bench_at_exit FUNCTION: runs FUNCTION on exit, after every server stopped
+# (e.g. to drop a database they used).
+bench_at_exit() {
+  _BENCH_AT_EXIT+=("$1")
+}
 
 # bench_start NAME COMMAND...: runs a server in the background (on the server
 # CPU), its output in $WORK/NAME.log; PID_OF[NAME] is its process id.
@@ -102,9 +112,10 @@ bench_wait_port() {
 }
 
 # ----------------------------------------------------------- binaries, tools
-# bench_build keyward|orders: sets KEYWARD, and with `orders` also ORDERS
-# (orders-service), NULL_AUTHZ (benches/null-authz) and UPSTREAM
-# (examples/bench_upstream). Without
+# bench_build keyward|orders|accuracy: sets KEYWARD; with `orders` also
+# ORDERS (orders-service), NULL_AUTHZ (benches/null-authz) and UPSTREAM
+# (examples/bench_upstream); with `accuracy` also ORDERS and ACCURACY (the
+# driver of benches/load-driver). Without
 # KEYWARD_BIN it builds them: release, or with --quick debug binaries with
 # --all-features, as the test suite.
 bench_build() {
@@ -114,7 +125,10 @@ bench_build() {
     dir="$(dirname "$KEYWARD")"
   else
     local packages=(-p keyward)
-    if [[ "$1" == orders ]]; then packages+=(-p orders-service -p null-authz); fi
+    case "$1" in
+      orders) packages+=(-p orders-service -p null-authz) ;;
+      accuracy) packages+=(-p orders-service -p load-driver) ;;
+    esac
     if [[ $QUICK == 1 ]]; then
       dir="$ROOT/target/debug"
       say "building ${packages[*]} (debug)"
@@ -134,12 +148,19 @@ bench_build() {
     KEYWARD="$dir/keyward"
   fi
   local bins=("$KEYWARD")
-  if [[ "$1" == orders ]]; then
-    ORDERS="$dir/orders-service"
-    UPSTREAM="$dir/examples/bench_upstream"
-    NULL_AUTHZ="$dir/null-authz"
-    bins+=("$ORDERS" "$UPSTREAM" "$NULL_AUTHZ")
-  fi
+  case "$1" in
+    orders)
+      ORDERS="$dir/orders-service"
+      UPSTREAM="$dir/examples/bench_upstream"
+      NULL_AUTHZ="$dir/null-authz"
+      bins+=("$ORDERS" "$UPSTREAM" "$NULL_AUTHZ")
+      ;;
+    accuracy)
+      ORDERS="$dir/orders-service"
+      ACCURACY="$dir/accuracy"
+      bins+=("$ORDERS" "$ACCURACY")
+      ;;
+  esac
   local bin
   for bin in "${bins[@]}"; do
     [[ -x "$bin" ]] || die "$bin missing (build it: cargo build --bins --examples; or unset KEYWARD_BIN)"
@@ -160,12 +181,17 @@ bench_tools() {
 }
 
 # ------------------------------------------------------------------ keyward
-# bench_keyward DATABASE-URL: bootstraps an admin key of organization `bench`
-# into ADMIN, then starts `keyward serve` on a free port, KEYWARD_PORT, and
-# waits until it listens.
-bench_keyward() {
+# bench_bootstrap DATABASE-URL: bootstraps an admin key of organization
+# `bench` into ADMIN.
+bench_bootstrap() {
   ADMIN="$("$KEYWARD" bootstrap --database-url "$1" --organization bench 2>"$WORK/bootstrap.log")" ||
     { cat "$WORK/bootstrap.log" >&2; die "keyward bootstrap failed"; }
+}
+
+# bench_keyward DATABASE-URL: bench_bootstrap, then starts `keyward serve` on
+# a free port, KEYWARD_PORT, and waits until it listens.
+bench_keyward() {
+  bench_bootstrap "$1"
   KEYWARD_PORT="$(free_port)"
   bench_start keyward env RUST_LOG=warn "$KEYWARD" serve --database-url "$1" \
     --listen "127.0.0.1:$KEYWARD_PORT"

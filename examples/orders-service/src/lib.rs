@@ -30,8 +30,8 @@ use keyward_auth::{
     TlsError, Validator,
 };
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
 use crate::pb::order_service_server::{OrderService, OrderServiceServer};
@@ -85,7 +85,29 @@ impl OrdersServer<RemoteValidator> {
         keyward_url: &str,
         tls: &ClientTls,
     ) -> Result<Self, TlsError> {
-        let channel = keyward_auth::tls::endpoint(keyward_url, tls)?.connect_lazy();
+        Self::build_balanced(listener, &[keyward_url], tls)
+    }
+
+    /// An order service on `listener` validating keys with several keyward
+    /// replicas, each URL as in [`OrdersServer::build`] (all with `tls`):
+    /// each `ValidateKey` goes to one of them, tonic's balancing channel
+    /// picking the less loaded of two at random. It is not failover: a call
+    /// sent to a replica that cannot be reached fails as UNAVAILABLE, like
+    /// every call with one unreachable URL. One URL is
+    /// [`OrdersServer::build`]; give at least one.
+    pub fn build_balanced(
+        listener: TcpListener,
+        keyward_urls: &[impl AsRef<str>],
+        tls: &ClientTls,
+    ) -> Result<Self, TlsError> {
+        let mut endpoints = keyward_urls
+            .iter()
+            .map(|url| keyward_auth::tls::endpoint(url.as_ref(), tls))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channel = match endpoints.len() {
+            1 => endpoints.remove(0).connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
         Ok(Self::with_validator(
             listener,
             Arc::new(RemoteValidator::new(channel)),

@@ -183,31 +183,45 @@ async fn a_validator_that_cannot_answer_refuses_every_call() {
     assert_eq!(status.code(), Code::Unavailable);
 }
 
+/// An address nothing listens on: a port whose listener was dropped.
+async fn unreachable_url() -> String {
+    let addr = listener().await.local_addr().expect("a local address");
+    format!("http://{addr}")
+}
+
 #[tokio::test]
 async fn an_unreachable_keyward_refuses_every_call() {
-    // Nothing listens on a port whose listener was dropped.
-    let keyward = listener().await.local_addr().expect("a local address");
-    let server = OrdersServer::build(
-        listener().await,
-        &format!("http://{keyward}"),
-        &keyward_auth::ClientTls::default(),
-    )
-    .expect("a valid keyward URL");
-    let validator = Arc::clone(server.validator());
-    let mut app = start(server).await;
-    let key = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
-    for _ in 0..2 {
-        let status = app
-            .client
-            .get_order(with_key(
-                key.expose(),
-                GetOrderRequest { id: "ord_1".into() },
-            ))
-            .await
-            .expect_err("keyward cannot be reached");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let tls = keyward_auth::ClientTls::default();
+    let one = OrdersServer::build(listener().await, &unreachable_url().await, &tls)
+        .expect("a valid keyward URL");
+    // Balanced over two replicas, neither reachable: the same.
+    let replicas = [unreachable_url().await, unreachable_url().await];
+    let balanced = OrdersServer::build_balanced(listener().await, &replicas, &tls)
+        .expect("valid keyward URLs");
+    for server in [one, balanced] {
+        let validator = Arc::clone(server.validator());
+        let mut app = start(server).await;
+        let key = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
+        for _ in 0..2 {
+            let status = app
+                .client
+                .get_order(with_key(
+                    key.expose(),
+                    GetOrderRequest { id: "ord_1".into() },
+                ))
+                .await
+                .expect_err("keyward cannot be reached");
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        }
+        assert_eq!(validator.calls(), 2, "failures are not cached");
     }
-    assert_eq!(validator.calls(), 2, "failures are not cached");
+}
+
+#[tokio::test]
+async fn every_keyward_url_must_be_valid() {
+    let tls = keyward_auth::ClientTls::default();
+    let urls = [unreachable_url().await, "ftp://keyward:1".to_owned()];
+    assert!(OrdersServer::build_balanced(listener().await, &urls, &tls).is_err());
 }
 
 #[tokio::test]
