@@ -14,8 +14,18 @@ use keyward::pb;
 use keyward::pb::ValidationCode::{RateLimited, UsageExceeded, Valid};
 use tonic::Code;
 
+use keyward::Application;
+use keyward::limits::{RedisFailureMode, RedisUrl};
+use keyward::pb::key_admin_service_client::KeyAdminServiceClient;
+use keyward::pb::key_validation_service_client::KeyValidationServiceClient;
+use keyward::startup::StartupError;
+use keyward_store::testing::Backend;
+
 use crate::e2e_test;
-use crate::helpers::{CreatedKey, TestApp, code, eventually};
+use crate::helpers::{
+    CreatedKey, NewKey, TestApp, code, eventually, serve_until_dropped, with_app,
+    with_app_configured,
+};
 
 /// The longest window, 30 days: none ends during a test.
 const MONTH_SECONDS: i64 = 2_592_000;
@@ -227,3 +237,132 @@ e2e_test!(
         assert!(recorded.is_some(), "GetKey shows the credits spent");
     }
 );
+
+e2e_test!(
+    replicas_sharing_redis_admit_a_limit_exactly_once,
+    backends = [postgres, mariadb],
+    |app| {
+        let replica = app.build_replica().await;
+        let replica_url = format!("http://{}", replica.local_addr());
+        let _replica = serve_until_dropped(replica);
+        let mut other = KeyValidationServiceClient::connect(replica_url)
+            .await
+            .expect("the replica accepts connections");
+        let CreatedKey { secret: key, .. } = app
+            .create_key("ten across replicas")
+            .with(|r| r.rate_limits = vec![monthly_limit("requests", 10)])
+            .await;
+        let mut admitted = 0;
+        for i in 0..30 {
+            let request = pb::ValidateKeyRequest {
+                key: key.clone(),
+                client_ip: "192.0.2.10".to_owned(),
+                ..Default::default()
+            };
+            let answer = if i % 2 == 0 {
+                app.validation().validate_key(request).await
+            } else {
+                other.validate_key(request).await
+            };
+            let code = answer.expect("answered").into_inner().code();
+            assert!(matches!(code, Valid | RateLimited), "{code:?}");
+            admitted += usize::from(code == Valid);
+        }
+        assert_eq!(admitted, 10, "both replicas count one limit");
+    }
+);
+
+/// A replica of a shared database that would count alone: without
+/// `--redis-url`, its admin API refuses to give a key rate limits or
+/// credits, and it refuses to start while such keys exist, unless
+/// `--per-replica-limits` says that each replica enforcing them alone is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_database_without_redis_refuses_metered_keys_unless_told() {
+    with_app(Backend::Postgres, async |app| {
+        let without_redis = |per_replica_limits| {
+            let mut settings = app.settings.clone();
+            settings.listen = "127.0.0.1:0".parse().expect("an address");
+            settings.limiter.redis_url = None;
+            settings.limiter.per_replica_limits = per_replica_limits;
+            settings
+        };
+        // Serves `replica` while CreateKey of a rate-limited key is sent to it.
+        let create_on = async |replica: Application| {
+            let url = format!("http://{}", replica.local_addr());
+            let _served = serve_until_dropped(replica);
+            let client = KeyAdminServiceClient::connect(url)
+                .await
+                .expect("the replica accepts connections");
+            NewKey::on(client, &app.acme_key, "metered")
+                .with(|r| r.rate_limits = vec![monthly_limit("requests", 5)])
+                .send()
+                .await
+        };
+        // No metered key yet: it starts, and refuses to create one.
+        let alone = Application::build(without_redis(false))
+            .await
+            .expect("no metered key: it starts");
+        let refused = create_on(alone).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.message().contains("--redis-url"), "{refused:?}");
+
+        // Once one exists (made through a replica with Redis), such a
+        // replica does not start.
+        app.create_key("metered")
+            .with(|r| r.credits = Some(credits(5)))
+            .await;
+        let refused = Application::build(without_redis(false))
+            .await
+            .err()
+            .expect("refused at startup");
+        assert!(matches!(refused, StartupError::Config(_)), "{refused:?}");
+        assert!(refused.to_string().contains("--redis-url"), "{refused}");
+        assert!(
+            refused.to_string().contains("--per-replica-limits"),
+            "{refused}"
+        );
+
+        // Told that per-replica limits are accepted: it starts and creates.
+        let accepted = Application::build(without_redis(true))
+            .await
+            .expect("--per-replica-limits: it starts");
+        create_on(accepted).await.expect("accepted per replica");
+    })
+    .await;
+}
+
+/// Redis unreachable (`--redis-url` at a closed port): by default
+/// (`--redis-failure-mode closed`) a metered key's calls are refused as
+/// RATE_LIMITED, retry after 1 s, while keys without meters validate; with
+/// `local`, this replica enforces its share of the limit in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_metered_keys_fail_closed_or_count_locally() {
+    for mode in [RedisFailureMode::Closed, RedisFailureMode::Local] {
+        let unreachable = |settings: &mut keyward::Settings| {
+            settings.limiter.redis_url = Some(RedisUrl("redis://127.0.0.1:1".to_owned()));
+            settings.limiter.redis_failure_mode = mode;
+        };
+        with_app_configured(Backend::Postgres, unreachable, async |app| {
+            let plain = app.create_key("plain").await;
+            let CreatedKey { secret: key, .. } = app
+                .create_key("metered")
+                .with(|r| r.rate_limits = vec![monthly_limit("requests", 3)])
+                .await;
+            assert_eq!(app.validate(&plain.secret, &[]).await.code(), Valid);
+            let answers = codes(app, &key, 4).await;
+            match mode {
+                RedisFailureMode::Closed => {
+                    assert_eq!(answers, [RateLimited; 4]);
+                    let refused = spend(app, &key, 0, "").await.expect("answered");
+                    assert_eq!(seconds(refused.retry_after), 1);
+                }
+                RedisFailureMode::Local => {
+                    // One replica known (Redis never answered): all of N.
+                    assert_eq!(answers, [Valid, Valid, Valid, RateLimited]);
+                }
+            }
+        })
+        .await;
+    }
+}
