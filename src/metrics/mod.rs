@@ -30,6 +30,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 pub use self::http::{METRICS_PATH, serve, text_format};
+use crate::limits::Limiter;
 use crate::validation::KeyValidator;
 
 /// Which entrypoint validated a key: the `path` label of
@@ -395,8 +396,90 @@ impl Collector for Gauges {
             ConstGauge::new(i64::from(usage.max))
                 .encode(max.encode_family(&PoolLabel { pool })?)?;
         }
-        Ok(())
+        rate_limit_metrics(&mut encoder, validator.limiter())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+/// The limiter's counters (SPEC §13 "rate-limit decisions"), read at scrape.
+fn rate_limit_metrics(encoder: &mut DescriptorEncoder<'_>, limiter: &Limiter) -> std::fmt::Result {
+    let stats = limiter.stats();
+    let mut decisions = encoder.encode_descriptor(
+        "keyward_rate_limit_decisions",
+        "Calls of keys with rate limits or credits by decision: admitted, rate_limited \
+         (including refusals while Redis could not answer), usage_exceeded, and \
+         idempotent_repeat (answered from an earlier call, not charged).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (decision, value) in [
+        ("admitted", stats.admitted()),
+        ("rate_limited", stats.rate_limited()),
+        ("usage_exceeded", stats.usage_exceeded()),
+        ("idempotent_repeat", stats.idempotent_repeats()),
+    ] {
+        ConstCounter::new(value).encode(decisions.encode_family(&DecisionLabel { decision })?)?;
+    }
+    for (name, help, value) in [
+        (
+            "keyward_rate_limit_redis_unavailable_refusals",
+            "Calls refused because Redis could not answer (--redis-failure-mode closed).",
+            stats.unavailable(),
+        ),
+        (
+            "keyward_rate_limit_local_fallbacks",
+            "Meters counted by this replica's share because Redis could not answer \
+             (--redis-failure-mode local).",
+            stats.fallback(),
+        ),
+        (
+            "keyward_rate_limit_redis_errors",
+            "Redis commands that failed or timed out.",
+            stats.redis_errors(),
+        ),
+        (
+            "keyward_rate_limit_lease_fetches",
+            "Leases of shared counts asked of Redis.",
+            stats.lease_fetches(),
+        ),
+        (
+            "keyward_rate_limit_evicted_keys",
+            "Keys whose counts were dropped from memory (idle, or over the key cap).",
+            stats.evicted_keys(),
+        ),
+    ] {
+        ConstCounter::new(value).encode(encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    gauge(
+        encoder,
+        "keyward_rate_limit_tracked_keys",
+        "Keys whose rate-limit and credit counts are kept in memory",
+        limiter.tracked_keys() as u64,
+    )?;
+    if limiter.uses_redis() {
+        gauge(
+            encoder,
+            "keyward_rate_limit_redis_up",
+            "Whether Redis answered this replica's last command (1) or not (0)",
+            u64::from(limiter.redis_available()),
+        )?;
+        gauge(
+            encoder,
+            "keyward_rate_limit_replicas",
+            "Live replicas counting through Redis, as last heard",
+            limiter.replicas(),
+        )?;
+    }
+    Ok(())
 }
 
 /// A histogram of durations with fixed bounds, observed with atomics only

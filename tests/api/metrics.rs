@@ -192,8 +192,38 @@ async fn counts_validations(backend: Backend) {
         })
         .await;
         assert!(applied.is_some(), "{}", app.scrape().await);
+
+        // Rate-limit decisions: one call admitted, one refused.
+        let limited = app
+            .create_key("one a month")
+            .with(|r| r.rate_limits = vec![crate::rate_limits::monthly_limit("requests", 1)])
+            .await;
+        app.validate(&limited.secret, &[]).await;
+        app.validate(&limited.secret, &[]).await;
+        let metrics = app.scrape().await;
+        assert_eq!(
+            validations(&metrics, "rate_limited", "validate_key"),
+            Some(1.0)
+        );
+        for (decision, count) in [
+            ("admitted", 1.0),
+            ("rate_limited", 1.0),
+            ("usage_exceeded", 0.0),
+        ] {
+            let series = format!("keyward_rate_limit_decisions_total{{decision=\"{decision}\"}}");
+            assert_eq!(
+                sample(&metrics, &series),
+                Some(count),
+                "{series} in\n{metrics}"
+            );
+        }
+        assert_eq!(
+            sample(&metrics, "keyward_rate_limit_redis_up"),
+            (backend != Backend::Sqlite).then_some(1.0),
+            "Redis counts on the shared databases"
+        );
         if promtool().is_some() {
-            promtool_accepts(&app.scrape().await);
+            promtool_accepts(&metrics);
         }
     })
     .await;
