@@ -15,6 +15,10 @@
 //!   call for a key with an IP allowlist of 8 ranges that holds the client's
 //!   address: its difference from `warm_hit` is the policy check's cost
 //!   (SPEC §10: ≤ 100 ns); `warm_hit_ip_not_allowed` is a client outside it.
+//!   `warm_hit_policy` is a key with one rate limit (10^9 per second: never
+//!   reached) and a one-range allowlist holding the client, counted in
+//!   memory: its difference from `warm_hit` is issue 11's policy check (one
+//!   rate limit + one CIDR check, target ≤ 100 ns).
 //! - `components/allowlist_contains_64`: one address looked up in a
 //!   64-range allowlist (the most a key may hold).
 //! - `validate/malformed`: a key whose checksum is wrong (rejected without a
@@ -42,7 +46,8 @@ use criterion::Criterion;
 use keyward::metrics::ValidationPath;
 use keyward::validation::{Change, ClientInfo, KeyValidator, ValidatorSettings};
 use keyward_core::{
-    AllowedCidrs, ApiKeySecret, KeyId, LookupHasher, Policy, PresentedKey, Scope, ValidationCode,
+    AllowedCidrs, ApiKeySecret, KeyId, LookupHasher, Policy, PresentedKey, RateLimit, RateLimits,
+    Scope, ValidationCode,
 };
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase};
@@ -93,6 +98,8 @@ struct Fixture {
     secret: ApiKeySecret,
     /// The bench key's twin with an 8-range IP allowlist holding `CLIENT`.
     allowlisted: ApiKeySecret,
+    /// The bench key's twin with one rate limit and a one-range allowlist.
+    policed: ApiKeySecret,
     id: KeyId,
     store: Store,
     database: TestDatabase,
@@ -117,11 +124,20 @@ async fn fixture(backend: Backend) -> Option<Fixture> {
         ..Policy::default()
     };
     let (allowlisted, _) = support::create_key_with_policy(&store, "allowlisted", policy).await;
+    let limit = RateLimit::parse("requests", 1_000_000_000, Some(Duration::from_secs(1)), 0)
+        .expect("a valid limit");
+    let policy = Policy {
+        allowed_cidrs: AllowedCidrs::parse(&["203.0.113.0/24"]).expect("a valid range"),
+        rate_limits: RateLimits::new(vec![limit]).expect("valid limits"),
+        credits: None,
+    };
+    let (policed, _) = support::create_key_with_policy(&store, "policed", policy).await;
     let validator = KeyValidator::new(store.clone(), LookupHasher::derived(), settings());
     Some(Fixture {
         validator,
         secret,
         allowlisted,
+        policed,
         id: key.id,
         store,
         database,
@@ -203,6 +219,12 @@ fn bench_sqlite(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
             .expect("validate");
         assert_eq!(verdict.code, expected);
     }
+    let policed = fx.policed.expose().to_owned();
+    let verdict = rt
+        .block_on(fx.validator.validate(&policed, &required, CLIENT))
+        .expect("validate");
+    assert_eq!(verdict.code, ValidationCode::Valid);
+    assert!(verdict.metered && verdict.throttle.is_some());
     let widest = allowlist(64);
     let address = CLIENT.address.expect("an address");
 
@@ -230,6 +252,14 @@ fn bench_sqlite(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
             timed(rt, iters, || {
                 fx.validator
                     .validate(black_box(&allowlisted), &required, CLIENT)
+            })
+        })
+    });
+    group.bench_function("warm_hit_policy", |b| {
+        b.iter_custom(|iters| {
+            timed(rt, iters, || {
+                fx.validator
+                    .validate(black_box(&policed), &required, CLIENT)
             })
         })
     });

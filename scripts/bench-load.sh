@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # ValidateKey vs grpc.health.v1.Health/Check on the same running keyward, at
 # the same concurrency, from a separate process (h2load), on loopback only
-# (target: ValidateKey >= 90% of Health/Check throughput; BENCHMARKS.md):
+# (targets: ValidateKey >= 90% of Health/Check throughput; ValidateKey of a
+# rate-limited key, under its limit, >= 95% of an unlimited key's;
+# BENCHMARKS.md):
 #
 #   bash scripts/bench-load.sh            # full run, prints the table and the ratio
 #   bash scripts/bench-load.sh --quick    # smoke run (CI): a few hundred requests, nothing judged
@@ -13,9 +15,11 @@
 # calls answer, then runs h2load against
 #   /keyward.v1.KeyValidationService/ValidateKey  (key + one required scope +
 #       client IP + user agent: a warm-cache VALID verdict)
+#   the same ValidateKey for a second key with one rate limit (10^9 per
+#       second: never reached, so every call is charged and VALID)
 #   /grpc.health.v1.Health/Check                  (empty request)
-# with identical flags, in rounds of one run each, alternating the order
-# round by round (H V, V H, ...) so that drift hits both alike. Requests/s
+# with identical flags, in rounds of one run each, rotating the order round
+# by round (H V L, V L H, L H V, ...) so that drift hits all alike. Requests/s
 # come from h2load's own report; p50/p99 from its per-request log
 # (--log-file). The ratio is reported two ways: mean ValidateKey req/s over
 # mean Health req/s, and the median of the per-round ratios (each round's two
@@ -30,7 +34,7 @@
 #   BENCH_DURATION=8             measured seconds per run (h2load -D)
 #   BENCH_WARMUP=2               warm-up seconds before each (h2load --warm-up-time)
 #   BENCH_LOAD="-c 4 -m 16"      h2load clients / streams per client (both endpoints)
-#   BENCH_ROUNDS=8               rounds (each runs both endpoints once)
+#   BENCH_ROUNDS=8               rounds (each runs all three once)
 #   BENCH_PIN=1|0                pin server / load generator (default: 1 with 2+ CPUs)
 #   KEYWARD_BIN=PATH             use this keyward binary, build nothing
 #   BENCH_KEEP=1                 keep the temporary directory (logs, h2load logs)
@@ -55,21 +59,27 @@ bench_tools
 bench_keyward "sqlite://$WORK/keyward.db?mode=rwc"
 PORT="$KEYWARD_PORT"
 bench_create_key "bench load client"
-say "keyward $KEYWARD on 127.0.0.1:$PORT, standard key ${KEY:0:12}…"
+UNLIMITED_KEY="$KEY"
+bench_create_key "bench load limited" \
+  '"rate_limits": [{"name": "requests", "limit": 1000000000, "duration": "1s"}]'
+LIMITED_KEY="$KEY"
+KEY="$UNLIMITED_KEY"
+say "keyward $KEYWARD on 127.0.0.1:$PORT, standard keys ${KEY:0:12}… and ${LIMITED_KEY:0:12}… (rate-limited)"
 
 # The two request bodies as gRPC frames them: 0x00 (not compressed),
 # big-endian u32 length, then the protobuf message.
-python3 - "$KEY" "$WORK" <<'PY'
+python3 - "$KEY" "$LIMITED_KEY" "$WORK" <<'PY'
 import struct, sys
-key, work = sys.argv[1], sys.argv[2]
+key, limited, work = sys.argv[1], sys.argv[2], sys.argv[3]
 def field(number, text):  # a string field (wire type 2); every value here is < 128 bytes
     data = text.encode()
     assert len(data) < 128
     return bytes([number << 3 | 2, len(data)]) + data
 # ValidateKeyRequest { key = 1; required_scopes = 2; client_ip = 3; user_agent = 4 }
-validate = field(1, key) + field(2, "orders:read") + field(3, "203.0.113.7") + field(4, "bench-client/1.0")
+request = lambda key: field(1, key) + field(2, "orders:read") + field(3, "203.0.113.7") + field(4, "bench-client/1.0")
 frame = lambda message: b"\x00" + struct.pack(">I", len(message)) + message
-open(f"{work}/validate.bin", "wb").write(frame(validate))
+open(f"{work}/validate.bin", "wb").write(frame(request(key)))
+open(f"{work}/limited.bin", "wb").write(frame(request(limited)))
 # HealthCheckRequest { service = 1 } empty: the server's overall status.
 open(f"{work}/health.bin", "wb").write(frame(b""))
 PY
@@ -82,14 +92,22 @@ GRPC=(-H 'content-type: application/grpc' -H 'te: trailers')
 answer="$("$GRPCURL" -plaintext -d "{\"key\": \"$KEY\", \"required_scopes\": [\"orders:read\"]}" \
   "127.0.0.1:$PORT" keyward.v1.KeyValidationService/ValidateKey)"
 [[ "$answer" == *'"code": "VALIDATION_CODE_VALID"'* ]] || die "ValidateKey did not answer VALID: $answer"
+answer="$("$GRPCURL" -plaintext -d "{\"key\": \"$LIMITED_KEY\", \"required_scopes\": [\"orders:read\"]}" \
+  "127.0.0.1:$PORT" keyward.v1.KeyValidationService/ValidateKey)"
+[[ "$answer" == *'"code": "VALIDATION_CODE_VALID"'* && "$answer" == *'"metered": true'* ]] ||
+  die "ValidateKey of the rate-limited key did not answer a metered VALID: $answer"
 answer="$("$GRPCURL" -plaintext "127.0.0.1:$PORT" grpc.health.v1.Health/Check)"
 [[ "$answer" == *'"status": "SERVING"'* ]] || die "Health/Check did not answer SERVING: $answer"
 
 # A VALID ValidateKeyResponse carries the key's id, organization, name and
 # scopes (> 60 bytes); a HealthCheckResponse { status = SERVING } is 2 bytes
 # (a gRPC error is a 200 with no body). Probes first: 20 requests each.
-declare -A MIN_BYTES=([validate]=60 [health]=2) URL=([validate]="$VALIDATE_URL" [health]="$HEALTH_URL")
-for what in validate health; do
+# A rate-limited VALID also names its limit (> 60 bytes); a RATE_LIMITED
+# answer describes no key and is shorter, failing the run.
+declare -A MIN_BYTES=([validate]=60 [limited]=60 [health]=2)
+declare -A URL=([validate]="$VALIDATE_URL" [limited]="$VALIDATE_URL" [health]="$HEALTH_URL")
+KINDS=(health validate limited)
+for what in "${KINDS[@]}"; do
   bench_h2load "$what-check" "${MIN_BYTES[$what]}" -n 20 -c 1 "${GRPC[@]}" -d "$WORK/$what.bin" "${URL[$what]}"
 done
 
@@ -103,7 +121,8 @@ fi
 UPTIME_BEFORE="$(uptime)"
 NAMES=()
 for round in $(seq "$ROUNDS"); do
-  if ((round % 2 == 1)); then order=(health validate); else order=(validate health); fi
+  shift_by=$(((round - 1) % 3))
+  order=("${KINDS[@]:shift_by}" "${KINDS[@]:0:shift_by}")
   for what in "${order[@]}"; do
     # shellcheck disable=SC2086 # LOAD is a list of h2load flags
     bench_h2load "$what-$round" "${MIN_BYTES[$what]}" $LOAD -t 1 "${BOUND[@]}" \
@@ -131,9 +150,11 @@ def pooled(kind):
     return dict(rps=sum(r["rps"] for r in rs) / len(rs), n=len(lat),
                 p50=pct(lat, 50) / 1000, p99=pct(lat, 99) / 1000, each=[r["rps"] for r in rs])
 
-h, v = pooled("health"), pooled("validate")
+h, v, l = pooled("health"), pooled("validate"), pooled("limited")
 ratio = v["rps"] / h["rps"]
-rounds = [runs[f"validate-{i}"]["rps"] / runs[f"health-{i}"]["rps"] for i in range(1, len(h["each"]) + 1)]
+n_rounds = len(h["each"])
+rounds = [runs[f"validate-{i}"]["rps"] / runs[f"health-{i}"]["rps"] for i in range(1, n_rounds + 1)]
+limited_rounds = [runs[f"limited-{i}"]["rps"] / runs[f"validate-{i}"]["rps"] for i in range(1, n_rounds + 1)]
 print()
 if quick:
     print(f"QUICK smoke run (h2load {load} -t 1 -n 400 per endpoint): figures are not meaningful")
@@ -143,7 +164,8 @@ else:
 print()
 print("| call | req/s | p50 ms | p99 ms | requests | req/s per run |")
 print("|---|---:|---:|---:|---:|---|")
-for label, x in [("grpc.health.v1.Health/Check", h), ("keyward.v1.KeyValidationService/ValidateKey", v)]:
+for label, x in [("grpc.health.v1.Health/Check", h), ("keyward.v1.KeyValidationService/ValidateKey", v),
+                 ("ValidateKey, key with one rate limit", l)]:
     each = ", ".join(f"{r:,.0f}" for r in x["each"])
     print(f"| {label} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {x['n']:,} | {each} |")
 print()
@@ -151,6 +173,10 @@ m = median(rounds)
 verdict = "not judged (--quick)" if quick else ("met" if m >= 0.9 else f"MISSED by {(0.9 - m) * 100:.1f} points")
 print(f"ratio ValidateKey/Health throughput: median of rounds {m:.3f} (target >= 0.9: {verdict}); "
       f"mean over mean {ratio:.3f}; rounds {', '.join(f'{r:.3f}' for r in sorted(rounds))}")
+ml = median(limited_rounds)
+verdict = "not judged (--quick)" if quick else ("met" if ml >= 0.95 else f"MISSED by {(0.95 - ml) * 100:.1f} points")
+print(f"ratio rate-limited/unlimited ValidateKey throughput: median of rounds {ml:.3f} (target >= 0.95: {verdict}); "
+      f"mean over mean {l['rps'] / v['rps']:.3f}; rounds {', '.join(f'{r:.3f}' for r in sorted(limited_rounds))}")
 PY
 echo
 echo "load before: $UPTIME_BEFORE"

@@ -198,12 +198,13 @@ bench_keyward() {
   bench_wait_port "$KEYWARD_PORT" keyward
 }
 
-# bench_create_key NAME: CreateKey (orders:read, orders:write) with ADMIN;
+# bench_create_key NAME [JSON-FIELDS]: CreateKey (orders:read, orders:write,
+# plus any extra request fields, e.g. '"rate_limits": [...]') with ADMIN;
 # sets KEY to the new standard key.
 bench_create_key() {
-  local created
+  local created extra="${2:+, $2}"
   created="$("$GRPCURL" -plaintext -H "authorization: Bearer $ADMIN" \
-    -d "{\"name\": \"$1\", \"scopes\": [\"orders:read\", \"orders:write\"]}" \
+    -d "{\"name\": \"$1\", \"scopes\": [\"orders:read\", \"orders:write\"]$extra}" \
     "127.0.0.1:$KEYWARD_PORT" keyward.v1.KeyAdminService/CreateKey)" || die "CreateKey failed"
   KEY="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["secret"])' "$created")"
   [[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
