@@ -185,7 +185,7 @@ echo "| credits C | load | admitted | slack (C − admitted) / C | bound | error
 echo "|---|---|---:|---:|---:|---:|---|"
 row credits
 echo
-echo "| idempotent retries | load | pairs with both copies admitted | later calls refused | expected | errors | verdict |"
+echo "| idempotent retries | load | keys admitted (pairs + drain = total) | pairs whose copies disagree | expected | errors | verdict |"
 echo "|---|---|---:|---:|---|---:|---|"
 row idempotent
 echo

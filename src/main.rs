@@ -11,7 +11,10 @@ use keyward_core::{KeyName, LookupHasher, OrganizationId};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    // Boxed: each command's future (the server's above all) is deeply
+    // nested, and inlined into `main`'s they passed the compiler's type
+    // depth limit in release builds.
+    match Box::pin(run(cli.command)).await {
         Ok(code) => code,
         Err(error) => {
             tracing::error!("{error}");
@@ -24,8 +27,8 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match command {
         Command::Serve(settings) => {
-            let app = Application::build(*settings).await?;
-            app.run_until(shutdown_signal()).await?;
+            let app = Box::pin(Application::build(*settings)).await?;
+            Box::pin(app.run_until(shutdown_signal())).await?;
         }
         Command::Migrate(args) => {
             open(&args).await?;
@@ -41,8 +44,8 @@ async fn run(command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{}", secret.expose());
         }
         // The admin CLI prints its own errors and picks its exit codes.
-        Command::Keys(args) => return Ok(cli::run_keys(*args).await),
-        Command::Events(args) => return Ok(cli::run_events(args).await),
+        Command::Keys(args) => return Ok(Box::pin(cli::run_keys(*args)).await),
+        Command::Events(args) => return Ok(Box::pin(cli::run_events(args)).await),
         Command::Audit(AuditCommand::Verify(args)) => {
             let (store, _) = open(&args.database).await?;
             let report = store.verify_audit(args.organization.as_deref()).await?;
