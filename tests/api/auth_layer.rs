@@ -528,6 +528,23 @@ async fn a_rate_limit_holds_behind_the_layer_despite_its_verdict_cache() {
             "{:?}",
             status.metadata()
         );
+
+        // Credits: the second request finds none left.
+        let one_credit = keyward
+            .create_key("one credit")
+            .scopes(&["orders:write"])
+            .with(|r| r.credits = Some(crate::rate_limits::credits(1)))
+            .await;
+        orders
+            .create(Some(&one_credit.secret))
+            .await
+            .expect("the credit is spent");
+        let status = orders
+            .create(Some(&one_credit.secret))
+            .await
+            .expect_err("no credit left");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "usage exceeded");
     })
     .await;
 }
