@@ -96,14 +96,14 @@ pub fn validate_key_response(
         metered: validation.metered,
         ..Default::default()
     };
-    if let Some(throttle) = validation.throttle {
-        response.limit_name = throttle.name.to_string();
-        response.limit = i64::try_from(throttle.limit).unwrap_or(i64::MAX);
-        response.remaining = i64::try_from(throttle.remaining).unwrap_or(i64::MAX);
-        response.reset = throttle.reset.map(duration);
-        response.window = throttle.window.map(duration);
+    if let Some(limited) = &validation.throttle {
+        response.limit_name = limited.name().to_owned();
+        response.limit = i64::try_from(limited.state.limit).unwrap_or(i64::MAX);
+        response.remaining = i64::try_from(limited.state.remaining).unwrap_or(i64::MAX);
+        response.reset = limited.reset().map(duration);
+        response.window = limited.window().map(duration);
         if validation.code != ValidationCode::Valid {
-            response.retry_after = Some(duration(throttle.retry_after));
+            response.retry_after = Some(duration(limited.state.retry_after));
         }
     }
     if let Some(key) = validation.key {

@@ -51,7 +51,7 @@ use keyward_core::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::metrics::ValidationPath;
-use crate::validation::{ClientInfo, KeyValidator};
+use crate::validation::{ClientInfo, KeyValidator, Limited};
 
 /// The `context_extensions` entry naming the scopes a route requires.
 pub const REQUIRED_SCOPES: &str = "required_scopes";
@@ -318,7 +318,7 @@ impl Authorization for ExtAuthz {
             .validate(key, &required, client)
             .await
             .map_err(Status::from)?;
-        let throttle = validation.throttle;
+        let throttle = validation.throttle.as_ref().map(Limited::throttle);
         let response = match (validation.code, validation.key) {
             (ValidationCode::Valid, Some(key))
                 if environment.is_some_and(|wanted| key.environment != wanted) =>

@@ -47,6 +47,13 @@ impl Clock {
         micros.div_euclid(60_000_000) * 60
     }
 
+    /// The wall-clock time of `at` in milliseconds since the epoch (what
+    /// rate-limit windows are numbered by), without building a date.
+    pub(crate) fn unix_millis(&self, at: Instant) -> u64 {
+        let micros = self.anchor.load(Ordering::Relaxed) + self.since_start(at);
+        u64::try_from(micros / 1000).unwrap_or(0)
+    }
+
     /// The wall-clock time of `at`.
     pub(crate) fn utc(&self, at: Instant) -> DateTime<Utc> {
         let micros = self.anchor.load(Ordering::Relaxed) + self.since_start(at);

@@ -150,7 +150,57 @@ pub struct Validation {
     pub metered: bool,
     /// For a metered key's VALID, RATE_LIMITED or USAGE_EXCEEDED: the limit
     /// that decided (the refusing one, or the one with the least left).
-    pub throttle: Option<Throttle>,
+    pub throttle: Option<Limited>,
+}
+
+/// The limit that decided a metered key's call: the limiter's state of it,
+/// with the key's policy for its name and window. Nothing is copied on the
+/// warm path; [`Limited::throttle`] builds what a client is told.
+#[derive(Debug, Clone)]
+pub struct Limited {
+    /// The meter's state after the call.
+    pub state: LimitState,
+    /// The key's policy (the meter's name and window).
+    pub policy: Arc<Policy>,
+}
+
+impl Limited {
+    /// The meter's name: the rate limit's, or `credits`.
+    pub fn name(&self) -> &str {
+        match self.state.which {
+            Which::RateLimit(index) => &self.policy.rate_limits.as_slice()[index].name,
+            Which::Credits => "credits",
+        }
+    }
+
+    /// The rate limit's window; `None` for credits.
+    pub fn window(&self) -> Option<Duration> {
+        match self.state.which {
+            Which::RateLimit(index) => Some(self.policy.rate_limits.as_slice()[index].window),
+            Which::Credits => None,
+        }
+    }
+
+    /// Until the window ends (credits: until the refill); `None` for
+    /// credits that are never refilled.
+    pub fn reset(&self) -> Option<Duration> {
+        match self.state.which {
+            Which::RateLimit(_) => Some(self.state.reset),
+            Which::Credits => Some(self.state.reset).filter(|reset| !reset.is_zero()),
+        }
+    }
+
+    /// What the client is told: the RateLimit headers' values.
+    pub fn throttle(&self) -> Throttle {
+        Throttle {
+            name: Arc::from(self.name()),
+            limit: self.state.limit,
+            remaining: self.state.remaining,
+            reset: self.reset(),
+            retry_after: self.state.retry_after,
+            window: self.window(),
+        }
+    }
 }
 
 impl Validation {
@@ -455,6 +505,8 @@ impl KeyValidator {
         };
         let code = key.verdict(required, client.address, || self.clock.utc(now));
         let metered = key.policy.as_ref().filter(|policy| policy.is_metered());
+        // Charged only once everything else passed: a refused call spends
+        // nothing.
         let (code, throttle) = match metered {
             Some(policy) if code == ValidationCode::Valid => {
                 self.charge(&key, policy, client, now).await
@@ -483,15 +535,14 @@ impl KeyValidator {
     async fn charge(
         &self,
         key: &ApiKey,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         client: ClientInfo<'_>,
         now: Instant,
-    ) -> (ValidationCode, Option<Throttle>) {
-        let now_ms = u64::try_from(self.clock.utc(now).timestamp_millis()).unwrap_or(0);
+    ) -> (ValidationCode, Option<Limited>) {
         let call = Call {
             cost: client.cost,
             idempotency_key: client.idempotency_key,
-            now_ms,
+            now_ms: self.clock.unix_millis(now),
         };
         let charge = self.limiter.charge(key, policy, call).await;
         let code = match charge.decision {
@@ -499,7 +550,11 @@ impl KeyValidator {
             Decision::RateLimited => ValidationCode::RateLimited,
             Decision::UsageExceeded => ValidationCode::UsageExceeded,
         };
-        (code, charge.state.map(|state| throttle(policy, state)))
+        let limited = charge.state.map(|state| Limited {
+            state,
+            policy: Arc::clone(policy),
+        });
+        (code, limited)
     }
 
     /// Writes pending usage (last-used data and counts per minute and
@@ -582,27 +637,6 @@ impl KeyValidator {
             Err(error) => tracing::warn!(%error, "old usage counts not pruned; will retry"),
         }
         pruned
-    }
-}
-
-/// A meter's state as the client is told it (names and windows from the
-/// policy).
-fn throttle(policy: &Policy, state: LimitState) -> Throttle {
-    let (name, window, reset) = match state.which {
-        Which::RateLimit(index) => {
-            let limit = &policy.rate_limits.as_slice()[index];
-            (limit.name.as_str(), Some(limit.window), Some(state.reset))
-        }
-        // Credits that are never refilled do not reset.
-        Which::Credits => ("credits", None, Some(state.reset).filter(|r| !r.is_zero())),
-    };
-    Throttle {
-        name: Arc::from(name),
-        limit: state.limit,
-        remaining: state.remaining,
-        reset,
-        retry_after: state.retry_after,
-        window,
     }
 }
 
