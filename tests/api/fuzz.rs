@@ -778,17 +778,29 @@ fn validate(fixture: &Fixture) -> impl Strategy<Value = Rpc> + use<> {
         2 => "[0-9.:a-f]{0,40}",
         1 => text(),
     ];
-    (presented_key(fixture), scopes, client_ip, text()).prop_map(
-        |(key, required_scopes, client_ip, user_agent)| {
-            Rpc::Validate(pb::ValidateKeyRequest {
-                key,
-                required_scopes,
-                client_ip,
-                user_agent,
-                ..Default::default()
-            })
-        },
+    // Mostly the key's own costs, sometimes any (out of range: INVALID_ARGUMENT).
+    let cost = prop_oneof![3 => Just(0i64), 1 => 0i64..10, 1 => any::<i64>()];
+    let idempotency_key = prop_oneof![3 => Just(String::new()), 1 => text()];
+    (
+        presented_key(fixture),
+        scopes,
+        client_ip,
+        text(),
+        cost,
+        idempotency_key,
     )
+        .prop_map(
+            |(key, required_scopes, client_ip, user_agent, cost, idempotency_key)| {
+                Rpc::Validate(pb::ValidateKeyRequest {
+                    key,
+                    required_scopes,
+                    client_ip,
+                    user_agent,
+                    cost,
+                    idempotency_key,
+                })
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------
