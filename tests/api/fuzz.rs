@@ -256,7 +256,9 @@ impl Fixture {
     /// Sends `rpc` to its handler as the fixture's caller.
     fn send(&self, rpc: Rpc) -> Result<Answer, Status> {
         let admin = &self.admin;
-        self.runtime.block_on(async {
+        // Boxed: one arm per RPC makes a large future, which a debug build
+        // would otherwise hold on the test thread's stack.
+        self.runtime.block_on(Box::pin(async {
             let answer = match rpc {
                 Rpc::Create(r) => {
                     let r = admin.create_key(self.request(r)).await?.into_inner();
@@ -345,7 +347,7 @@ impl Fixture {
                 }
             };
             Ok(answer)
-        })
+        }))
     }
 
     /// Sends `rpc` and checks what every answer must satisfy (see the
@@ -864,6 +866,17 @@ fn fuzz_validate_key() {
 /// request holds (SPEC §11: a fixed maximum for messages and details).
 #[test]
 fn fuzz_status_size_is_bounded() {
+    // A strategy over every RPC is a deep type: a debug build's generation
+    // and shrinking outgrow the test thread's default stack.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(status_size_is_bounded)
+        .expect("a thread")
+        .join()
+        .expect("the fuzz target passes");
+}
+
+fn status_size_is_bounded() {
     let fixture = Fixture::new();
     let any_rpc = prop_oneof![
         create(),

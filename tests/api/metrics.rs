@@ -525,6 +525,8 @@ async fn a_real_prometheus_scrapes_the_validation_counts() {
             ("expired", 0),
             ("revoked", 0),
             ("ip_not_allowed", 0),
+            ("rate_limited", 0),
+            ("usage_exceeded", 0),
         ]
         .into_iter()
         .map(|(code, count)| (code.to_owned(), count as f64))
