@@ -23,7 +23,7 @@
 //!
 //! A key with rate limits or credits spends on every allowed Check: a route
 //! may set what a call costs in `context_extensions.cost` (1 to 1,000,000;
-//! default each limit's own cost and one credit), and a client may send an
+//! 0 or unset: each limit's own cost and one credit), and a client may send an
 //! `idempotency-key` header so that a retry is charged once. Over a limit or
 //! out of credits: 429 with `retry-after`, `ratelimit-policy` and
 //! `ratelimit` (IETF httpapi ratelimit-headers draft); an allowed call of
@@ -45,8 +45,8 @@ use envoy_types::pb::google::rpc;
 use http::HeaderName;
 use keyward_auth::{CredentialSource, Throttle, presented_key};
 use keyward_core::{
-    Cidr, Environment, MAX_COST, MAX_IDEMPOTENCY_KEY_CHARS, MAX_SCOPES, Scope, ValidationCode,
-    client_address,
+    Cidr, Environment, FieldError, MAX_SCOPES, Scope, ValidationCode, check_idempotency_key,
+    client_address, parse_cost,
 };
 use tonic::{Code, Request, Response, Status};
 
@@ -186,19 +186,15 @@ fn route_cost(request: &CheckRequest) -> Result<Option<u64>, Status> {
     else {
         return Ok(None);
     };
-    match raw.parse::<u64>() {
-        Ok(cost) if (1..=MAX_COST).contains(&cost) => Ok(Some(cost)),
-        _ => {
-            // A route misconfiguration: deny, and tell the operator why.
-            tracing::error!(
-                cost = raw,
-                "bad cost in an Envoy route's context_extensions"
-            );
-            Err(Status::invalid_argument(format!(
-                "context_extensions {COST} {raw:?} must be 1 to {MAX_COST}"
-            )))
-        }
-    }
+    let parsed = raw
+        .parse::<i64>()
+        .map_err(|_| FieldError::new("must be a whole number"))
+        .and_then(parse_cost);
+    parsed.map_err(|error| {
+        // A route misconfiguration: deny, and tell the operator why.
+        tracing::error!(cost = raw, %error, "bad cost in an Envoy route's context_extensions");
+        Status::invalid_argument(format!("context_extensions {COST} {raw:?} {error}"))
+    })
 }
 
 /// The RateLimit headers of `throttle` as Envoy header options.
@@ -302,14 +298,11 @@ impl Authorization for ExtAuthz {
             user_agent: headers.get("user-agent").map(String::as_str),
             path: ValidationPath::ExtAuthz,
             cost,
+            // A client's bad idempotency key is ignored: the call is charged.
             idempotency_key: headers
                 .get("idempotency-key")
                 .map(String::as_str)
-                .filter(|key| {
-                    !key.is_empty()
-                        && key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
-                        && !key.chars().any(char::is_control)
-                }),
+                .filter(|key| !key.is_empty() && check_idempotency_key(key).is_ok()),
         };
         // UNAVAILABLE when the database is: Envoy then denies
         // (failure_mode_allow: false).
@@ -438,6 +431,26 @@ mod tests {
             let refused = required_environment(&with(&[(REQUIRED_ENVIRONMENT, bad)]));
             assert_eq!(
                 refused.map_err(|status| status.code()),
+                Err(Code::InvalidArgument),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_sets_a_calls_cost() {
+        let with = |cost: &str| CheckRequest {
+            attributes: Some(AttributeContext {
+                context_extensions: [(COST.to_owned(), cost.to_owned())].into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(route_cost(&CheckRequest::default()).ok(), Some(None));
+        assert_eq!(route_cost(&with("0")).ok(), Some(None));
+        assert_eq!(route_cost(&with("5")).ok(), Some(Some(5)));
+        for bad in ["", "five", "-1", "1000001", "1.5"] {
+            assert_eq!(
+                route_cost(&with(bad)).map_err(|status| status.code()),
                 Err(Code::InvalidArgument),
                 "{bad:?}"
             );

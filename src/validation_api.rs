@@ -4,8 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyward_core::{
-    MAX_CLIENT_IP_CHARS, MAX_COST, MAX_IDEMPOTENCY_KEY_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS,
-    Scope,
+    MAX_CLIENT_IP_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS, Scope, check_idempotency_key, parse_cost,
 };
 use tonic::{Request, Response, Status};
 
@@ -98,27 +97,11 @@ impl KeyValidationService for ValidationApi {
                 ),
             );
         }
-        let cost = match u64::try_from(req.cost) {
-            Ok(0) => None,
-            Ok(cost) if cost <= MAX_COST => Some(cost),
-            _ => {
-                v.add(
-                    "cost",
-                    format!("must be 1 to {MAX_COST}, or 0 for the key's own costs"),
-                );
-                None
-            }
-        };
-        if req.idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
-            || req.idempotency_key.chars().any(char::is_control)
-        {
-            v.add(
-                "idempotency_key",
-                format!(
-                    "must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters without control characters"
-                ),
-            );
-        }
+        let cost = v.check("cost", parse_cost(req.cost)).flatten();
+        v.check(
+            "idempotency_key",
+            check_idempotency_key(&req.idempotency_key),
+        );
         v.finish()?;
 
         let client = ClientInfo {

@@ -144,6 +144,19 @@ e2e_test!(a_calls_cost_spends_that_many_units, |app| {
         let refused = spent(bad).await;
         assert_eq!(code(refused), Code::InvalidArgument, "cost {bad}");
     }
+    for bad in ["k".repeat(257), "order\n17".to_owned()] {
+        let refused = spend(app, &key, 1, &bad).await;
+        assert_eq!(
+            code(refused),
+            Code::InvalidArgument,
+            "idempotency key {bad:?}"
+        );
+    }
+    assert_eq!(
+        spent(1).await.expect("answered").code(),
+        RateLimited,
+        "the refused requests spent nothing: 2 + 3 of 5 are spent"
+    );
 });
 
 e2e_test!(

@@ -13,7 +13,7 @@ use std::time::Duration;
 // keyward reject the whole call as INVALID_ARGUMENT.
 use chrono::{DateTime, Utc};
 use keyward_core::{
-    AllowedCidrs, Environment, MAX_IDEMPOTENCY_KEY_CHARS, MAX_USER_AGENT_CHARS, PresentedKey,
+    AllowedCidrs, Environment, MAX_USER_AGENT_CHARS, PresentedKey, check_idempotency_key,
 };
 use tonic::transport::Channel;
 
@@ -153,10 +153,7 @@ impl RemoteValidator {
                 // keyward would refuse the whole call over a longer one (or
                 // one with control characters): such a request is charged as
                 // any other.
-                .filter(|key| {
-                    key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
-                        && !key.chars().any(char::is_control)
-                })
+                .filter(|key| check_idempotency_key(key).is_ok())
                 .unwrap_or_default()
                 .to_owned(),
         });

@@ -24,6 +24,6 @@ pub use policy::{
     AllowedCidrs, Credits, CreditsField, CreditsSpent, MAX_ALLOWED_CIDRS, MAX_CIDR_CHARS, MAX_COST,
     MAX_CREDITS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_RATE_LIMIT, MAX_RATE_LIMIT_NAME_CHARS,
     MAX_RATE_LIMIT_WINDOW, MAX_RATE_LIMITS, Policy, RateLimit, RateLimitError, RateLimitField,
-    RateLimits, Refill, RefillInterval,
+    RateLimits, Refill, RefillInterval, check_idempotency_key, parse_cost,
 };
 pub use secret::{ApiKeySecret, KEY_REGEX, KeyFormatError, PresentedKey};

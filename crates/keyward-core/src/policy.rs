@@ -144,6 +144,31 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 /// Largest number of credits (remaining, or a refill amount).
 pub const MAX_CREDITS: u64 = 1_000_000_000_000;
 
+/// What one call costs, as a limit's default (`RateLimit::cost`), a
+/// validation or an Envoy route sets it: 1 to [`MAX_COST`], or 0 for
+/// `None`, the default.
+pub fn parse_cost(raw: i64) -> Result<Option<u64>, FieldError> {
+    match u64::try_from(raw) {
+        Ok(0) => Ok(None),
+        Ok(cost) if cost <= MAX_COST => Ok(Some(cost)),
+        _ => Err(FieldError::new(format!(
+            "must be 1 to {MAX_COST}, or 0 for the default"
+        ))),
+    }
+}
+
+/// Checks a caller's idempotency key: at most
+/// [`MAX_IDEMPOTENCY_KEY_CHARS`] characters, none of them control
+/// characters. Empty means none was given.
+pub fn check_idempotency_key(key: &str) -> Result<(), FieldError> {
+    if key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS || key.chars().any(char::is_control) {
+        return Err(FieldError::new(format!(
+            "must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// One named rate limit: at most `limit` units per `window`, each call
 /// costing `cost` units unless the validation says otherwise. Windows are
 /// fixed and aligned to the Unix epoch (`floor(now / window)`), so every
@@ -231,18 +256,9 @@ impl RateLimit {
                 "must be whole seconds, 1s to 30 days (2592000s)".to_owned(),
             );
         };
-        let cost = match cost {
-            0 => 1,
-            c => match u64::try_from(c).ok().filter(|c| *c <= MAX_COST) {
-                Some(c) => c,
-                None => {
-                    return bad(
-                        RateLimitField::Cost,
-                        format!("must be 1 to {MAX_COST}, or 0 for the default of 1"),
-                    );
-                }
-            },
-        };
+        let cost = parse_cost(cost)
+            .map_err(|error| (RateLimitField::Cost, error))?
+            .unwrap_or(1);
         Ok(Self {
             name: name.to_owned(),
             limit,
@@ -706,6 +722,21 @@ mod tests {
         assert_eq!(twice.0, Some((1, RateLimitField::Name)));
         let many = vec![ok.clone(); MAX_RATE_LIMITS + 1];
         assert_eq!(RateLimits::new(many).unwrap_err().0, None);
+    }
+
+    #[test]
+    fn costs_and_idempotency_keys_are_checked() {
+        assert_eq!(parse_cost(0), Ok(None));
+        assert_eq!(parse_cost(7), Ok(Some(7)));
+        assert_eq!(parse_cost(1_000_000), Ok(Some(1_000_000)));
+        for bad in [-1, 1_000_001, i64::MIN, i64::MAX] {
+            assert!(parse_cost(bad).is_err(), "{bad}");
+        }
+        assert!(check_idempotency_key("").is_ok());
+        assert!(check_idempotency_key(&"k".repeat(256)).is_ok());
+        for bad in ["k".repeat(257), "order\n17".to_owned(), "\u{7f}".to_owned()] {
+            assert!(check_idempotency_key(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
