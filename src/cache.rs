@@ -327,7 +327,7 @@ pub fn weight(key: &ApiKey) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
     use keyward_core::{
@@ -356,7 +356,9 @@ mod tests {
         (hash, Arc::new(key))
     }
 
-    fn keyed(scopes: Scopes, metadata: Metadata) -> (LookupHash, Arc<ApiKey>) {
+    /// A standard live key of `acme` with `scopes` and `metadata`, and its
+    /// lookup hash: the crate's one in-memory key for unit tests.
+    pub(crate) fn keyed(scopes: Scopes, metadata: Metadata) -> (LookupHash, Arc<ApiKey>) {
         let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
         let now = Utc::now();
         let key = ApiKey {

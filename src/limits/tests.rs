@@ -15,10 +15,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::Utc;
 use keyward_core::{
-    Actor, ActorKind, ApiKey, Credits, CreditsSpent, Environment, KeyId, KeyKind, Metadata, Policy,
-    RateLimit, RateLimits, Refill, RefillInterval, Scopes,
+    ApiKey, Credits, CreditsSpent, KeyId, Metadata, Policy, RateLimit, RateLimits, Refill,
+    RefillInterval, Scopes,
 };
 
 use super::*;
@@ -32,37 +31,10 @@ const T0: u64 = 1_767_225_600_000;
 const HOUR: u64 = 3_600_000;
 
 fn api_key(credits_spent: CreditsSpent) -> ApiKey {
-    let now = Utc::now();
+    let (_, key) = crate::cache::tests::keyed(Scopes::default(), Metadata::default());
     ApiKey {
-        id: KeyId::generate(),
-        organization_id: "acme".into(),
-        workspace_id: None,
-        kind: KeyKind::Standard,
-        environment: Environment::Live,
-        name: "metered".into(),
-        description: String::new(),
-        scopes: Scopes::default(),
-        metadata: Metadata::default(),
-        prefix: "sk_live_abcd".into(),
-        partial_key_hint: "sk_live_abcd...wxyz".into(),
-        disabled: false,
-        created_at: now,
-        updated_at: now,
-        created_by: Actor {
-            kind: ActorKind::User,
-            id: "u".into(),
-        },
-        user_id: None,
-        service_account_id: None,
-        expires_at: None,
-        last_used_at: None,
-        last_used_ip: None,
-        last_used_user_agent: None,
-        archived_at: None,
-        revoked_at: None,
-        rotated_from_id: None,
-        policy: None,
         credits_spent,
+        ..Arc::unwrap_or_clone(key)
     }
 }
 
