@@ -53,9 +53,10 @@ fn validations(metrics: &str, code: &str, path: &str) -> Option<f64> {
     )
 }
 
-/// Whether `promtool` runs; the hint for when it does not.
-fn promtool() -> Option<()> {
-    let found = Command::new("promtool")
+/// Whether `tool` (of the Debian package prometheus) runs; says so loudly
+/// when it does not (a failure under CI).
+fn prometheus_tool(tool: &str) -> Option<()> {
+    let found = Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -63,11 +64,16 @@ fn promtool() -> Option<()> {
         .is_ok_and(|status| status.success());
     if !found {
         missing_tool(
-            "promtool",
+            tool,
             "run bash scripts/install-tools.sh (Debian package prometheus)",
         );
     }
     found.then_some(())
+}
+
+/// Whether `promtool` runs.
+fn promtool() -> Option<()> {
+    prometheus_tool("promtool")
 }
 
 /// Runs `promtool check metrics` on `metrics`; panics with its complaints.
@@ -414,19 +420,7 @@ impl Prometheus {
     /// verbatim into a temporary directory beside a `targets/test.json`
     /// naming `target`.
     fn start(target: SocketAddr) -> Option<Self> {
-        let found = Command::new("prometheus")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            missing_tool(
-                "prometheus",
-                "run bash scripts/install-tools.sh (Debian package prometheus)",
-            );
-            return None;
-        }
+        prometheus_tool("prometheus")?;
         let dir = std::env::temp_dir().join(format!(
             "keyward-prometheus-{}",
             keyward_core::new_ulid().to_ascii_lowercase()

@@ -258,6 +258,15 @@ async fn create_key(
     Ok(created.into_inner().secret)
 }
 
+/// A key with `credits` credits and no rate limit; returns the raw key.
+async fn key_with_credits(common: &Common, name: &str, credits: u64) -> Result<String, String> {
+    let credits = Credits {
+        remaining: i64::try_from(credits).map_err(|_| "--credits too large")?,
+        ..Default::default()
+    };
+    create_key(common, name, Vec::new(), Some(credits)).await
+}
+
 /// Counts of outcomes, and the first few errors.
 #[derive(Debug, Default)]
 struct Tally {
@@ -593,16 +602,7 @@ async fn credits_mode(
     quiet_secs: u64,
     max_secs: u64,
 ) -> Result<bool, String> {
-    let secret = create_key(
-        common,
-        "accuracy: credits",
-        Vec::new(),
-        Some(Credits {
-            remaining: i64::try_from(credits).map_err(|_| "--credits too large")?,
-            ..Default::default()
-        }),
-    )
-    .await?;
+    let secret = key_with_credits(common, "accuracy: credits", credits).await?;
     let load = Arc::new(Load::connect(common, &secret).await?);
     println!(
         "credits: {credits} credits, {concurrency} concurrent callers over {} service(s)",
@@ -660,16 +660,7 @@ async fn credits_mode(
 /// was charged once, the keys admitted add up to exactly `credits`; a retry
 /// charged again would leave fewer.
 async fn idempotent_mode(common: &Common, credits: u64, concurrency: u64) -> Result<bool, String> {
-    let secret = create_key(
-        common,
-        "accuracy: idempotent",
-        Vec::new(),
-        Some(Credits {
-            remaining: i64::try_from(credits).map_err(|_| "--credits too large")?,
-            ..Default::default()
-        }),
-    )
-    .await?;
+    let secret = key_with_credits(common, "accuracy: idempotent", credits).await?;
     let load = Arc::new(Load::connect(common, &secret).await?);
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
