@@ -188,14 +188,26 @@ bench_bootstrap() {
     { cat "$WORK/bootstrap.log" >&2; die "keyward bootstrap failed"; }
 }
 
-# bench_keyward DATABASE-URL: bench_bootstrap, then starts `keyward serve` on
-# a free port, KEYWARD_PORT, and waits until it listens.
+# bench_keyward DATABASE-URL: bench_bootstrap, then bench_serve keyward on
+# that database; KEYWARD_PORT is its port.
 bench_keyward() {
   bench_bootstrap "$1"
-  KEYWARD_PORT="$(free_port)"
-  bench_start keyward env RUST_LOG=warn "$KEYWARD" serve --database-url "$1" \
-    --listen "127.0.0.1:$KEYWARD_PORT"
-  bench_wait_port "$KEYWARD_PORT" keyward
+  bench_serve keyward "$1"
+  KEYWARD_PORT="${PORT_OF[keyward]}"
+}
+
+# bench_serve NAME DATABASE-URL [SERVE-FLAGS...]: starts `keyward serve` as
+# server NAME (bench_start) on a free 127.0.0.1 port, PORT_OF[NAME], with any
+# extra flags (e.g. --tls-cert/--tls-key), and waits until it listens. Several
+# may serve one database (a second one on the same SQLite file: no bootstrap).
+declare -A PORT_OF
+bench_serve() {
+  local name="$1" url="$2"
+  shift 2
+  PORT_OF[$name]="$(free_port)"
+  bench_start "$name" env RUST_LOG=warn "$KEYWARD" serve --database-url "$url" \
+    --listen "127.0.0.1:${PORT_OF[$name]}" "$@"
+  bench_wait_port "${PORT_OF[$name]}" "$name"
 }
 
 # bench_create_key NAME [JSON-FIELDS]: CreateKey (orders:read, orders:write,
