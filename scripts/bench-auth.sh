@@ -8,7 +8,8 @@
 # 1. orders-service (examples/) protected by KeywardAuthLayer + RemoteValidator
 #    (warm verdict cache: keyward's 750 ms hint, so about one ValidateKey a
 #    second) vs the same binary with --no-auth; unary GetOrder, saturating
-#    load, in alternating rounds (BENCH_ROUNDS).
+#    load, in alternating rounds (BENCH_ROUNDS); judged: throughput loss (the
+#    median of the rounds') <= 3%.
 # 2. Envoy (--concurrency 1) in front of a trivial HTTP/1.1 upstream
 #    (examples/bench_upstream.rs), four setups of deploy/envoy/envoy.yaml
 #    (ports rewritten) in alternating rounds: no auth; Envoy's native static
@@ -18,13 +19,25 @@
 #    Envoy and of the authorization server separately; judged: keyward >= 0.9x
 #    the null server's throughput, keyward's CPU per Check <= 1.2x the null
 #    server's.
+# 3. (BENCH_ENVOY_VARIANTS=1, the default, --quick too) Envoy's own CPU per
+#    request for variants of the shipped ext_authz settings, each to a null
+#    authorization server so that only Envoy's work differs, in rotated
+#    rounds like part 2: as shipped (gRPC, the baseline); + allowed_headers
+#    (only the headers keyward reads); + enable_dynamic_metadata_ingestion:
+#    false; HTTP service mode over HTTP/1.1 and over HTTP/2 (to an Envoy
+#    answering 200 with null-authz's headers). Req/s, latency, Envoy's and
+#    the null server's CPU per request; nothing judged: it is there to choose
+#    deploy/envoy/envoy.yaml's settings by.
 #
 # It builds the release binaries (slow the first time; target/ is reused),
 # installs the tools (scripts/install-tools.sh: h2load, envoy, grpcurl), starts
-# keyward on a temporary SQLite database, makes the keys, runs the four loads
-# and prints a summary table: req/s, p50/p99 from h2load's per-request log, and
-# the CPU time the servers used per request (from /proc). The load takes about
-# two minutes; every process the script starts is stopped on exit.
+# keyward on a temporary SQLite database, makes the keys, runs the loads and
+# prints a summary table per part: req/s, p50/p99 from h2load's per-request
+# log, and the CPU time the servers used per request (from /proc). The loads
+# take about four minutes, eight with part 3 (at the defaults: 7 s per run,
+# 12 runs in part 1, 24 in part 2, 30 in part 3); every process the script
+# starts is stopped on exit. Every generated Envoy config is checked with
+# `envoy --mode validate` first.
 # With 2+ CPUs the servers (keyward, orders-service, Envoy, upstream) share
 # CPU 0 and h2load gets CPU 1, so the load generator does not compete with what
 # it measures; BENCH_PIN=0 turns that off. Other load on the machine skews the
@@ -34,11 +47,13 @@
 # Settings (environment):
 #   BENCH_DURATION=5         measured seconds per run (h2load -D)
 #   BENCH_WARMUP=2           seconds of an unmeasured warm-up run before each
-#   BENCH_ROUNDS=6           part 1 rounds (one protected and one unprotected
-#                            run each, order alternating); the loss is the
-#                            median of the rounds' losses
+#   BENCH_ROUNDS=6           rounds of each part (part 1: one protected and
+#                            one unprotected run each, order alternating, the
+#                            loss the median of the rounds' losses; parts 2
+#                            and 3: one run per setup, order rotated)
 #   BENCH_GRPC_LOAD="-c 8 -m 16"   h2load clients/streams for part 1
-#   BENCH_ENVOY_LOAD="-c 8 -m 8"   h2load clients/streams for part 2
+#   BENCH_ENVOY_LOAD="-c 8 -m 8"   h2load clients/streams for parts 2 and 3
+#   BENCH_ENVOY_VARIANTS=1|0 run part 3 (default 1, --quick too)
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
 #   KEYWARD_BIN=PATH         use the binaries already built: keyward at PATH,
 #                            orders-service and examples/bench_upstream next
@@ -56,6 +71,8 @@ WARMUP="${BENCH_WARMUP:-2}"
 ROUNDS="${BENCH_ROUNDS:-6}"
 GRPC_LOAD="${BENCH_GRPC_LOAD:--c 8 -m 16}"
 ENVOY_LOAD="${BENCH_ENVOY_LOAD:--c 8 -m 8}"
+VARIANTS="${BENCH_ENVOY_VARIANTS:-1}"
+[[ $VARIANTS == [01] ]] || die "BENCH_ENVOY_VARIANTS=$VARIANTS: 1 or 0"
 if [[ $QUICK == 1 ]]; then
   DURATION=1
   WARMUP=1
@@ -190,15 +207,20 @@ bench_start null-authz "$NULL_AUTHZ" "127.0.0.1:$NULL_AUTHZ_PORT"
 bench_wait_port "$NULL_AUTHZ_PORT" null-authz
 
 # envoy_config OUT MODE PORT [AUTHZ_PORT]: deploy/envoy/envoy.yaml with the
-# compose names and ports rewritten (as tests/api/envoy.rs does). MODE:
-# `none` (no auth filter), `native` (Envoy's static api_key_auth filter with
-# the bench key instead of ext_authz), `ext_authz` (to AUTHZ_PORT). Active
-# health checks are dropped: the null server has no health service, and both
-# ext_authz setups must do the same work.
+# compose names and ports rewritten (as tests/api/envoy.rs does), then
+# checked with `envoy --mode validate`. MODE: `none` (no auth filter),
+# `native` (Envoy's static api_key_auth filter with the bench key instead of
+# ext_authz), `ext_authz` (to AUTHZ_PORT, as shipped), or one of part 3's
+# variants of ext_authz (see there): `grpc-allowed-headers`,
+# `grpc-no-metadata`, `http`, `http-h2`. Active health checks are dropped: the
+# null server has no health service, and every ext_authz setup must do the
+# same work.
 envoy_config() {
   python3 - "$ROOT/deploy/envoy/envoy.yaml" "$1" "$2" "$3" "$UPSTREAM_PORT" "${4:-0}" "$KEY" <<'PY'
 import re, sys
 src, out, mode, port, upstream, authz, key = sys.argv[1:]
+assert mode in ("none", "native", "ext_authz", "grpc-allowed-headers", "grpc-no-metadata",
+                "http", "http-h2"), mode
 text = open(src).read()
 for old, new in [
     ("port_value: 9901", "port_value: 0"),
@@ -231,8 +253,48 @@ if mode in ("none", "native"):
     assert n == 1, "typed_per_filter_config not found"
     listener = text.split("static_resources:")[1].split("clusters:")[0]
     assert "ext_authz" not in listener, "ext_authz left in the listener"
+
+# Part 3's variants: edits of the shipped ext_authz filter (and cluster).
+# The request headers keyward reads (src/ext_authz.rs) and the upstream
+# headers it sets.
+READS = ["authorization", "x-api-key", "idempotency-key", "user-agent", "x-forwarded-for"]
+SETS = ["x-keyward-key-id", "x-keyward-organization-id", "x-keyward-workspace-id",
+        "x-keyward-scopes", "x-keyward-environment"]
+def matchers(names):
+    return "{ patterns: [" + ", ".join(f"{{ exact: {name} }}" for name in names) + "] }"
+def filter_settings(*lines):
+    # New settings right after the ext_authz filter's "@type" line.
+    global text
+    head = r'\n( *)"@type": type\.googleapis\.com/envoy\.extensions\.filters\.http\.ext_authz\.v3\.ExtAuthz\n'
+    text, n = re.subn(head, lambda m: m.group(0) + "".join(f"{m.group(1)}{line}\n" for line in lines), text)
+    assert n == 1, "ext_authz filter not found"
+if mode in ("grpc-allowed-headers", "http", "http-h2"):
+    # Without it every request header goes to a gRPC server (none but
+    # host, method, path, content-length and authorization to an HTTP one).
+    filter_settings(f"allowed_headers: {matchers(READS)}")
+if mode == "grpc-no-metadata":
+    filter_settings("enable_dynamic_metadata_ingestion: false")
+if mode in ("http", "http-h2"):
+    # The same cluster (both endpoints) and timeout; HTTP/1.1 unless http-h2.
+    grpc = r"\n( *)grpc_service:\n\1  envoy_grpc: \{ cluster_name: keyward \}\n\1  timeout: 1s\n"
+    http = (
+        "\n\\1http_service:"
+        f'\n\\1  server_uri: {{ uri: "http://127.0.0.1:{authz}", cluster: keyward, timeout: 1s }}'
+        "\n\\1  authorization_response:"
+        f"\n\\1    allowed_upstream_headers: {matchers(SETS)}"
+        f"\n\\1    allowed_client_headers_on_success: {matchers(['ratelimit-policy', 'ratelimit'])}"
+        f"\n\\1    allowed_client_headers: {matchers(['www-authenticate', 'retry-after', 'ratelimit-policy', 'ratelimit'])}"
+        "\n"
+    )
+    text, n = re.subn(grpc, http, text)
+    assert n == 1, "grpc_service not found"
+    if mode == "http":
+        text, n = re.subn(r"\n( *)typed_extension_protocol_options:\n(?:\1 +.*\n)*", "\n", text)
+        assert n == 1, "typed_extension_protocol_options not found"
 open(out, "w").write(text)
 PY
+  "$ENVOY" --mode validate -c "$1" -l error >"$1.validate" 2>&1 ||
+    { cat "$1.validate" >&2; die "envoy --mode validate -c $1 failed"; }
 }
 
 # Setups: NAME MODE AUTHZ-SERVER (the process whose CPU counts as authorization)
@@ -276,18 +338,128 @@ for round in $(seq "$ROUNDS"); do
       "envoy-$setup upstream $(authz_server "$setup")" 2 "${AUTH[@]}"
   done
 done
-UPTIME_2="$(uptime)"
-PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 for name in keyward orders-protected orders-unprotected upstream null-authz "${ENVOY_SETUPS[@]/#/envoy-}"; do
   bench_alive "$name"
 done
 
+# -------------------------------------------- 3. Envoy ext_authz variants
+# Envoy's own CPU per request for variants of the shipped ext_authz settings,
+# every one against a null authorization server, so that only Envoy's work
+# differs (see envoy_config for the edits):
+#   grpc                  as shipped (the baseline): gRPC, every request
+#                         header in the Check request
+#   grpc-allowed-headers  + allowed_headers: only the five headers keyward
+#                         reads (authorization, x-api-key, idempotency-key,
+#                         user-agent, x-forwarded-for)
+#   grpc-no-metadata      + enable_dynamic_metadata_ingestion: false (Envoy
+#                         ignores the dynamic metadata the server sends)
+#   http                  HTTP service mode over HTTP/1.1 (same cluster and
+#                         timeout), allowed_headers as above,
+#                         allowed_upstream_headers x-keyward-*
+#   http-h2               the same over HTTP/2
+# (`grpc` is part 2's `null` setup again, measured in part 3's own rounds.)
+# HTTP mode also loses what keyward takes from the Check request beyond
+# headers (an HTTP check carries the request's headers only): the route's
+# context_extensions (required scopes and environment, cost) and the client's
+# address; nor can the server answer with dynamic metadata. keyward has no
+# HTTP authorization endpoint: these variants measure Envoy's side only.
+# The gRPC variants use null-authz; the HTTP ones a null HTTP authorization
+# server, an Envoy answering every request 200 with what null-authz answers:
+# the same x-keyward-* headers, and the headers null-authz removes in
+# x-envoy-auth-headers-to-remove (an HTTP server can send no dynamic
+# metadata). The two servers' CPU is not comparable: the table's point is
+# Envoy's.
+ENVOY_VARIANTS=()
+if [[ $VARIANTS == 1 ]]; then
+  ENVOY_VARIANTS=(grpc grpc-allowed-headers grpc-no-metadata http http-h2)
+  NULL_HTTP_AUTHZ_PORT="$(free_port)"
+  cat >"$WORK/null-http-authz.yaml" <<YAML
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+static_resources:
+  listeners:
+    - name: authz
+      address: { socket_address: { address: 127.0.0.1, port_value: $NULL_HTTP_AUTHZ_PORT } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: authz
+                route_config:
+                  virtual_hosts:
+                    - name: authz
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: "/" }
+                          direct_response: { status: 200 }
+                          response_headers_to_add:
+                            - header: { key: x-keyward-key-id, value: key_01JBENCHNULLAUTHZ000000000 }
+                            - header: { key: x-keyward-organization-id, value: bench }
+                            - header: { key: x-keyward-scopes, value: "" }
+                              keep_empty_value: true
+                            - header: { key: x-envoy-auth-headers-to-remove, value: "authorization, x-keyward-workspace-id" }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+YAML
+  "$ENVOY" --mode validate -c "$WORK/null-http-authz.yaml" -l error >"$WORK/null-http-authz.yaml.validate" 2>&1 ||
+    { cat "$WORK/null-http-authz.yaml.validate" >&2; die "envoy --mode validate -c null-http-authz.yaml failed"; }
+  bench_start null-http-authz "$ENVOY" -c "$WORK/null-http-authz.yaml" "${ENVOY_ARGS[@]}"
+  bench_wait_port "$NULL_HTTP_AUTHZ_PORT" null-http-authz
+
+  declare -A VARIANT_AUTHZ
+  for variant in "${ENVOY_VARIANTS[@]}"; do
+    ENVOY_PORT[$variant]="$(free_port)"
+    case "$variant" in
+      grpc) envoy_config "$WORK/envoy-$variant.yaml" ext_authz "${ENVOY_PORT[$variant]}" "$NULL_AUTHZ_PORT" ;;
+      grpc-*) envoy_config "$WORK/envoy-$variant.yaml" "$variant" "${ENVOY_PORT[$variant]}" "$NULL_AUTHZ_PORT" ;;
+      http*) envoy_config "$WORK/envoy-$variant.yaml" "$variant" "${ENVOY_PORT[$variant]}" "$NULL_HTTP_AUTHZ_PORT" ;;
+    esac
+    case "$variant" in grpc*) VARIANT_AUTHZ[$variant]=null-authz ;; *) VARIANT_AUTHZ[$variant]=null-http-authz ;; esac
+    bench_start "envoy-$variant" "$ENVOY" -c "$WORK/envoy-$variant.yaml" "${ENVOY_ARGS[@]}" \
+      --admin-address-path "$WORK/envoy-$variant.admin"
+  done
+  for variant in "${ENVOY_VARIANTS[@]}"; do
+    bench_wait_port "${ENVOY_PORT[$variant]}" "envoy-$variant"
+    bench_h2load "envoy-$variant-check" 2 -n 20 -c 1 "${AUTH[@]}" "http://127.0.0.1:${ENVOY_PORT[$variant]}/"
+    # The null servers allow everything: Envoy's own count shows that each
+    # of the 20 requests was checked by ext_authz.
+    checked="$(python3 - "$(cat "$WORK/envoy-$variant.admin")" <<'PY'
+import sys, urllib.request
+stats = urllib.request.urlopen(f"http://{sys.argv[1]}/stats?filter=ext_authz", timeout=5).read().decode()
+print(sum(int(line.split(": ")[1]) for line in stats.splitlines()
+          if line.startswith("http.ingress.ext_authz.ok: ")))
+PY
+)" || die "envoy-$variant: no admin stats"
+    [[ $checked == 20 ]] || die "envoy-$variant: $checked of 20 requests went through ext_authz"
+  done
+
+  say "part 3: Envoy ext_authz variants to the null servers, h2load $ENVOY_LOAD, $ROUNDS round(s) of ${WARMUP}s warm-up + ${DURATION}s per variant"
+  # Rotated order in each round, as in part 2.
+  for round in $(seq "$ROUNDS"); do
+    for i in "${!ENVOY_VARIANTS[@]}"; do
+      variant="${ENVOY_VARIANTS[$(((i + round - 1) % ${#ENVOY_VARIANTS[@]}))]}"
+      load "envoy-$variant-$round" "http://127.0.0.1:${ENVOY_PORT[$variant]}/" "$ENVOY_LOAD" \
+        "envoy-$variant upstream ${VARIANT_AUTHZ[$variant]}" 2 "${AUTH[@]}"
+    done
+  done
+  for name in null-http-authz "${ENVOY_VARIANTS[@]/#/envoy-}"; do
+    bench_alive "$name"
+  done
+fi
+UPTIME_2="$(uptime)"
+PSI_2="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
+
 # ------------------------------------------------------------- summary
-bench_summary "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" "$ROUNDS" <<'PY'
+bench_summary "$WORK" "$GRPC_LOAD" "$ENVOY_LOAD" "$DURATION" "$WARMUP" "$BENCH_PIN" "$(getconf CLK_TCK)" "$QUICK" "$ROUNDS" \
+  "${ENVOY_VARIANTS[*]}" <<'PY'
 import sys
 from h2load import latencies, median, pct, report
-work, grpc_load, envoy_load, duration, warmup, pin, clk_tck, quick, rounds = sys.argv[1:]
+work, grpc_load, envoy_load, duration, warmup, pin, clk_tck, quick, rounds, variants = sys.argv[1:]
 rounds = int(rounds)
+variants = variants.split()  # part 3's, in order; none when it was skipped
 
 def run(name):
     r = report(f"{work}/{name}.out")
@@ -324,7 +496,7 @@ print(row("unprotected (`--no-auth`)", u))
 print(row("protected (KeywardAuthLayer + RemoteValidator)", p))
 print(f"\nreq/s per round: unprotected {', '.join(f'{x:,.0f}' for x in u['each'])}; "
       f"protected {', '.join(f'{x:,.0f}' for x in p['each'])}")
-print(f"\nthroughput loss: median of rounds {loss:.1f}% (rounds {', '.join(f'{x:.1f}%' for x in sorted(losses))}) (target <= 5%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 5 else 'MISSED'}); "
+print(f"\nthroughput loss: median of rounds {loss:.1f}% (rounds {', '.join(f'{x:.1f}%' for x in sorted(losses))}) (target <= 3%: {'not judged (--quick)' if quick == '1' else 'met' if loss <= 3 else 'MISSED'}); "
       f"p50 {p['p50'] - u['p50']:+.3f} ms, p99 {p['p99'] - u['p99']:+.3f} ms; "
       f"CPU {p['cpu'] - u['cpu']:+.1f} µs/req ({(p['cpu'] / u['cpu'] - 1) * 100:+.1f}%)")
 print()
@@ -359,6 +531,37 @@ print(f"\nkeyward vs the null server: throughput {ratio:.3f}x (target >= 0.9: {j
 print(f"ext_authz to keyward vs no auth: p50 {kw['p50'] - e['none']['p50']:+.3f} ms, throughput "
       f"{(1 - kw['rps'] / e['none']['rps']) * 100:.1f}% lower; Envoy's own CPU "
       f"{e['none']['envoy']:.1f} (no auth), {e['native']['envoy']:.1f} (native), {kw['envoy']:.1f} µs/req (ext_authz)")
+
+if variants:
+    settings = {
+        "grpc": "as shipped: `grpc_service` (envoy_grpc), every request header sent",
+        "grpc-allowed-headers": "+ `allowed_headers`: the 5 keyward reads",
+        "grpc-no-metadata": "+ `enable_dynamic_metadata_ingestion: false`",
+        "http": "`http_service` (HTTP/1.1) + `allowed_headers`, `allowed_upstream_headers` x-keyward-*",
+        "http-h2": "the same over HTTP/2",
+    }
+    authz = {name: "null-authz" if name.startswith("grpc") else "null-http-authz" for name in variants}
+    by_variant = {}
+    for variant in variants:
+        names = [f"envoy-{variant}-{i}" for i in range(1, rounds + 1)]
+        x = pooled([run(n) for n in names])
+        x["envoy"] = median([server_cpu(n, f"envoy-{variant}") for n in names])
+        x["authz"] = median([server_cpu(n, authz[variant]) for n in names])
+        by_variant[variant] = x
+    base = by_variant[variants[0]]
+    print(f"\nEnvoy ext_authz variants (part 3), all to null servers (gRPC: null-authz; HTTP: an Envoy "
+          f"answering 200 with the same headers), h2load {envoy_load}, {rounds} round(s), rotated order; "
+          f"CPU per request is the median of the rounds, Envoy's compared with `{variants[0]}`:")
+    print("| variant | Envoy settings | req/s | p50 ms | p99 ms | Envoy CPU µs/req | vs grpc | authz server CPU µs/req | requests |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for variant in variants:
+        x = by_variant[variant]
+        delta = x["envoy"] - base["envoy"]
+        print(f"| {variant} | {settings.get(variant, '')} | {x['rps']:,.0f} | {x['p50']:.3f} | {x['p99']:.3f} | "
+              f"{x['envoy']:.1f} | {delta:+.1f} ({delta / base['envoy'] * 100:+.1f}%) | {x['authz']:.1f} | {x['n']:,} |")
+    cheapest = min(variants, key=lambda name: by_variant[name]["envoy"])
+    print(f"\nleast Envoy CPU per request: {cheapest} ({by_variant[cheapest]['envoy']:.1f} µs"
+          f"{'' if quick != '1' else '; not meaningful (--quick)'})")
 PY
 echo
 echo "load before: $UPTIME_1 | CPU pressure: $PSI_1"
