@@ -176,7 +176,7 @@ fn via_cache(keys: usize) {
             credits_spent: keyward_core::CreditsSpent::default(),
         };
         let read = cache.generation();
-        cache.insert(*hash, Arc::new(key), read);
+        cache.insert(*hash, Arc::new(key.into()), read);
     }
     let rss_after = support::rss_bytes();
     report("cache", keys, rss_before, rss_after, cache.len().0);

@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::mem::size_of;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use foldhash::fast::RandomState;
 use keyward_auth::sync::lock;
 use keyward_core::{ApiKey, KeyId, LookupHash};
@@ -78,11 +80,50 @@ pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
+/// A key as the validation path holds it: the record, and what
+/// `ValidateKey` answers about it, encoded on first use and copied into
+/// every answer after that (`validation_api::wire`). A change to the key is
+/// a new `CachedKey`, so the encoding never outlives its version.
+#[derive(Debug)]
+pub struct CachedKey {
+    key: ApiKey,
+    description: OnceLock<Bytes>,
+}
+
+impl CachedKey {
+    /// `key`, its description not encoded yet.
+    pub fn new(key: ApiKey) -> Self {
+        Self {
+            key,
+            description: OnceLock::new(),
+        }
+    }
+
+    /// The key's description, made by `encode` the first time.
+    pub fn description(&self, encode: impl FnOnce(&ApiKey) -> Bytes) -> &Bytes {
+        self.description.get_or_init(|| encode(&self.key))
+    }
+}
+
+impl Deref for CachedKey {
+    type Target = ApiKey;
+
+    fn deref(&self) -> &ApiKey {
+        &self.key
+    }
+}
+
+impl From<ApiKey> for CachedKey {
+    fn from(key: ApiKey) -> Self {
+        Self::new(key)
+    }
+}
+
 /// What the cache knows of a hash.
 #[derive(Debug, Clone)]
 pub enum Cached {
     /// The key, as read at most `max_age` ago.
-    Key(Arc<ApiKey>),
+    Key(Arc<CachedKey>),
     /// No key has this hash (as of at most `negative_ttl` ago).
     Unknown,
     /// Ask the database.
@@ -96,7 +137,7 @@ pub struct Generation(u64);
 
 #[derive(Debug)]
 struct Entry {
-    key: Arc<ApiKey>,
+    key: Arc<CachedKey>,
     read_at: Instant,
     /// [`weight`] of this entry, kept so that removal needs no recount.
     weight: usize,
@@ -159,7 +200,7 @@ impl KeyCache {
     /// since `read` was taken (the read may predate the change). Evicts
     /// until both the key count and the byte budget hold the new key; a key
     /// heavier than the whole budget is not cached.
-    pub fn insert(&self, hash: LookupHash, key: Arc<ApiKey>, read: Generation) {
+    pub fn insert(&self, hash: LookupHash, key: Arc<CachedKey>, read: Generation) {
         let weight = weight(&key);
         let mut inner = self.lock();
         if inner.generation != read.0 {
@@ -287,7 +328,8 @@ pub fn weight(key: &ApiKey) -> usize {
     // An Arc's two counters and the record itself.
     slots
         + 2 * size_of::<usize>()
-        + size_of::<ApiKey>()
+        + size_of::<CachedKey>()
+        + description_weight(key)
         + text(key.id.as_str()) * 2
         + text(&key.organization_id)
         + optional(&key.workspace_id)
@@ -326,6 +368,34 @@ pub fn weight(key: &ApiKey) -> usize {
         + key.rotated_from_id.as_ref().map_or(0, |id| text(id.as_str()))
 }
 
+/// What a key's encoded description ([`CachedKey::description`]) holds: the
+/// texts `ValidateKey` answers with again, each with its tag and length (a
+/// few bytes, counted generously), and the allocation's header.
+fn description_weight(key: &ApiKey) -> usize {
+    const FIELD: usize = 4;
+    let text = |s: &str| s.len() + FIELD;
+    let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
+    4 * size_of::<usize>()
+        + text(key.id.as_str())
+        + text(&key.organization_id)
+        + optional(&key.workspace_id)
+        + text(&key.name)
+        + key.scopes.as_slice().iter().map(|s| text(s.as_str())).sum::<usize>()
+        + key
+            .metadata
+            .as_map()
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 3 * FIELD)
+            .sum::<usize>()
+        + optional(&key.user_id)
+        + optional(&key.service_account_id)
+        // The environment and the expiry.
+        + 4 * FIELD
+        + 12
+        // An address range in canonical form is at most 43 characters.
+        + key.policy().allowed_cidrs.as_slice().len() * (43 + FIELD)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -334,13 +404,13 @@ pub(crate) mod tests {
         Actor, ActorKind, ApiKeySecret, Environment, KeyKind, LookupHasher, Metadata, Scopes,
     };
 
-    fn key() -> (LookupHash, Arc<ApiKey>) {
+    fn key() -> (LookupHash, Arc<CachedKey>) {
         keyed(Scopes::default(), Metadata::default())
     }
 
     /// A key with every field at its longest: what an attacker with an admin
     /// key would create to fill a cache.
-    fn maximal_key() -> (LookupHash, Arc<ApiKey>) {
+    fn maximal_key() -> (LookupHash, Arc<CachedKey>) {
         let scopes: Vec<String> = (0..64).map(|i| format!("{i:0128}")).collect();
         let metadata: std::collections::HashMap<String, String> = (0..32)
             .map(|i| (format!("{i:064}"), "v".repeat(512)))
@@ -349,16 +419,16 @@ pub(crate) mod tests {
             Scopes::parse(&scopes).expect("maximal scopes are valid"),
             Metadata::parse(&metadata).expect("maximal metadata is valid"),
         );
-        let mut key = Arc::unwrap_or_clone(key);
+        let mut key = ApiKey::clone(&key);
         key.name = "n".repeat(128);
         key.description = "d".repeat(1024);
         key.last_used_user_agent = Some("u".repeat(512));
-        (hash, Arc::new(key))
+        (hash, Arc::new(key.into()))
     }
 
     /// A standard live key of `acme` with `scopes` and `metadata`, and its
     /// lookup hash: the crate's one in-memory key for unit tests.
-    pub(crate) fn keyed(scopes: Scopes, metadata: Metadata) -> (LookupHash, Arc<ApiKey>) {
+    pub(crate) fn keyed(scopes: Scopes, metadata: Metadata) -> (LookupHash, Arc<CachedKey>) {
         let secret = ApiKeySecret::generate(KeyKind::Standard, Environment::Live);
         let now = Utc::now();
         let key = ApiKey {
@@ -392,7 +462,7 @@ pub(crate) mod tests {
             policy: None,
             credits_spent: keyward_core::CreditsSpent::default(),
         };
-        (LookupHasher::derived().hash(&secret), Arc::new(key))
+        (LookupHasher::derived().hash(&secret), Arc::new(key.into()))
     }
 
     #[test]

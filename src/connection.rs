@@ -1,5 +1,7 @@
 //! What keyward takes from the connection rather than from the client: a cap
-//! on open connections, TLS, and the client's address.
+//! on open connections, TLS, and the TCP peer (each [`Connection`]'s connect
+//! info, plaintext or TLS, from which the admin API's auth layer takes the
+//! client's address).
 //!
 //! [`LimitedIncoming`] hands tonic accepted TCP connections (with
 //! `TCP_NODELAY`), each holding a permit of a semaphore; a connection beyond
@@ -8,10 +10,6 @@
 //! its own task with a deadline, so a slow or silent client delays no other
 //! accept, and the permit is held from accept to close (handshakes in
 //! progress count against the cap).
-//! [`ClientAddrLayer`] replaces `x-forwarded-for` with the one address
-//! keyward believes (the peer's, or what trusted proxies forwarded), and puts
-//! it in the request as a [`ClientIp`], which the auth layer records as
-//! `last_used_ip`.
 //! [`InFlightLimitLayer`] caps the requests handled at once over all
 //! connections: a request beyond it is answered RESOURCE_EXHAUSTED at once.
 
@@ -21,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -31,12 +29,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tower::{Layer, Service};
 
-use keyward_auth::ClientIp;
-use keyward_core::{Cidr, client_address};
-
 use crate::tls::ServerTls;
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Accepted connections, at most a fixed number open at once.
 #[derive(Debug)]
@@ -248,8 +241,8 @@ pub enum Connection {
 }
 
 impl Connected for Connection {
-    // The TCP peer in both cases, so `ClientAddrLayer` reads one extension
-    // type whatever the transport.
+    // The TCP peer in both cases, so the auth layer reads one extension type
+    // whatever the transport.
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
@@ -315,78 +308,6 @@ impl AsyncWrite for Connection {
             Self::Plain(connection) => Pin::new(connection).poll_shutdown(cx),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-/// Sets `x-forwarded-for` to exactly the client's address (see
-/// [`client_address`]), removing whatever the client sent.
-#[derive(Debug, Clone)]
-pub struct ClientAddrLayer {
-    trusted: Arc<[Cidr]>,
-}
-
-impl ClientAddrLayer {
-    /// Forwarded headers count only from peers in `trusted`.
-    pub fn new(trusted: &[Cidr]) -> Self {
-        Self {
-            trusted: trusted.into(),
-        }
-    }
-}
-
-impl<S> Layer<S> for ClientAddrLayer {
-    type Service = ClientAddr<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ClientAddr {
-            inner,
-            trusted: Arc::clone(&self.trusted),
-        }
-    }
-}
-
-/// The service produced by [`ClientAddrLayer`].
-#[derive(Debug, Clone)]
-pub struct ClientAddr<S> {
-    inner: S,
-    trusted: Arc<[Cidr]>,
-}
-
-impl<S, B> Service<Request<B>> for ClientAddr<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|addr| addr.ip());
-        let forwarded = request
-            .headers()
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        let client = client_address(peer, Some(&forwarded), &self.trusted);
-        let headers = request.headers_mut();
-        headers.remove(&X_FORWARDED_FOR);
-        if let Some(client) = client {
-            let value = HeaderValue::try_from(client.to_canonical().to_string())
-                .expect("an IP address is a valid header value");
-            headers.insert(X_FORWARDED_FOR, value);
-            request.extensions_mut().insert(ClientIp(client));
-        }
-        self.inner.call(request)
     }
 }
 

@@ -83,12 +83,12 @@ pub fn metadata(metadata: &Metadata) -> HashMap<String, String> {
         .collect()
 }
 
-/// A verdict as `ValidateKeyResponse`: the key is described only for VALID
-/// and INSUFFICIENT_SCOPE (`Validation::key` is `None` otherwise).
-pub fn validate_key_response(
-    validation: Validation,
-    cache_ttl: Duration,
-) -> pb::ValidateKeyResponse {
+/// The fields of a `ValidateKeyResponse` that are the call's own: verdict,
+/// cache hint and the deciding rate limit's state, all but `limit_name`,
+/// which [`ValidateKeyReply`](crate::validation_api::wire::ValidateKeyReply)
+/// writes from the key's policy. The key's description is
+/// [`key_description`].
+pub fn validation_outcome(validation: &Validation, cache_ttl: Duration) -> pb::ValidateKeyResponse {
     let mut response = pb::ValidateKeyResponse {
         valid: validation.code == ValidationCode::Valid,
         code: validation_code(validation.code).into(),
@@ -97,7 +97,6 @@ pub fn validate_key_response(
         ..Default::default()
     };
     if let Some(limited) = &validation.throttle {
-        response.limit_name = limited.name().to_owned();
         response.limit = i64::try_from(limited.state.limit).unwrap_or(i64::MAX);
         response.remaining = i64::try_from(limited.state.remaining).unwrap_or(i64::MAX);
         response.reset = limited.reset().map(duration);
@@ -106,20 +105,26 @@ pub fn validate_key_response(
             response.retry_after = Some(duration(limited.state.retry_after));
         }
     }
-    if let Some(key) = validation.key {
-        response.key_id = key.id.as_str().to_owned();
-        response.organization_id = key.organization_id.clone();
-        response.workspace_id = key.workspace_id.clone().unwrap_or_default();
-        response.name = key.name.clone();
-        response.scopes = key.scopes.to_strings();
-        response.metadata = metadata(&key.metadata);
-        response.environment = environment(key.environment).into();
-        response.user_id = key.user_id.clone().unwrap_or_default();
-        response.service_account_id = key.service_account_id.clone().unwrap_or_default();
-        response.expires_at = key.expires_at.map(timestamp);
-        response.allowed_cidrs = key.policy().allowed_cidrs.to_strings();
-    }
     response
+}
+
+/// What a `ValidateKeyResponse` says about the key that was presented (only
+/// those fields set): the same for every call of one key version.
+pub fn key_description(key: &ApiKey) -> pb::ValidateKeyResponse {
+    pb::ValidateKeyResponse {
+        key_id: key.id.as_str().to_owned(),
+        organization_id: key.organization_id.clone(),
+        workspace_id: key.workspace_id.clone().unwrap_or_default(),
+        name: key.name.clone(),
+        scopes: key.scopes.to_strings(),
+        metadata: metadata(&key.metadata),
+        environment: environment(key.environment).into(),
+        user_id: key.user_id.clone().unwrap_or_default(),
+        service_account_id: key.service_account_id.clone().unwrap_or_default(),
+        expires_at: key.expires_at.map(timestamp),
+        allowed_cidrs: key.policy().allowed_cidrs.to_strings(),
+        ..Default::default()
+    }
 }
 
 /// A protobuf timestamp as a domain time; `None` if out of range.

@@ -49,7 +49,7 @@ where
         let id = match request.headers().get(&X_REQUEST_ID) {
             Some(id) if id.len() <= 128 => id.clone(),
             _ => {
-                let id = HeaderValue::try_from(keyward_core::new_ulid())
+                let id = HeaderValue::from_bytes(&keyward_core::new_ulid_bytes())
                     .expect("a ULID is ASCII alphanumeric");
                 request.headers_mut().insert(X_REQUEST_ID, id.clone());
                 id

@@ -23,17 +23,16 @@ use tonic_health::server::HealthReporter;
 use crate::admin::AdminApi;
 pub use crate::config::Settings;
 use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
-use crate::connection::{ClientAddrLayer, InFlightLimitLayer, LimitedIncoming, ServerIncoming};
+use crate::connection::{InFlightLimitLayer, LimitedIncoming, ServerIncoming};
 use crate::ext_authz::ExtAuthz;
 use crate::limits::Limiter;
 use crate::metrics::{self, AdminMetrics};
 use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
-use crate::pb::key_validation_service_server::KeyValidationServiceServer;
 use crate::request_id::RequestIdLayer;
 use crate::tls::{ServerTls, TlsError, TlsFiles};
 use crate::validation::{AdminValidator, KeyValidator, follow_changes};
-use crate::validation_api::ValidationApi;
+use crate::validation_api::{KeyValidationServiceServer, ValidationApi};
 
 /// Every service on keyward's port, as server reflection lists them.
 pub const ADVERTISED_SERVICES: &[&str] = &[
@@ -269,8 +268,12 @@ impl Application {
             .max_decoding_message_size(small);
 
         // The admin API is protected by the same layer product services use;
-        // everything else on this port is public by design.
+        // everything else on this port is public by design. The layer takes
+        // the client's address from the connection (plaintext or TLS), or
+        // from `x-forwarded-for` through `--trusted-proxies` only, and only
+        // for the admin calls it authenticates: a public call pays nothing.
         let auth = KeywardAuthLayer::new(AdminValidator(Arc::clone(&validator)))
+            .trusted_proxies(self.trusted_proxies.iter().copied())
             .public_prefix("/keyward.v1.KeyValidationService/")
             .public_prefix("/grpc.health.v1.Health/")
             .public_prefix("/envoy.service.auth.v3.Authorization/")
@@ -342,7 +345,6 @@ impl Application {
             .layer(InFlightLimitLayer::new(limits.max_in_flight))
             .layer(RequestIdLayer)
             .layer(self.admin_metrics)
-            .layer(ClientAddrLayer::new(&self.trusted_proxies))
             .layer(auth)
             .add_service(
                 KeyAdminServiceServer::new(AdminApi::new(

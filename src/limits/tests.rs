@@ -34,7 +34,7 @@ fn api_key(credits_spent: CreditsSpent) -> ApiKey {
     let (_, key) = crate::cache::tests::keyed(Scopes::default(), Metadata::default());
     ApiKey {
         credits_spent,
-        ..Arc::unwrap_or_clone(key)
+        ..ApiKey::clone(&key)
     }
 }
 

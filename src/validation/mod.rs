@@ -35,7 +35,7 @@ use self::clock::{Clock, micros};
 pub use self::feed::follow_changes;
 use self::usage::{FLUSH_TIMEOUT, UsageRecorder};
 pub use self::usage::{FlushError, Flushed};
-use crate::cache::{CacheSettings, Cached, KeyCache};
+use crate::cache::{CacheSettings, Cached, CachedKey, KeyCache};
 use crate::config::{parse_duration, parse_interval};
 use crate::error::ApiError;
 use crate::limits::{Call, Decision, LimitState, Limiter, LimiterSettings, Which};
@@ -144,7 +144,7 @@ pub struct Validation {
     pub code: ValidationCode,
     /// The key, when one was found and may be described to the caller
     /// (VALID and INSUFFICIENT_SCOPE).
-    pub key: Option<Arc<ApiKey>>,
+    pub key: Option<Arc<CachedKey>>,
     /// The key has rate limits or credits: this verdict was for this one
     /// call, and no caller may reuse it.
     pub metered: bool,
@@ -205,7 +205,7 @@ impl Limited {
 
 impl Validation {
     /// A verdict that names no key and spent nothing.
-    fn bare(code: ValidationCode) -> Self {
+    pub(crate) fn bare(code: ValidationCode) -> Self {
         Self {
             code,
             key: None,
@@ -261,7 +261,7 @@ pub struct KeyValidator {
 }
 
 /// One database read shared by concurrent misses: `None` if it failed.
-type Read = Option<Option<Arc<ApiKey>>>;
+type Read = Option<Option<Arc<CachedKey>>>;
 
 impl KeyValidator {
     /// A validator over `store`, hashing with `hasher`.
@@ -398,7 +398,7 @@ impl KeyValidator {
         &self,
         presented: PresentedKey<'_>,
         now: &mut Instant,
-    ) -> Result<Option<Arc<ApiKey>>, ApiError> {
+    ) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let hash = self.hasher.hash(presented);
         let key = match self.cache.get(&hash, *now) {
             Cached::Key(key) if !self.is_stale(*now) => {
@@ -412,7 +412,9 @@ impl KeyValidator {
             Cached::Key(_) | Cached::Unknown => return Err(ApiError::Unavailable),
             Cached::Miss => {
                 self.metrics.cache_misses.inc();
-                let key = self.read_through(hash).await?;
+                // Boxed: the database read's state would otherwise make
+                // every validation's future (moved on each call) kilobytes.
+                let key = Box::pin(self.read_through(hash)).await?;
                 *now = Instant::now();
                 key
             }
@@ -424,7 +426,7 @@ impl KeyValidator {
 
     /// Reads a missed hash from the database and caches the answer; concurrent
     /// misses of the same hash share one read.
-    async fn read_through(&self, hash: LookupHash) -> Result<Option<Arc<ApiKey>>, ApiError> {
+    async fn read_through(&self, hash: LookupHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let read = self.in_flight.run(hash, || async {
             self.database_lookups.fetch_add(1, Ordering::Relaxed);
             let read = self.cache.generation();
@@ -435,7 +437,7 @@ impl KeyValidator {
             .await;
             match found {
                 Ok(Ok(Some(key))) => {
-                    let key = Arc::new(key);
+                    let key = Arc::new(CachedKey::new(key));
                     self.cache.insert(hash, Arc::clone(&key), read);
                     Some(Some(key))
                 }

@@ -21,9 +21,9 @@ use fuzz_runner::fuzz;
 use keyward::admin::AdminApi;
 use keyward::pb;
 use keyward::pb::key_admin_service_server::KeyAdminService;
-use keyward::pb::key_validation_service_server::KeyValidationService;
 use keyward::validation::{AdminValidator, KeyValidator};
-use keyward::validation_api::ValidationApi;
+use keyward::validation_api::wire::ValidateKeyCall;
+use keyward::validation_api::{KeyValidationService, ValidationApi};
 use keyward::{bootstrap, open_store};
 use keyward_auth::{Identity, ValidationRequest, Validator, Verdict};
 use keyward_core::{KeyName, LookupHasher, OrganizationId};
@@ -334,11 +334,18 @@ impl Fixture {
                     ..Answer::default()
                 },
                 Rpc::Validate(r) => {
+                    // Through the server's own codec: the request as bytes,
+                    // decoded as the server decodes it, and the answer
+                    // decoded as a client reads it.
+                    use prost::Message;
+                    let call = ValidateKeyCall::decode(r.encode_to_vec().into())
+                        .expect("a well-formed request decodes");
                     let r = self
                         .validation
-                        .validate_key(Request::new(r))
+                        .validate_key(Request::new(call))
                         .await?
-                        .into_inner();
+                        .into_inner()
+                        .to_message();
                     Answer {
                         ids: vec![r.key_id],
                         secret: None,

@@ -186,12 +186,20 @@ impl RemoteValidator {
 
 impl Validator for RemoteValidator {
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
+        if request.key.len() > PresentedKey::MAX_LEN {
+            // Not a key: deny before hashing a header of any length.
+            return Box::pin(std::future::ready(Ok(Verdict::Deny(
+                Denial::Unauthenticated,
+            ))));
+        }
+        let key = cache_key(request.key, request.required_scopes);
+        // A cached verdict is answered by a ready future: the lookup's
+        // future, which holds a whole `ValidateKey` call, is built (and
+        // moved into its box) only on a miss.
+        if let Some(verdict) = self.cache.cached(&key, request.client_ip) {
+            return Box::pin(std::future::ready(Ok(verdict)));
+        }
         Box::pin(async move {
-            if request.key.len() > PresentedKey::MAX_LEN {
-                // Not a key: deny before hashing a header of any length.
-                return Ok(Verdict::Deny(Denial::Unauthenticated));
-            }
-            let key = cache_key(request.key, request.required_scopes);
             self.cache
                 .get_or_fetch(key, request.client_ip, || async move {
                     if PresentedKey::parse(request.key).is_err() {

@@ -8,21 +8,30 @@ use rand::RngExt;
 use crate::fields::FieldError;
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const ULID_LEN: usize = 26;
+/// The length of a ULID in Crockford base32.
+pub const ULID_LEN: usize = 26;
 
 /// A new ULID: 48 bits of milliseconds since the epoch, then 80 random bits,
 /// in Crockford base32. Lexicographic order follows creation time.
 pub fn new_ulid() -> String {
+    let ulid = new_ulid_bytes();
+    String::from_utf8(ulid.to_vec()).expect("Crockford base32 is ASCII")
+}
+
+/// [`new_ulid`] as its 26 ASCII bytes, without an allocation (a request id
+/// per call is made from these).
+pub fn new_ulid_bytes() -> [u8; ULID_LEN] {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
         & ((1 << 48) - 1);
     let random: u128 = rand::rng().random::<u128>() & ((1 << 80) - 1);
     let value = (u128::from(millis) << 80) | random;
-    (0..ULID_LEN)
-        .rev()
-        .map(|i| char::from(CROCKFORD[((value >> (i * 5)) & 31) as usize]))
-        .collect()
+    let mut ulid = [0; ULID_LEN];
+    for (i, byte) in ulid.iter_mut().rev().enumerate() {
+        *byte = CROCKFORD[((value >> (i * 5)) & 31) as usize];
+    }
+    ulid
 }
 
 /// The id of an API key: `key_01JC...`.

@@ -17,7 +17,7 @@ pub use fields::{
     MAX_USER_AGENT_CHARS, Metadata, OptionalRef, OrganizationId, Scope, Scopes,
 };
 pub use hash::{LookupHash, LookupHasher};
-pub use id::{KeyId, new_ulid};
+pub use id::{KeyId, ULID_LEN, new_ulid, new_ulid_bytes};
 pub use key::{Actor, ActorKind, ApiKey, Environment, KeyKind, KeyStatus, ValidationCode};
 pub use net::{Cidr, client_address};
 pub use policy::{

@@ -169,6 +169,20 @@ impl VerdictCache {
         self
     }
 
+    /// The warm path, with no future to build: the cached verdict for `key`
+    /// (a [`cache_key`]) and a request from `client`, if there is one. One
+    /// lookup, and the address check if the key has an allowlist; then the
+    /// IP_NOT_ALLOWED answers cached for that address.
+    pub(crate) fn cached(&self, key: &CacheKey, client: Option<IpAddr>) -> Option<Verdict> {
+        if let Some(answer) = self.get(key, Instant::now()) {
+            self.metrics.note_cache_hit();
+            return Some(answer.for_client(client));
+        }
+        let answer = self.get(&addressed_key(key, client), Instant::now())?;
+        self.metrics.note_cache_hit();
+        Some(answer.verdict)
+    }
+
     /// The cached verdict for `key` (a [`cache_key`]) and a request from
     /// `client`, or the outcome of `fetch`, which returns keyward's answer
     /// with how long it may be reused. Concurrent callers for the same `key`
@@ -187,17 +201,10 @@ impl VerdictCache {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<(Answer, Duration), ValidatorError>>,
     {
-        // The warm path: one lookup, and the address check if the key has
-        // an allowlist.
-        if let Some(answer) = self.get(&key, Instant::now()) {
-            self.metrics.note_cache_hit();
-            return Ok(answer.for_client(client));
+        if let Some(verdict) = self.cached(&key, client) {
+            return Ok(verdict);
         }
         let addressed = addressed_key(&key, client);
-        if let Some(answer) = self.get(&addressed, Instant::now()) {
-            self.metrics.note_cache_hit();
-            return Ok(answer.verdict);
-        }
         let drove = AtomicBool::new(false);
         let flight = self
             .flights

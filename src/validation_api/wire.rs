@@ -1,0 +1,426 @@
+//! `ValidateKey`'s messages on the wire, read and written by a codec of its
+//! own ([`ValidateKeyCodec`]) instead of prost's generated structs: the hot
+//! path allocates nothing per call for either message.
+//!
+//! - [`ValidateKeyCall`] keeps the request's bytes as tonic received them (a
+//!   reference-counted slice of its read buffer, not a copy) and where each
+//!   field is in them; its strings are borrowed from there. The whole message
+//!   is checked when it is decoded (well-formed, strings UTF-8) by the rules
+//!   prost applies: the last value of a singular field wins, unknown fields
+//!   are skipped, a known field of the wrong wire type is an error.
+//! - [`ValidateKeyReply`] is the call's own part of the answer (verdict,
+//!   cache hint, rate-limit state), encoded per call, followed by the key's
+//!   description (id, organization, scopes, metadata, …), which the
+//!   validation cache keeps encoded once per key version
+//!   ([`CachedKey::description`]) and which is copied into every answer as
+//!   bytes. Protobuf lets a message's fields come in any order, so the two
+//!   together are one valid `ValidateKeyResponse`; both parts are encoded by
+//!   prost from the generated message, so each field's encoding is prost's.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field,
+};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::cache::CachedKey;
+use crate::convert;
+use crate::pb;
+use crate::validation::Validation;
+
+/// Field numbers of `keyward.v1.ValidateKeyRequest`.
+mod field {
+    pub const KEY: u32 = 1;
+    pub const REQUIRED_SCOPES: u32 = 2;
+    pub const CLIENT_IP: u32 = 3;
+    pub const USER_AGENT: u32 = 4;
+    pub const COST: u32 = 5;
+    pub const IDEMPOTENCY_KEY: u32 = 6;
+}
+
+/// `keyward.v1.ValidateKeyResponse.limit_name`, the one field of the answer
+/// written here rather than by prost: it is borrowed from the key's policy.
+const LIMIT_NAME: u32 = 16;
+
+/// A decoded `ValidateKeyRequest`: its bytes and where its fields are.
+#[derive(Clone, Default)]
+pub struct ValidateKeyCall {
+    message: Bytes,
+    key: Range<usize>,
+    client_ip: Range<usize>,
+    user_agent: Range<usize>,
+    idempotency_key: Range<usize>,
+    required_scopes: usize,
+    cost: i64,
+}
+
+impl ValidateKeyCall {
+    /// Reads `message`, a whole serialized `ValidateKeyRequest`.
+    pub fn decode(message: Bytes) -> Result<Self, String> {
+        let mut call = Self::default();
+        let mut rest: &[u8] = &message;
+        while !rest.is_empty() {
+            let (tag, wire_type) = decode_key(&mut rest).map_err(|e| e.to_string())?;
+            match (tag, wire_type) {
+                (
+                    field::KEY
+                    | field::REQUIRED_SCOPES
+                    | field::CLIENT_IP
+                    | field::USER_AGENT
+                    | field::IDEMPOTENCY_KEY,
+                    WireType::LengthDelimited,
+                ) => {
+                    let text = string(&mut rest)?;
+                    // `rest` now starts right after the text.
+                    let end = message.len() - rest.len();
+                    let span = end - text.len()..end;
+                    match tag {
+                        field::KEY => call.key = span,
+                        field::REQUIRED_SCOPES => call.required_scopes += 1,
+                        field::CLIENT_IP => call.client_ip = span,
+                        field::USER_AGENT => call.user_agent = span,
+                        _ => call.idempotency_key = span,
+                    }
+                }
+                // int64 on the wire: a varint, two's complement for negatives.
+                (field::COST, WireType::Varint) => {
+                    call.cost = decode_varint(&mut rest).map_err(|e| e.to_string())? as i64;
+                }
+                (field::KEY..=field::IDEMPOTENCY_KEY, _) => {
+                    return Err(format!(
+                        "ValidateKeyRequest field {tag}: invalid wire type {wire_type:?}"
+                    ));
+                }
+                _ => skip_field(wire_type, tag, &mut rest, DecodeContext::default())
+                    .map_err(|e| e.to_string())?,
+            }
+        }
+        call.message = message;
+        Ok(call)
+    }
+
+    fn text(&self, span: &Range<usize>) -> &str {
+        // Checked to be UTF-8 when decoded.
+        std::str::from_utf8(&self.message[span.clone()]).unwrap_or_default()
+    }
+
+    /// The presented key.
+    pub fn key(&self) -> &str {
+        self.text(&self.key)
+    }
+
+    /// The client's address as the caller wrote it.
+    pub fn client_ip(&self) -> &str {
+        self.text(&self.client_ip)
+    }
+
+    /// The client's user agent.
+    pub fn user_agent(&self) -> &str {
+        self.text(&self.user_agent)
+    }
+
+    /// The caller's idempotency key; empty when none.
+    pub fn idempotency_key(&self) -> &str {
+        self.text(&self.idempotency_key)
+    }
+
+    /// The call's cost as sent (0: each limit's own).
+    pub fn cost(&self) -> i64 {
+        self.cost
+    }
+
+    /// How many scopes the call requires (duplicates counted).
+    pub fn required_scope_count(&self) -> usize {
+        self.required_scopes
+    }
+
+    /// The required scopes as sent, in order.
+    pub fn required_scopes(&self) -> impl Iterator<Item = &str> {
+        let mut rest: &[u8] = &self.message;
+        std::iter::from_fn(move || {
+            // The message was read whole once: nothing here can fail.
+            while !rest.is_empty() {
+                let (tag, wire_type) = decode_key(&mut rest).ok()?;
+                if tag == field::REQUIRED_SCOPES && wire_type == WireType::LengthDelimited {
+                    return string(&mut rest).ok();
+                }
+                skip_field(wire_type, tag, &mut rest, DecodeContext::default()).ok()?;
+            }
+            None
+        })
+    }
+}
+
+/// A length-delimited UTF-8 string at the front of `rest`, taken off it.
+fn string<'a>(rest: &mut &'a [u8]) -> Result<&'a str, String> {
+    let len = decode_varint(rest).map_err(|e| e.to_string())?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= rest.len())
+        .ok_or("buffer underflow")?;
+    let (text, after) = rest.split_at(len);
+    let text =
+        std::str::from_utf8(text).map_err(|_| "invalid string value: data is not UTF-8 encoded")?;
+    *rest = after;
+    Ok(text)
+}
+
+// It holds the raw key: never printed.
+impl fmt::Debug for ValidateKeyCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidateKeyCall")
+            .field("key", &keyward_auth::RedactedKey(self.key()))
+            .field(
+                "required_scopes",
+                &self.required_scopes().collect::<Vec<_>>(),
+            )
+            .field("client_ip", &self.client_ip())
+            .field("user_agent", &self.user_agent())
+            .field("cost", &self.cost)
+            .field("idempotency_key", &!self.idempotency_key().is_empty())
+            .finish()
+    }
+}
+
+/// A `ValidateKeyResponse` ready to be written: the call's own fields and
+/// the key's encoded description.
+#[derive(Debug)]
+pub struct ValidateKeyReply {
+    own: pb::ValidateKeyResponse,
+    validation: Validation,
+}
+
+impl ValidateKeyReply {
+    /// The answer to a call that `validation` decided, with the cache hint
+    /// `cache_ttl`.
+    pub fn new(validation: Validation, cache_ttl: Duration) -> Self {
+        Self {
+            own: convert::validation_outcome(&validation, cache_ttl),
+            validation,
+        }
+    }
+
+    fn encode(&self, buf: &mut impl BufMut) {
+        self.own
+            .encode(buf)
+            .expect("the encode buffer grows as needed");
+        if let Some(limited) = &self.validation.throttle {
+            // As prost writes a proto3 string: omitted when empty.
+            let name = limited.name();
+            if !name.is_empty() {
+                encode_key(LIMIT_NAME, WireType::LengthDelimited, buf);
+                encode_varint(name.len() as u64, buf);
+                buf.put_slice(name.as_bytes());
+            }
+        }
+        if let Some(key) = &self.validation.key {
+            buf.put_slice(description(key));
+        }
+    }
+
+    /// The answer as the generated message reads it (for tests and tools:
+    /// what a client receives).
+    pub fn to_message(&self) -> pb::ValidateKeyResponse {
+        let mut bytes = BytesMut::new();
+        self.encode(&mut bytes);
+        pb::ValidateKeyResponse::decode(bytes.freeze()).expect("a valid message")
+    }
+}
+
+/// What ValidateKey says about `key`, encoded once per cached key version.
+pub fn description(key: &CachedKey) -> &Bytes {
+    key.description(|key| {
+        let message = convert::key_description(key);
+        let mut bytes = BytesMut::with_capacity(message.encoded_len());
+        message
+            .encode(&mut bytes)
+            .expect("the buffer holds the message");
+        bytes.freeze()
+    })
+}
+
+/// The codec of `keyward.v1.KeyValidationService/ValidateKey`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidateKeyCodec;
+
+/// Messages of a few hundred bytes: small buffers (tonic's default is 8 KiB
+/// per call).
+const BUFFER_SIZE: usize = 1024;
+/// tonic's default.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+impl Codec for ValidateKeyCodec {
+    type Encode = ValidateKeyReply;
+    type Decode = ValidateKeyCall;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for ValidateKeyCodec {
+    type Item = ValidateKeyReply;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        item.encode(buf);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
+}
+
+impl Decoder for ValidateKeyCodec {
+    type Item = ValidateKeyCall;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        let message = buf.copy_to_bytes(buf.remaining());
+        // An unreadable message is INTERNAL, as tonic's prost codec answers.
+        ValidateKeyCall::decode(message)
+            .map(Some)
+            .map_err(Status::internal)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keyward_core::{Metadata, Scopes, ValidationCode};
+
+    use super::*;
+    use crate::cache::tests::keyed;
+
+    fn request() -> pb::ValidateKeyRequest {
+        pb::ValidateKeyRequest {
+            key: "sk_live_ünïcode".to_owned(),
+            required_scopes: vec!["orders:read".to_owned(), String::new(), "a:b".to_owned()],
+            client_ip: "203.0.113.7".to_owned(),
+            user_agent: "agent/1.0".to_owned(),
+            cost: -5,
+            idempotency_key: "retry-1".to_owned(),
+        }
+    }
+
+    fn decoded(bytes: Vec<u8>) -> Result<ValidateKeyCall, String> {
+        ValidateKeyCall::decode(bytes.into())
+    }
+
+    #[test]
+    fn a_call_reads_every_field_as_prost_does() {
+        let sent = request();
+        let call = decoded(sent.encode_to_vec()).expect("decodes");
+        assert_eq!(call.key(), sent.key);
+        assert_eq!(call.required_scope_count(), 3);
+        assert_eq!(
+            call.required_scopes().collect::<Vec<_>>(),
+            sent.required_scopes
+        );
+        assert_eq!(call.client_ip(), sent.client_ip);
+        assert_eq!(call.user_agent(), sent.user_agent);
+        assert_eq!(call.cost(), -5);
+        assert_eq!(call.idempotency_key(), sent.idempotency_key);
+
+        // An empty message is every field's default.
+        let empty = decoded(Vec::new()).expect("decodes");
+        assert_eq!((empty.key(), empty.required_scope_count()), ("", 0));
+        assert_eq!(empty.required_scopes().count(), 0);
+
+        // The last value of a singular field wins; unknown fields (a varint,
+        // a string, a fixed64) are skipped, as prost does.
+        let mut bytes = sent.encode_to_vec();
+        bytes.extend(
+            pb::ValidateKeyRequest {
+                key: "second".to_owned(),
+                cost: 7,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        bytes.extend([0x38, 0x01, 0x42, 0x01, b'x', 0x49, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let prost_read = pb::ValidateKeyRequest::decode(bytes.as_slice()).expect("prost reads it");
+        let call = decoded(bytes).expect("decodes");
+        assert_eq!((call.key(), call.cost()), ("second", 7));
+        assert_eq!(call.key(), prost_read.key);
+        assert_eq!(
+            call.required_scopes().collect::<Vec<_>>(),
+            prost_read.required_scopes
+        );
+    }
+
+    #[test]
+    fn a_malformed_call_is_refused_where_prost_refuses_it() {
+        let good = request().encode_to_vec();
+        let mut bad_utf8 = good.clone();
+        let at = bad_utf8
+            .windows(2)
+            .position(|w| w == "ü".as_bytes())
+            .expect("the key's ü");
+        bad_utf8[at] = 0xff;
+        let cases = [
+            ("not UTF-8", bad_utf8),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("a string as a varint", vec![0x08, 0x01]),
+            ("cost as a string", vec![0x2a, 0x01, b'1']),
+            ("length past the end", vec![0x0a, 0x7f, b'a']),
+        ];
+        for (what, bytes) in cases {
+            assert!(
+                pb::ValidateKeyRequest::decode(bytes.as_slice()).is_err(),
+                "{what}: prost refuses it"
+            );
+            assert!(decoded(bytes).is_err(), "{what}: refused");
+        }
+    }
+
+    #[test]
+    fn a_reply_is_the_outcome_and_the_cached_description() {
+        let scopes = Scopes::parse(&["orders:read", "orders:write"]).expect("scopes");
+        let team = ("team".to_owned(), "core".to_owned());
+        let metadata = Metadata::parse([(&team.0, &team.1)]).expect("metadata");
+        let (_, key) = keyed(scopes, metadata);
+        let validation = Validation {
+            code: ValidationCode::InsufficientScope,
+            key: Some(Arc::clone(&key)),
+            metered: false,
+            throttle: None,
+        };
+        let ttl = Duration::from_secs(30);
+        let mut expected = convert::key_description(&key);
+        let outcome = convert::validation_outcome(&validation, ttl);
+        expected.code = outcome.code;
+        expected.cache_ttl = outcome.cache_ttl;
+        assert_eq!(
+            ValidateKeyReply::new(validation.clone(), ttl).to_message(),
+            expected
+        );
+        // Encoded once, then the same bytes for every answer.
+        let first = description(&key).as_ptr();
+        assert_eq!(description(&key).as_ptr(), first);
+
+        // No key described for a verdict that names none.
+        let bare = Validation::bare(ValidationCode::NotFound);
+        let reply = ValidateKeyReply::new(bare.clone(), ttl).to_message();
+        assert_eq!(reply, convert::validation_outcome(&bare, ttl));
+        assert!(reply.key_id.is_empty() && !reply.valid);
+    }
+}
