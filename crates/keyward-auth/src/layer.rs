@@ -14,7 +14,7 @@ use keyward_core::{Cidr, Environment, Scope, client_address};
 use tower::{Layer, Service};
 
 use crate::metrics::{AuthMetrics, DenialReason};
-use crate::validator::{Denial, Throttle, ValidationRequest, Validator, Verdict};
+use crate::validator::{Denial, Throttle, ValidationRequest, Validator, ValidatorError, Verdict};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// A client's idempotency key: a retried request with the same one spends
@@ -211,7 +211,7 @@ where
         // Take the service that was driven to readiness; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let config = Arc::clone(&self.config);
+        let config = &self.config;
         let path = request.uri().path();
 
         if config
@@ -222,68 +222,119 @@ where
             return Box::pin(inner.call(request));
         }
 
+        config.metrics.note_request();
+        // The warm path decides here, with no future of its own: a verdict
+        // the validator has at hand lets the request through (or refuses
+        // it) at once.
+        let (header, cached) = match question(config, &request) {
+            Ok((header, question)) => (header, self.validator.validate_cached(&question)),
+            Err(reason) => {
+                let refused = refuse(config, &request, reason);
+                return Box::pin(async move { Ok(refused) });
+            }
+        };
+        if let Some(verdict) = cached {
+            return match admit(config, &header, Ok(verdict), &mut request) {
+                Ok(()) => Box::pin(inner.call(request)),
+                Err(refused) => Box::pin(async move { Ok(refused) }),
+            };
+        }
+
+        let config = Arc::clone(&self.config);
         let validator = Arc::clone(&self.validator);
         Box::pin(async move {
-            let grpc = is_grpc(&request);
-            let metrics = &config.metrics;
-            metrics.note_request();
-            let Some((header, key)) =
-                presented_key(config.source, |name| header_str(&request, name))
-            else {
-                metrics.note_denial(DenialReason::MissingKey);
-                return Ok(deny(grpc, Denial::Unauthenticated));
+            let verdict = match question(&config, &request) {
+                Ok((_, question)) => validator.validate(question).await,
+                Err(reason) => return Ok(refuse(&config, &request, reason)),
             };
-            if config.environment.is_some_and(|wanted| {
-                Environment::of_key_prefix(key).is_some_and(|named| named != wanted)
-            }) {
-                metrics.note_denial(DenialReason::WrongEnvironment);
-                return Ok(deny(grpc, Denial::Unauthenticated));
-            }
-            let required = config
-                .method_scopes
-                .get(request.uri().path())
-                .map_or(&[][..], Vec::as_slice);
-            let client_ip = client_ip(&request, &config.trusted_proxies);
-            let verdict = validator
-                .validate(ValidationRequest {
-                    key,
-                    required_scopes: required,
-                    client_ip,
-                    user_agent: header_str(&request, &USER_AGENT),
-                    idempotency_key: header_str(&request, &IDEMPOTENCY_KEY),
-                })
-                .await;
-            match verdict {
-                Ok(Verdict::Allow(identity))
-                    if config
-                        .environment
-                        .is_some_and(|wanted| identity.environment != wanted) =>
-                {
-                    metrics.note_denial(DenialReason::WrongEnvironment);
-                    Ok(deny(grpc, Denial::Unauthenticated))
-                }
-                Ok(Verdict::Allow(identity)) => {
-                    if config.hide_credentials {
-                        let headers = request.headers_mut();
-                        headers.remove(header);
-                        if config.source == CredentialSource::BearerOrApiKey {
-                            headers.remove(X_API_KEY);
-                        }
-                    }
-                    request.extensions_mut().insert(identity);
-                    inner.call(request).await
-                }
-                Ok(Verdict::Deny(denial)) => {
-                    metrics.note_denial((&denial).into());
-                    Ok(deny(grpc, denial))
-                }
-                Err(error) => {
-                    metrics.note_error();
-                    tracing::warn!(%error, "denying request: key validation unavailable");
-                    Ok(unavailable(grpc))
-                }
+            match admit(&config, &header, verdict, &mut request) {
+                Ok(()) => inner.call(request).await,
+                Err(refused) => Ok(refused),
             }
         })
+    }
+}
+
+/// What the layer asks the validator about `request`, and the header the
+/// key came in; or why it refuses the request without asking (no key, or a
+/// key of the other environment by its prefix).
+fn question<'r, B>(
+    config: &'r Config,
+    request: &'r Request<B>,
+) -> Result<(HeaderName, ValidationRequest<'r>), DenialReason> {
+    let Some((header, key)) = presented_key(config.source, |name| header_str(request, name)) else {
+        return Err(DenialReason::MissingKey);
+    };
+    if config
+        .environment
+        .is_some_and(|wanted| Environment::of_key_prefix(key).is_some_and(|named| named != wanted))
+    {
+        return Err(DenialReason::WrongEnvironment);
+    }
+    let required = config
+        .method_scopes
+        .get(request.uri().path())
+        .map_or(&[][..], Vec::as_slice);
+    let question = ValidationRequest {
+        key,
+        required_scopes: required,
+        client_ip: client_ip(request, &config.trusted_proxies),
+        user_agent: header_str(request, &USER_AGENT),
+        idempotency_key: header_str(request, &IDEMPOTENCY_KEY),
+    };
+    Ok((header, question))
+}
+
+/// The answer to a request refused before the validator was asked: every
+/// such refusal is UNAUTHENTICATED / 401.
+fn refuse<B, ResBody: Default>(
+    config: &Config,
+    request: &Request<B>,
+    reason: DenialReason,
+) -> Response<ResBody> {
+    config.metrics.note_denial(reason);
+    deny(is_grpc(request), Denial::Unauthenticated)
+}
+
+/// Lets `request` through as the verdict's identity, its credential (which
+/// came in `header`) removed if the layer hides credentials; or the answer
+/// that refuses it.
+fn admit<B, ResBody: Default>(
+    config: &Config,
+    header: &HeaderName,
+    verdict: Result<Verdict, ValidatorError>,
+    request: &mut Request<B>,
+) -> Result<(), Response<ResBody>> {
+    let metrics = &config.metrics;
+    match verdict {
+        Ok(Verdict::Allow(identity))
+            if config
+                .environment
+                .is_some_and(|wanted| identity.environment != wanted) =>
+        {
+            metrics.note_denial(DenialReason::WrongEnvironment);
+            Err(deny(is_grpc(request), Denial::Unauthenticated))
+        }
+        Ok(Verdict::Allow(identity)) => {
+            if config.hide_credentials {
+                let headers = request.headers_mut();
+                headers.remove(header);
+                if config.source == CredentialSource::BearerOrApiKey {
+                    headers.remove(X_API_KEY);
+                }
+            }
+            request.extensions_mut().insert(identity);
+            Ok(())
+        }
+        Ok(Verdict::Deny(denial)) => {
+            metrics.note_denial((&denial).into());
+            Err(deny(is_grpc(request), denial))
+        }
+        Err(error) => {
+            metrics.note_error();
+            tracing::warn!(%error, "denying request: key validation unavailable");
+            Err(unavailable(is_grpc(request)))
+        }
     }
 }
 

@@ -185,20 +185,23 @@ impl RemoteValidator {
 }
 
 impl Validator for RemoteValidator {
-    fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
+    fn validate_cached(&self, request: &ValidationRequest<'_>) -> Option<Verdict> {
         if request.key.len() > PresentedKey::MAX_LEN {
             // Not a key: deny before hashing a header of any length.
-            return Box::pin(std::future::ready(Ok(Verdict::Deny(
-                Denial::Unauthenticated,
-            ))));
+            return Some(Verdict::Deny(Denial::Unauthenticated));
         }
         let key = cache_key(request.key, request.required_scopes);
+        self.cache.cached(&key, request.client_ip)
+    }
+
+    fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
         // A cached verdict is answered by a ready future: the lookup's
         // future, which holds a whole `ValidateKey` call, is built (and
         // moved into its box) only on a miss.
-        if let Some(verdict) = self.cache.cached(&key, request.client_ip) {
+        if let Some(verdict) = self.validate_cached(&request) {
             return Box::pin(std::future::ready(Ok(verdict)));
         }
+        let key = cache_key(request.key, request.required_scopes);
         Box::pin(async move {
             self.cache
                 .get_or_fetch(key, request.client_ip, || async move {

@@ -22,6 +22,16 @@ pub type ValidationFuture<'a> =
 pub trait Validator: Send + Sync + 'static {
     /// Validates one presented key.
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a>;
+
+    /// The verdict for `request` when this validator has it at hand (a
+    /// cached one), decided without a future: the layer asks this first and
+    /// calls [`validate`](Self::validate) only on `None`, the default. It
+    /// must answer exactly as `validate` would, and must not spend anything
+    /// a metered key's call spends (such verdicts are never at hand).
+    fn validate_cached(&self, request: &ValidationRequest<'_>) -> Option<Verdict> {
+        let _ = request;
+        None
+    }
 }
 
 /// One question to a [`Validator`]. Its `Debug` shows only the display
