@@ -22,8 +22,9 @@
 # 3. (BENCH_ENVOY_VARIANTS=1, the default, --quick too) Envoy's own CPU per
 #    request for variants of the shipped ext_authz settings, each to a null
 #    authorization server so that only Envoy's work differs, in rotated
-#    rounds like part 2: as shipped (gRPC, the baseline); + allowed_headers
-#    (only the headers keyward reads); + enable_dynamic_metadata_ingestion:
+#    rounds like part 2: as shipped (gRPC, `allowed_headers`: only the
+#    headers keyward reads; the baseline); without `allowed_headers` (every
+#    request header sent); + enable_dynamic_metadata_ingestion:
 #    false; HTTP service mode over HTTP/1.1 and over HTTP/2 (to an Envoy
 #    answering 200 with null-authz's headers). Req/s, latency, Envoy's and
 #    the null server's CPU per request; nothing judged: it is there to choose
@@ -211,7 +212,7 @@ bench_wait_port "$NULL_AUTHZ_PORT" null-authz
 # checked with `envoy --mode validate`. MODE: `none` (no auth filter),
 # `native` (Envoy's static api_key_auth filter with the bench key instead of
 # ext_authz), `ext_authz` (to AUTHZ_PORT, as shipped), or one of part 3's
-# variants of ext_authz (see there): `grpc-allowed-headers`,
+# variants of ext_authz (see there): `grpc-all-headers`,
 # `grpc-no-metadata`, `http`, `http-h2`. Active health checks are dropped: the
 # null server has no health service, and every ext_authz setup must do the
 # same work.
@@ -219,9 +220,14 @@ envoy_config() {
   python3 - "$ROOT/deploy/envoy/envoy.yaml" "$1" "$2" "$3" "$UPSTREAM_PORT" "${4:-0}" "$KEY" <<'PY'
 import re, sys
 src, out, mode, port, upstream, authz, key = sys.argv[1:]
-assert mode in ("none", "native", "ext_authz", "grpc-allowed-headers", "grpc-no-metadata",
+assert mode in ("none", "native", "ext_authz", "grpc-all-headers", "grpc-no-metadata",
                 "http", "http-h2"), mode
 text = open(src).read()
+# The shipped filter sends keyward only the headers it reads (src/ext_authz.rs).
+READS = ["authorization", "x-api-key", "idempotency-key", "user-agent", "x-forwarded-for"]
+shipped = re.search(r"\n( *)allowed_headers:\n(?:\1 +.*\n)*", text)
+assert shipped and sorted(re.findall(r"exact: (\S+)", shipped.group(0))) == sorted(READS), \
+    "deploy/envoy/envoy.yaml's allowed_headers are not the headers keyward reads"
 for old, new in [
     ("port_value: 9901", "port_value: 0"),
     ("port_value: 10000", f"port_value: {port}"),
@@ -255,9 +261,7 @@ if mode in ("none", "native"):
     assert "ext_authz" not in listener, "ext_authz left in the listener"
 
 # Part 3's variants: edits of the shipped ext_authz filter (and cluster).
-# The request headers keyward reads (src/ext_authz.rs) and the upstream
-# headers it sets.
-READS = ["authorization", "x-api-key", "idempotency-key", "user-agent", "x-forwarded-for"]
+# The upstream headers keyward sets.
 SETS = ["x-keyward-key-id", "x-keyward-organization-id", "x-keyward-workspace-id",
         "x-keyward-scopes", "x-keyward-environment"]
 def matchers(names):
@@ -268,10 +272,9 @@ def filter_settings(*lines):
     head = r'\n( *)"@type": type\.googleapis\.com/envoy\.extensions\.filters\.http\.ext_authz\.v3\.ExtAuthz\n'
     text, n = re.subn(head, lambda m: m.group(0) + "".join(f"{m.group(1)}{line}\n" for line in lines), text)
     assert n == 1, "ext_authz filter not found"
-if mode in ("grpc-allowed-headers", "http", "http-h2"):
-    # Without it every request header goes to a gRPC server (none but
-    # host, method, path, content-length and authorization to an HTTP one).
-    filter_settings(f"allowed_headers: {matchers(READS)}")
+if mode == "grpc-all-headers":
+    # Without it every request header goes to the authorization server.
+    text = text.replace(shipped.group(0), "\n")
 if mode == "grpc-no-metadata":
     filter_settings("enable_dynamic_metadata_ingestion: false")
 if mode in ("http", "http-h2"):
@@ -346,11 +349,12 @@ done
 # Envoy's own CPU per request for variants of the shipped ext_authz settings,
 # every one against a null authorization server, so that only Envoy's work
 # differs (see envoy_config for the edits):
-#   grpc                  as shipped (the baseline): gRPC, every request
-#                         header in the Check request
-#   grpc-allowed-headers  + allowed_headers: only the five headers keyward
-#                         reads (authorization, x-api-key, idempotency-key,
-#                         user-agent, x-forwarded-for)
+#   grpc                  as shipped (the baseline): gRPC, `allowed_headers`
+#                         the five headers keyward reads (authorization,
+#                         x-api-key, idempotency-key, user-agent,
+#                         x-forwarded-for)
+#   grpc-all-headers      without allowed_headers: every request header in
+#                         the Check request
 #   grpc-no-metadata      + enable_dynamic_metadata_ingestion: false (Envoy
 #                         ignores the dynamic metadata the server sends)
 #   http                  HTTP service mode over HTTP/1.1 (same cluster and
@@ -371,7 +375,7 @@ done
 # Envoy's.
 ENVOY_VARIANTS=()
 if [[ $VARIANTS == 1 ]]; then
-  ENVOY_VARIANTS=(grpc grpc-allowed-headers grpc-no-metadata http http-h2)
+  ENVOY_VARIANTS=(grpc grpc-all-headers grpc-no-metadata http http-h2)
   NULL_HTTP_AUTHZ_PORT="$(free_port)"
   cat >"$WORK/null-http-authz.yaml" <<YAML
 admin:
@@ -534,8 +538,8 @@ print(f"ext_authz to keyward vs no auth: p50 {kw['p50'] - e['none']['p50']:+.3f}
 
 if variants:
     settings = {
-        "grpc": "as shipped: `grpc_service` (envoy_grpc), every request header sent",
-        "grpc-allowed-headers": "+ `allowed_headers`: the 5 keyward reads",
+        "grpc": "as shipped: `grpc_service` (envoy_grpc), `allowed_headers` the 5 keyward reads",
+        "grpc-all-headers": "without `allowed_headers`: every request header sent",
         "grpc-no-metadata": "+ `enable_dynamic_metadata_ingestion: false`",
         "http": "`http_service` (HTTP/1.1) + `allowed_headers`, `allowed_upstream_headers` x-keyward-*",
         "http-h2": "the same over HTTP/2",
