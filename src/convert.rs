@@ -13,7 +13,6 @@ use keyward_core::{
 use keyward_store::{EventType, KeyEvent};
 
 use crate::pb;
-use crate::validation::Validation;
 
 // The messages that carry a raw key derive no `Debug` (see build.rs): these
 // show everything but the key.
@@ -81,31 +80,6 @@ pub fn metadata(metadata: &Metadata) -> HashMap<String, String> {
         .iter()
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
-}
-
-/// The fields of a `ValidateKeyResponse` that are the call's own: verdict,
-/// cache hint and the deciding rate limit's state, all but `limit_name`,
-/// which [`ValidateKeyReply`](crate::validation_api::wire::ValidateKeyReply)
-/// writes from the key's policy. The key's description is
-/// [`key_description`].
-pub fn validation_outcome(validation: &Validation, cache_ttl: Duration) -> pb::ValidateKeyResponse {
-    let mut response = pb::ValidateKeyResponse {
-        valid: validation.code == ValidationCode::Valid,
-        code: validation_code(validation.code).into(),
-        cache_ttl: Some(duration(cache_ttl)),
-        metered: validation.metered,
-        ..Default::default()
-    };
-    if let Some(limited) = &validation.throttle {
-        response.limit = i64::try_from(limited.state.limit).unwrap_or(i64::MAX);
-        response.remaining = i64::try_from(limited.state.remaining).unwrap_or(i64::MAX);
-        response.reset = limited.reset().map(duration);
-        response.window = limited.window().map(duration);
-        if validation.code != ValidationCode::Valid {
-            response.retry_after = Some(duration(limited.state.retry_after));
-        }
-    }
-    response
 }
 
 /// What a `ValidateKeyResponse` says about the key that was presented (only

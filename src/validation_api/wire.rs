@@ -14,14 +14,17 @@
 //!   validation cache keeps encoded once per key version
 //!   ([`CachedKey::description`]) and which is copied into every answer as
 //!   bytes. Protobuf lets a message's fields come in any order, so the two
-//!   together are one valid `ValidateKeyResponse`; both parts are encoded by
-//!   prost from the generated message, so each field's encoding is prost's.
+//!   together are one valid `ValidateKeyResponse`. The description is prost's
+//!   encoding of the generated message; the call's own fields are written
+//!   one by one with prost's field encoders (a proto3 default left out, as
+//!   prost leaves it out), and the tests read every answer back with prost.
 
 use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use keyward_core::ValidationCode;
 use prost::Message;
 use prost::encoding::{
     DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field,
@@ -43,10 +46,6 @@ mod field {
     pub const COST: u32 = 5;
     pub const IDEMPOTENCY_KEY: u32 = 6;
 }
-
-/// `keyward.v1.ValidateKeyResponse.limit_name`, the one field of the answer
-/// written here rather than by prost: it is borrowed from the key's policy.
-const LIMIT_NAME: u32 = 16;
 
 /// A decoded `ValidateKeyRequest`: its bytes and where its fields are.
 #[derive(Clone, Default)]
@@ -188,38 +187,83 @@ impl fmt::Debug for ValidateKeyCall {
     }
 }
 
-/// A `ValidateKeyResponse` ready to be written: the call's own fields and
-/// the key's encoded description.
+/// A `ValidateKeyResponse` ready to be written: the call's own fields
+/// (written here, field by field, as prost writes them: a proto3 default is
+/// left out) and the key's encoded description.
 #[derive(Debug)]
 pub struct ValidateKeyReply {
-    own: pb::ValidateKeyResponse,
     validation: Validation,
+    cache_ttl: Duration,
+}
+
+/// Field numbers of `keyward.v1.ValidateKeyResponse`'s own fields.
+mod reply {
+    pub const VALID: u32 = 1;
+    pub const CODE: u32 = 2;
+    pub const CACHE_TTL: u32 = 13;
+    pub const METERED: u32 = 15;
+    pub const LIMIT_NAME: u32 = 16;
+    pub const LIMIT: u32 = 17;
+    pub const REMAINING: u32 = 18;
+    pub const RESET: u32 = 19;
+    pub const RETRY_AFTER: u32 = 20;
+    pub const WINDOW: u32 = 21;
 }
 
 impl ValidateKeyReply {
     /// The answer to a call that `validation` decided, with the cache hint
-    /// `cache_ttl`.
+    /// `cache_ttl`. The key is described only for VALID and
+    /// INSUFFICIENT_SCOPE (`Validation::key` is `None` otherwise).
     pub fn new(validation: Validation, cache_ttl: Duration) -> Self {
         Self {
-            own: convert::validation_outcome(&validation, cache_ttl),
             validation,
+            cache_ttl,
         }
     }
 
     fn encode(&self, buf: &mut impl BufMut) {
-        self.own
-            .encode(buf)
-            .expect("the encode buffer grows as needed");
-        if let Some(limited) = &self.validation.throttle {
-            // As prost writes a proto3 string: omitted when empty.
+        use prost::encoding::{bool, int32, int64, message};
+        let validation = &self.validation;
+        let valid = validation.code == ValidationCode::Valid;
+        if valid {
+            bool::encode(reply::VALID, &true, buf);
+        }
+        let code = i32::from(convert::validation_code(validation.code));
+        if code != 0 {
+            int32::encode(reply::CODE, &code, buf);
+        }
+        message::encode(reply::CACHE_TTL, &convert::duration(self.cache_ttl), buf);
+        if validation.metered {
+            bool::encode(reply::METERED, &true, buf);
+        }
+        if let Some(limited) = &validation.throttle {
             let name = limited.name();
             if !name.is_empty() {
-                encode_key(LIMIT_NAME, WireType::LengthDelimited, buf);
+                encode_key(reply::LIMIT_NAME, WireType::LengthDelimited, buf);
                 encode_varint(name.len() as u64, buf);
                 buf.put_slice(name.as_bytes());
             }
+            for (tag, value) in [
+                (reply::LIMIT, limited.state.limit),
+                (reply::REMAINING, limited.state.remaining),
+            ] {
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                if value != 0 {
+                    int64::encode(tag, &value, buf);
+                }
+            }
+            if let Some(reset) = limited.reset() {
+                message::encode(reply::RESET, &convert::duration(reset), buf);
+            }
+            if !valid {
+                let retry_after = convert::duration(limited.state.retry_after);
+                message::encode(reply::RETRY_AFTER, &retry_after, buf);
+            }
+            if let Some(window) = limited.window() {
+                message::encode(reply::WINDOW, &convert::duration(window), buf);
+            }
         }
-        if let Some(key) = &self.validation.key {
+        if let Some(key) = &validation.key {
             buf.put_slice(description(key));
         }
     }
@@ -305,7 +349,7 @@ impl Decoder for ValidateKeyCodec {
 mod tests {
     use std::sync::Arc;
 
-    use keyward_core::{Metadata, Scopes, ValidationCode};
+    use keyward_core::{Metadata, Scopes};
 
     use super::*;
     use crate::cache::tests::keyed;
@@ -405,10 +449,11 @@ mod tests {
             throttle: None,
         };
         let ttl = Duration::from_secs(30);
-        let mut expected = convert::key_description(&key);
-        let outcome = convert::validation_outcome(&validation, ttl);
-        expected.code = outcome.code;
-        expected.cache_ttl = outcome.cache_ttl;
+        let expected = pb::ValidateKeyResponse {
+            code: pb::ValidationCode::InsufficientScope.into(),
+            cache_ttl: Some(convert::duration(ttl)),
+            ..convert::key_description(&key)
+        };
         assert_eq!(
             ValidateKeyReply::new(validation.clone(), ttl).to_message(),
             expected
@@ -419,8 +464,12 @@ mod tests {
 
         // No key described for a verdict that names none.
         let bare = Validation::bare(ValidationCode::NotFound);
-        let reply = ValidateKeyReply::new(bare.clone(), ttl).to_message();
-        assert_eq!(reply, convert::validation_outcome(&bare, ttl));
-        assert!(reply.key_id.is_empty() && !reply.valid);
+        let reply = ValidateKeyReply::new(bare, ttl).to_message();
+        let expected = pb::ValidateKeyResponse {
+            code: pb::ValidationCode::NotFound.into(),
+            cache_ttl: Some(convert::duration(ttl)),
+            ..Default::default()
+        };
+        assert_eq!(reply, expected);
     }
 }
