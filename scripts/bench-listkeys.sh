@@ -59,6 +59,9 @@ read -r DEPTH AFTER_ID < <(sed -n 's/^LISTKEYS depth=\([0-9]*\) after_id=\([^ ]*
 
 # ------------------------------------------------------ 2. through the server
 bench_tools
+# The seeded organization holds more keys than keyward's default cap
+# (--max-keys-per-organization, 100,000): raise it for bootstrap and serve.
+export KEYWARD_MAX_KEYS_PER_ORGANIZATION=$((KEYS + 1000))
 bench_keyward "sqlite://$DB_FILE?mode=rwc"
 
 # ListKeysRequest { optional int32 limit = 1; string after_id = 2; } in a gRPC frame.

@@ -29,13 +29,15 @@ pub struct CacheSettings {
     )]
     pub capacity: usize,
     /// Most memory the cached keys may hold, in bytes, as estimated from each
-    /// key's strings, scopes and metadata (eviction beyond it): one key can
-    /// weigh ~80 KB, so the key count alone does not bound memory.
+    /// key's strings, scopes and metadata and its encoded ValidateKey
+    /// description (eviction beyond it): one key can weigh ~80 KB, so the key
+    /// count alone does not bound memory. The default holds the default
+    /// 100,000 keys of a typical size.
     #[arg(
         id = "cache_max_bytes",
         long = "cache-max-bytes",
         env = "KEYWARD_CACHE_MAX_BYTES",
-        default_value_t = 64 * 1024 * 1024,
+        default_value_t = 128 * 1024 * 1024,
         value_parser = at_least_one()
     )]
     pub max_bytes: usize,
@@ -579,7 +581,7 @@ pub(crate) mod tests {
         }
         let defaults = CacheSettings::default();
         assert_eq!(defaults.capacity, 100_000);
-        assert_eq!(defaults.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(defaults.max_bytes, 128 * 1024 * 1024);
         assert_eq!(defaults.negative_ttl, Duration::from_secs(5));
         assert_eq!(defaults.max_age, Duration::from_secs(30));
         let parsed = Flags::try_parse_from([
