@@ -137,15 +137,6 @@ refused() {
 }
 
 # ------------------------------------------------- 1. orders-service, gRPC
-PROTO=(-import-path examples/orders-service/proto -proto orders/v1/orders.proto)
-# create_order PORT [grpcurl args]: prints the new order's id
-create_order() {
-  local port="$1" created
-  shift
-  created="$("$GRPCURL" -plaintext "${PROTO[@]}" "$@" -d '{"item": "tea", "quantity": 1}' \
-    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder)" || die "CreateOrder on port $port failed"
-  python3 -c 'import json, sys; print(json.loads(sys.argv[1])["order"]["id"])' "$created"
-}
 
 PROTECTED_PORT="$(free_port)"
 UNPROTECTED_PORT="$(free_port)"
@@ -154,8 +145,8 @@ bench_start orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_
 bench_start orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
 bench_wait_port "$PROTECTED_PORT" orders-protected
 bench_wait_port "$UNPROTECTED_PORT" orders-unprotected
-ORDER_P="$(create_order "$PROTECTED_PORT" -H "authorization: Bearer $KEY")"
-ORDER_U="$(create_order "$UNPROTECTED_PORT")"
+ORDER_P="$(bench_create_order "$PROTECTED_PORT" -H "authorization: Bearer $KEY")"
+ORDER_U="$(bench_create_order "$UNPROTECTED_PORT")"
 [[ "$ORDER_P" == "$ORDER_U" ]] || die "orders differ: $ORDER_P vs $ORDER_U"
 
 # The GetOrder request as gRPC frames it: 0x00 (not compressed), big-endian

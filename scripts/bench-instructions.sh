@@ -91,16 +91,8 @@ wait_slow "$NULL_PORT" null-authz
 wait_slow "$PROTECTED_PORT" orders-protected
 wait_slow "$UNPROTECTED_PORT" orders-unprotected
 
-PROTO=(-import-path examples/orders-service/proto -proto orders/v1/orders.proto)
-order_id() { # order_id PORT [grpcurl args]
-  local port="$1"
-  shift
-  "$GRPCURL" -plaintext "${PROTO[@]}" "$@" -d '{"item": "tea", "quantity": 1}' \
-    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["order"]["id"])'
-}
-ORDER="$(order_id "$PROTECTED_PORT" -H "authorization: Bearer $PLAIN_KEY")"
-[[ "$(order_id "$UNPROTECTED_PORT")" == "$ORDER" ]] || die "the two order services disagree"
+ORDER="$(bench_create_order "$PROTECTED_PORT" -H "authorization: Bearer $PLAIN_KEY")"
+[[ "$(bench_create_order "$UNPROTECTED_PORT")" == "$ORDER" ]] || die "the two order services disagree"
 
 # The request bodies as gRPC frames them (0x00, big-endian u32 length, message).
 python3 - "$WORK" "$PLAIN_KEY" "$LIMITED_KEY" "$ORDER" <<'PY'

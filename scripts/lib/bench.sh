@@ -222,6 +222,18 @@ bench_create_key() {
   [[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
 }
 
+# bench_create_order PORT [GRPCURL-ARGS...]: CreateOrder on the orders-service
+# at 127.0.0.1:PORT (grpcurl with the example's proto; e.g. a key header);
+# prints the new order's id.
+bench_create_order() {
+  local port="$1" created
+  shift
+  created="$("$GRPCURL" -plaintext -import-path "$ROOT/examples/orders-service/proto" \
+    -proto orders/v1/orders.proto "$@" -d '{"item": "tea", "quantity": 1}' \
+    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder)" || die "CreateOrder on port $port failed"
+  python3 -c 'import json, sys; print(json.loads(sys.argv[1])["order"]["id"])' "$created"
+}
+
 # ------------------------------------------------------------------- h2load
 # bench_h2load NAME MIN-BYTES H2LOAD-ARGS...: one h2load run (on the load
 # CPU), its report in $WORK/NAME.out; fails the script unless every request
