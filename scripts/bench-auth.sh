@@ -138,11 +138,7 @@ refused() {
 
 # ------------------------------------------------- 1. orders-service, gRPC
 
-PROTECTED_PORT="$(free_port)"
-UNPROTECTED_PORT="$(free_port)"
-bench_start orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
-  --listen "127.0.0.1:$PROTECTED_PORT"
-bench_start orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
+bench_start_orders bench_start
 bench_wait_port "$PROTECTED_PORT" orders-protected
 bench_wait_port "$UNPROTECTED_PORT" orders-unprotected
 ORDER_P="$(bench_create_order "$PROTECTED_PORT" -H "authorization: Bearer $KEY")"

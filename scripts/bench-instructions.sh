@@ -82,11 +82,7 @@ LIMITED_KEY="$KEY"
 
 NULL_PORT="$(free_port)"
 callgrind null-authz "$NULL_AUTHZ" "127.0.0.1:$NULL_PORT"
-PROTECTED_PORT="$(free_port)"
-UNPROTECTED_PORT="$(free_port)"
-callgrind orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
-  --listen "127.0.0.1:$PROTECTED_PORT"
-callgrind orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
+bench_start_orders callgrind
 wait_slow "$NULL_PORT" null-authz
 wait_slow "$PROTECTED_PORT" orders-protected
 wait_slow "$UNPROTECTED_PORT" orders-unprotected

@@ -222,6 +222,20 @@ bench_create_key() {
   [[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
 }
 
+# bench_start_orders [LAUNCHER]: orders-service protected by keyward (at
+# KEYWARD_PORT) and the same with --no-auth, as servers orders-protected and
+# orders-unprotected on free ports PROTECTED_PORT and UNPROTECTED_PORT,
+# each started by LAUNCHER NAME COMMAND... (default bench_start); waiting
+# for them is the caller's.
+bench_start_orders() {
+  local launch="${1:-bench_start}"
+  PROTECTED_PORT="$(free_port)"
+  UNPROTECTED_PORT="$(free_port)"
+  "$launch" orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
+    --listen "127.0.0.1:$PROTECTED_PORT"
+  "$launch" orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
+}
+
 # bench_create_order PORT [GRPCURL-ARGS...]: CreateOrder on the orders-service
 # at 127.0.0.1:PORT (grpcurl with the example's proto; e.g. a key header);
 # prints the new order's id.
