@@ -240,6 +240,8 @@ where
             };
         }
 
+        // A miss: the question borrows the request, which the future now
+        // owns, so it is asked again there (header lookups, once per miss).
         let config = Arc::clone(&self.config);
         let validator = Arc::clone(&self.validator);
         Box::pin(async move {

@@ -187,7 +187,7 @@ impl RemoteValidator {
 impl Validator for RemoteValidator {
     fn validate_cached(&self, request: &ValidationRequest<'_>) -> Option<Verdict> {
         if request.key.len() > PresentedKey::MAX_LEN {
-            // Not a key: deny before hashing a header of any length.
+            // Not a key (as `validate` says).
             return Some(Verdict::Deny(Denial::Unauthenticated));
         }
         let key = cache_key(request.key, request.required_scopes);
@@ -195,12 +195,15 @@ impl Validator for RemoteValidator {
     }
 
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
-        // A cached verdict is answered by a ready future: the lookup's
-        // future, which holds a whole `ValidateKey` call, is built (and
-        // moved into its box) only on a miss.
-        if let Some(verdict) = self.validate_cached(&request) {
-            return Box::pin(std::future::ready(Ok(verdict)));
+        if request.key.len() > PresentedKey::MAX_LEN {
+            // Not a key: deny before hashing a header of any length.
+            return Box::pin(std::future::ready(Ok(Verdict::Deny(
+                Denial::Unauthenticated,
+            ))));
         }
+        // `get_or_fetch` looks the verdict up first (`VerdictCache::cached`,
+        // as `validate_cached` does): the layer asks that one on its warm
+        // path and comes here only on a miss, so nothing is looked up twice.
         let key = cache_key(request.key, request.required_scopes);
         Box::pin(async move {
             self.cache
