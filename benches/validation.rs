@@ -47,7 +47,7 @@ use keyward::metrics::ValidationPath;
 use keyward::validation::{Change, ClientInfo, KeyValidator, ValidatorSettings};
 use keyward_core::{
     AllowedCidrs, ApiKeySecret, KeyId, LookupHasher, Policy, PresentedKey, RateLimit, RateLimits,
-    Scope, ValidationCode,
+    ValidationCode,
 };
 use keyward_store::Store;
 use keyward_store::testing::{Backend, TestDatabase};
@@ -168,7 +168,7 @@ where
 }
 
 /// One miss: invalidate (untimed), then a timed `validate`.
-async fn miss(fixture: &Fixture, raw: &str, required: &[Scope]) -> Duration {
+async fn miss(fixture: &Fixture, raw: &str, required: &[&str]) -> Duration {
     fixture.validator.announce(Change::key(&fixture.id));
     let start = Instant::now();
     let validation = fixture

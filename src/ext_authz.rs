@@ -133,7 +133,8 @@ fn credential_headers(headers: &HashMap<String, String>) -> Vec<String> {
         .collect()
 }
 
-fn required_scopes(request: &CheckRequest) -> Result<Vec<Scope>, Status> {
+/// The route's required scopes, borrowed from the request, each checked.
+fn required_scopes(request: &CheckRequest) -> Result<Vec<&str>, Status> {
     let Some(raw) = request
         .attributes
         .as_ref()
@@ -149,7 +150,7 @@ fn required_scopes(request: &CheckRequest) -> Result<Vec<Scope>, Status> {
     }
     scopes
         .map(|scope| {
-            Scope::parse(scope).map_err(|error| {
+            Scope::check(scope).map(|()| scope).map_err(|error| {
                 // A route misconfiguration: deny, and tell the operator why.
                 tracing::error!(scope, %error, "bad required_scopes in an Envoy route's context_extensions");
                 Status::invalid_argument(format!("context_extensions {REQUIRED_SCOPES} {scope:?} {error}"))

@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use keyward_auth::{Identity, IdentityDetails, SingleFlight, Throttle};
 use keyward_core::{
-    ApiKey, CreditsSpent, KeyId, LookupHash, LookupHasher, Policy, PresentedKey, Scope,
-    ValidationCode,
+    ApiKey, CreditsSpent, KeyId, LookupHash, LookupHasher, Policy, PresentedKey, ValidationCode,
 };
 use keyward_store::{EventType, KeyEvent, Store, StoreError};
 
@@ -473,12 +472,13 @@ impl KeyValidator {
         }
     }
 
-    /// Validates a product (standard) key with the scopes it must hold;
+    /// Validates a product (standard) key with the scopes it must hold (parsed,
+    /// or borrowed from the request and [`Scope::check`](keyward_core::Scope::check)ed);
     /// counts the verdict under `client.path`.
     pub async fn validate(
         &self,
         raw: &str,
-        required: &[Scope],
+        required: &[&str],
         client: ClientInfo<'_>,
     ) -> Result<Validation, ApiError> {
         let Ok(presented) = PresentedKey::parse(raw) else {
@@ -499,7 +499,12 @@ impl KeyValidator {
                 return Err(error);
             }
         };
-        let took = now.saturating_duration_since(start);
+        // (A hit did not move `now`: no subtraction on the hot path.)
+        let took = if now == start {
+            Duration::ZERO
+        } else {
+            now.saturating_duration_since(start)
+        };
         let Some(key) = found else {
             self.metrics
                 .verdict(client.path, ValidationCode::NotFound, took);

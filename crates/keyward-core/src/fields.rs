@@ -162,6 +162,14 @@ pub struct Scope(String);
 impl Scope {
     /// Parses one scope.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        Self::check(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Checks `raw` by [`parse`](Self::parse)'s rules without copying it:
+    /// for the scopes a call requires, which are compared and dropped, so
+    /// the hot path keeps them borrowed (see [`grant_all`](Scopes::grant_all)).
+    pub fn check(raw: &str) -> Result<(), FieldError> {
         const SYNTAX: &str =
             "must be '*' or ':'-separated segments of [a-z0-9_.-], the last of which may be '*'";
         if raw.is_empty() {
@@ -188,7 +196,7 @@ impl Scope {
         if !valid {
             return Err(FieldError::new(SYNTAX));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(())
     }
 
     /// The scope as text.
@@ -196,13 +204,21 @@ impl Scope {
         &self.0
     }
 
-    /// Whether holding `self` grants `required`.
-    pub fn grants(&self, required: &Scope) -> bool {
+    /// Whether holding `self` grants `required`, a scope [`check`](Self::check)ed
+    /// or parsed.
+    pub fn grants(&self, required: impl AsRef<str>) -> bool {
+        let required = required.as_ref();
         match self.0.strip_suffix('*') {
-            None => self.0 == required.0,
+            None => self.0 == required,
             // `*` alone grants everything; `a:*` grants everything under `a:`.
-            Some(stem) => required.0.starts_with(stem) && required.0.len() > stem.len(),
+            Some(stem) => required.starts_with(stem) && required.len() > stem.len(),
         }
+    }
+}
+
+impl AsRef<str> for Scope {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
 }
 
@@ -250,8 +266,10 @@ impl Scopes {
         self.0.iter().map(|scope| scope.0.clone()).collect()
     }
 
-    /// Whether every required scope is granted by some held scope.
-    pub fn grant_all(&self, required: &[Scope]) -> bool {
+    /// Whether every required scope is granted by some held scope. The
+    /// required ones are parsed [`Scope`]s or `&str`s [`Scope::check`]ed
+    /// (a call's, borrowed from its request).
+    pub fn grant_all<S: AsRef<str>>(&self, required: &[S]) -> bool {
         required
             .iter()
             .all(|needed| self.0.iter().any(|held| held.grants(needed)))
@@ -346,7 +364,7 @@ mod tests {
         ];
         for (held, required, expected) in cases {
             assert_eq!(
-                scope(held).grants(&scope(required)),
+                scope(held).grants(scope(required)),
                 expected,
                 "{held} -> {required}"
             );
@@ -360,7 +378,7 @@ mod tests {
         assert_eq!(Scopes::parse(&["a", "B"]).unwrap_err().0, Some(1));
         let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
         assert_eq!(Scopes::parse(&many).unwrap_err().0, None);
-        assert!(scopes.grant_all(&[]));
+        assert!(scopes.grant_all(&[] as &[&str]));
         assert!(!scopes.grant_all(&[scope("c")]));
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::fields::{Metadata, Scope, Scopes};
+use crate::fields::{Metadata, Scopes};
 use crate::id::KeyId;
 use crate::policy::{CreditsSpent, Policy};
 
@@ -293,9 +293,9 @@ impl ApiKey {
     /// allowlist (IP_NOT_ALLOWED; an unknown client address fails it), then
     /// the scopes. `now` is called only for a key that can expire: the hot
     /// path skips the wall-clock conversion for the others.
-    pub fn verdict(
+    pub fn verdict<S: AsRef<str>>(
         &self,
-        required: &[Scope],
+        required: &[S],
         client: Option<IpAddr>,
         now: impl FnOnce() -> DateTime<Utc>,
     ) -> ValidationCode {
@@ -327,6 +327,7 @@ impl ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fields::Scope;
     use chrono::Duration;
 
     #[test]
@@ -419,7 +420,10 @@ mod tests {
             ValidationCode::InsufficientScope
         );
         k.expires_at = Some(now + Duration::hours(1));
-        assert_eq!(k.verdict(&[], None, || now), ValidationCode::Valid);
+        assert_eq!(
+            k.verdict(&[] as &[&str], None, || now),
+            ValidationCode::Valid
+        );
 
         // The allowlist: checked after the status, before the scopes; an
         // unknown address fails it.
@@ -454,7 +458,10 @@ mod tests {
         );
 
         k.kind = KeyKind::Admin;
-        assert_eq!(k.verdict(&[], None, || now), ValidationCode::NotFound);
+        assert_eq!(
+            k.verdict(&[] as &[&str], None, || now),
+            ValidationCode::NotFound
+        );
         assert!(k.authorizes_admin(now));
         k.archived_at = Some(now);
         assert!(!k.authorizes_admin(now));
