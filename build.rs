@@ -30,24 +30,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keyward.v1.RotateKeyResponse",
         ])
         .compile_fds(descriptors)?;
-    // The server keyward serves for `KeyValidationService`: the same service
-    // (name, route, descriptor), but its one method's messages go through
-    // `ValidateKeyCodec` (src/validation_api/wire.rs), which decodes the
-    // request without copying it and writes a key's cached description into
-    // the answer. Clients, tests and reflection keep the generated messages.
-    let validate_key = tonic_build::manual::Method::builder()
-        .name("validate_key")
-        .route_name("ValidateKey")
-        .input_type("crate::validation_api::wire::ValidateKeyCall")
-        .output_type("crate::validation_api::wire::ValidateKeyReply")
-        .codec_path("crate::validation_api::wire::ValidateKeyCodec")
-        .build();
-    tonic_build::manual::Builder::new()
-        .build_client(false)
-        .compile(&[tonic_build::manual::Service::builder()
-            .name("KeyValidationService")
-            .package("keyward.v1")
-            .method(validate_key)
-            .build()]);
     Ok(())
 }

@@ -246,7 +246,7 @@ impl Application {
             .set_serving::<KeyAdminServiceServer<AdminApi>>()
             .await;
         health_reporter
-            .set_serving::<KeyValidationServiceServer<ValidationApi>>()
+            .set_serving::<KeyValidationServiceServer>()
             .await;
         // Services are advertised by name so that Envoy's Authorization shows
         // in `list` too; envoy-types ships no descriptors for `describe`.

@@ -4,10 +4,13 @@
 //!
 //! - [`ValidateKeyCall`] keeps the request's bytes as tonic received them (a
 //!   reference-counted slice of its read buffer, not a copy) and where each
-//!   field is in them; its strings are borrowed from there. The whole message
-//!   is checked when it is decoded (well-formed, strings UTF-8) by the rules
-//!   prost applies: the last value of a singular field wins, unknown fields
-//!   are skipped, a known field of the wrong wire type is an error.
+//!   field is in them; its strings are borrowed from there. The message's
+//!   structure is checked when it is decoded, by the rules prost applies: the
+//!   last value of a singular field wins, unknown fields are skipped, a known
+//!   field of the wrong wire type is an error. Its strings are checked to be
+//!   UTF-8 when they are read, each once: one that is not is the caller's
+//!   INVALID_ARGUMENT, named by field (prost would refuse the whole message,
+//!   and check each string twice here: once decoding, once reading).
 //! - [`ValidateKeyReply`] is the call's own part of the answer (verdict,
 //!   cache hint, rate-limit state), encoded per call, followed by the key's
 //!   description (id, organization, scopes, metadata, …), which the
@@ -21,6 +24,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::str::Utf8Error;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -75,7 +79,7 @@ impl ValidateKeyCall {
                     | field::IDEMPOTENCY_KEY,
                     WireType::LengthDelimited,
                 ) => {
-                    let text = string(&mut rest)?;
+                    let text = length_delimited(&mut rest)?;
                     // `rest` now starts right after the text.
                     let end = message.len() - rest.len();
                     let span = end - text.len()..end;
@@ -104,28 +108,27 @@ impl ValidateKeyCall {
         Ok(call)
     }
 
-    fn text(&self, span: &Range<usize>) -> &str {
-        // Checked to be UTF-8 when decoded.
-        std::str::from_utf8(&self.message[span.clone()]).unwrap_or_default()
+    fn text(&self, span: &Range<usize>) -> Result<&str, Utf8Error> {
+        std::str::from_utf8(&self.message[span.clone()])
     }
 
-    /// The presented key.
-    pub fn key(&self) -> &str {
+    /// The presented key; an error if it is not UTF-8.
+    pub fn key(&self) -> Result<&str, Utf8Error> {
         self.text(&self.key)
     }
 
-    /// The client's address as the caller wrote it.
-    pub fn client_ip(&self) -> &str {
+    /// The client's address as the caller wrote it; an error if it is not UTF-8.
+    pub fn client_ip(&self) -> Result<&str, Utf8Error> {
         self.text(&self.client_ip)
     }
 
-    /// The client's user agent.
-    pub fn user_agent(&self) -> &str {
+    /// The client's user agent; an error if it is not UTF-8.
+    pub fn user_agent(&self) -> Result<&str, Utf8Error> {
         self.text(&self.user_agent)
     }
 
-    /// The caller's idempotency key; empty when none.
-    pub fn idempotency_key(&self) -> &str {
+    /// The caller's idempotency key, empty when none; an error if it is not UTF-8.
+    pub fn idempotency_key(&self) -> Result<&str, Utf8Error> {
         self.text(&self.idempotency_key)
     }
 
@@ -139,15 +142,16 @@ impl ValidateKeyCall {
         self.required_scopes
     }
 
-    /// The required scopes as sent, in order.
-    pub fn required_scopes(&self) -> impl Iterator<Item = &str> {
+    /// The required scopes as sent, in order; an error for one that is not
+    /// UTF-8.
+    pub fn required_scopes(&self) -> impl Iterator<Item = Result<&str, Utf8Error>> {
         let mut rest: &[u8] = &self.message;
         std::iter::from_fn(move || {
             // The message was read whole once: nothing here can fail.
             while !rest.is_empty() {
                 let (tag, wire_type) = decode_key(&mut rest).ok()?;
                 if tag == field::REQUIRED_SCOPES && wire_type == WireType::LengthDelimited {
-                    return string(&mut rest).ok();
+                    return length_delimited(&mut rest).ok().map(std::str::from_utf8);
                 }
                 skip_field(wire_type, tag, &mut rest, DecodeContext::default()).ok()?;
             }
@@ -156,33 +160,39 @@ impl ValidateKeyCall {
     }
 }
 
-/// A length-delimited UTF-8 string at the front of `rest`, taken off it.
-fn string<'a>(rest: &mut &'a [u8]) -> Result<&'a str, String> {
+/// The length-delimited bytes at the front of `rest`, taken off it.
+fn length_delimited<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
     let len = decode_varint(rest).map_err(|e| e.to_string())?;
     let len = usize::try_from(len)
         .ok()
         .filter(|&len| len <= rest.len())
         .ok_or("buffer underflow")?;
-    let (text, after) = rest.split_at(len);
-    let text =
-        std::str::from_utf8(text).map_err(|_| "invalid string value: data is not UTF-8 encoded")?;
+    let (bytes, after) = rest.split_at(len);
     *rest = after;
-    Ok(text)
+    Ok(bytes)
 }
 
 // It holds the raw key: never printed.
 impl fmt::Debug for ValidateKeyCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NOT_UTF8: &str = "<not UTF-8>";
+        let scopes = self
+            .required_scopes()
+            .map(|scope| scope.unwrap_or(NOT_UTF8))
+            .collect::<Vec<_>>();
         f.debug_struct("ValidateKeyCall")
-            .field("key", &keyward_auth::RedactedKey(self.key()))
             .field(
-                "required_scopes",
-                &self.required_scopes().collect::<Vec<_>>(),
+                "key",
+                &keyward_auth::RedactedKey(self.key().unwrap_or(NOT_UTF8)),
             )
-            .field("client_ip", &self.client_ip())
-            .field("user_agent", &self.user_agent())
+            .field("required_scopes", &scopes)
+            .field("client_ip", &self.client_ip().unwrap_or(NOT_UTF8))
+            .field("user_agent", &self.user_agent().unwrap_or(NOT_UTF8))
             .field("cost", &self.cost)
-            .field("idempotency_key", &!self.idempotency_key().is_empty())
+            .field(
+                "idempotency_key",
+                &!self.idempotency_key().is_ok_and(str::is_empty),
+            )
             .finish()
     }
 }
@@ -195,6 +205,14 @@ pub struct ValidateKeyReply {
     validation: Validation,
     cache_ttl: Duration,
 }
+
+/// Most bytes [`ValidateKeyReply`]'s own fields take besides the limit's
+/// name, each at its largest: `valid`, `metered` 2 each; `code` 11 (a
+/// negative varint); the four durations (cache TTL, reset, retry-after,
+/// window) 25 each (tag, length, two 10-byte varints and their tags); the
+/// limit and remaining 12 each (a two-byte tag, a varint); the name's tag and
+/// length 4.
+const OWN_FIELDS_MAX: usize = 2 + 2 + 11 + 4 * 25 + 2 * 12 + 4;
 
 /// Field numbers of `keyward.v1.ValidateKeyResponse`'s own fields.
 mod reply {
@@ -222,6 +240,34 @@ impl ValidateKeyReply {
     }
 
     fn encode(&self, buf: &mut impl BufMut) {
+        // The call's own fields are a few dozen bytes written a byte at a
+        // time: into a stack buffer (cheap per byte), then copied at once,
+        // rather than through the growable buffer's checks byte by byte.
+        let name = self
+            .validation
+            .throttle
+            .as_ref()
+            .map_or(0, |l| l.name().len());
+        const STACK: usize = 256;
+        let mut own = [0u8; STACK];
+        if OWN_FIELDS_MAX + name <= STACK {
+            let written = {
+                let mut rest = &mut own[..];
+                self.encode_own(&mut rest);
+                STACK - rest.len()
+            };
+            buf.put_slice(&own[..written]);
+        } else {
+            self.encode_own(buf);
+        }
+        if let Some(key) = &self.validation.key {
+            buf.put_slice(description(key));
+        }
+    }
+
+    /// Writes the call's own fields: at most [`OWN_FIELDS_MAX`] bytes and
+    /// the limit's name.
+    fn encode_own(&self, buf: &mut impl BufMut) {
         use prost::encoding::{bool, int32, int64, message};
         let validation = &self.validation;
         let valid = validation.code == ValidationCode::Valid;
@@ -262,9 +308,6 @@ impl ValidateKeyReply {
             if let Some(window) = limited.window() {
                 message::encode(reply::WINDOW, &convert::duration(window), buf);
             }
-        }
-        if let Some(key) = &validation.key {
-            buf.put_slice(description(key));
         }
     }
 
@@ -373,20 +416,17 @@ mod tests {
     fn a_call_reads_every_field_as_prost_does() {
         let sent = request();
         let call = decoded(sent.encode_to_vec()).expect("decodes");
-        assert_eq!(call.key(), sent.key);
+        assert_eq!(call.key(), Ok(sent.key.as_str()));
         assert_eq!(call.required_scope_count(), 3);
-        assert_eq!(
-            call.required_scopes().collect::<Vec<_>>(),
-            sent.required_scopes
-        );
-        assert_eq!(call.client_ip(), sent.client_ip);
-        assert_eq!(call.user_agent(), sent.user_agent);
+        assert_eq!(scopes(&call), sent.required_scopes);
+        assert_eq!(call.client_ip(), Ok(sent.client_ip.as_str()));
+        assert_eq!(call.user_agent(), Ok(sent.user_agent.as_str()));
         assert_eq!(call.cost(), -5);
-        assert_eq!(call.idempotency_key(), sent.idempotency_key);
+        assert_eq!(call.idempotency_key(), Ok(sent.idempotency_key.as_str()));
 
         // An empty message is every field's default.
         let empty = decoded(Vec::new()).expect("decodes");
-        assert_eq!((empty.key(), empty.required_scope_count()), ("", 0));
+        assert_eq!((empty.key(), empty.required_scope_count()), (Ok(""), 0));
         assert_eq!(empty.required_scopes().count(), 0);
 
         // The last value of a singular field wins; unknown fields (a varint,
@@ -403,25 +443,46 @@ mod tests {
         bytes.extend([0x38, 0x01, 0x42, 0x01, b'x', 0x49, 0, 0, 0, 0, 0, 0, 0, 0]);
         let prost_read = pb::ValidateKeyRequest::decode(bytes.as_slice()).expect("prost reads it");
         let call = decoded(bytes).expect("decodes");
-        assert_eq!((call.key(), call.cost()), ("second", 7));
-        assert_eq!(call.key(), prost_read.key);
-        assert_eq!(
-            call.required_scopes().collect::<Vec<_>>(),
-            prost_read.required_scopes
+        assert_eq!((call.key(), call.cost()), (Ok("second"), 7));
+        assert_eq!(call.key(), Ok(prost_read.key.as_str()));
+        assert_eq!(scopes(&call), prost_read.required_scopes);
+    }
+
+    fn scopes(call: &ValidateKeyCall) -> Vec<&str> {
+        call.required_scopes()
+            .map(|scope| scope.expect("UTF-8"))
+            .collect()
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_an_error_of_its_field_alone() {
+        let mut sent = request();
+        sent.required_scopes[1] = "\u{e9}".to_owned();
+        let mut bytes = sent.encode_to_vec();
+        for text in ["ü", "\u{e9}"] {
+            let at = bytes
+                .windows(text.len())
+                .position(|w| w == text.as_bytes())
+                .expect("the text");
+            bytes[at] = 0xff;
+        }
+        assert!(
+            pb::ValidateKeyRequest::decode(bytes.as_slice()).is_err(),
+            "prost refuses the whole message"
         );
+        let call = decoded(bytes).expect("the structure is sound");
+        assert!(call.key().is_err());
+        let read: Vec<_> = call.required_scopes().map(|scope| scope.ok()).collect();
+        assert_eq!(read, [Some("orders:read"), None, Some("a:b")]);
+        assert_eq!(call.client_ip(), Ok("203.0.113.7"));
+        assert_eq!(call.user_agent(), Ok("agent/1.0"));
+        assert_eq!(call.idempotency_key(), Ok("retry-1"));
     }
 
     #[test]
     fn a_malformed_call_is_refused_where_prost_refuses_it() {
         let good = request().encode_to_vec();
-        let mut bad_utf8 = good.clone();
-        let at = bad_utf8
-            .windows(2)
-            .position(|w| w == "ü".as_bytes())
-            .expect("the key's ü");
-        bad_utf8[at] = 0xff;
         let cases = [
-            ("not UTF-8", bad_utf8),
             ("truncated", good[..good.len() - 1].to_vec()),
             ("a string as a varint", vec![0x08, 0x01]),
             ("cost as a string", vec![0x2a, 0x01, b'1']),
@@ -434,6 +495,61 @@ mod tests {
             );
             assert!(decoded(bytes).is_err(), "{what}: refused");
         }
+    }
+
+    #[test]
+    fn a_reply_at_its_largest_fits_its_bound_and_reads_back() {
+        use keyward_core::{
+            MAX_RATE_LIMIT, MAX_RATE_LIMIT_NAME_CHARS, Policy, RateLimit, RateLimits,
+        };
+
+        use crate::limits::{LimitState, Which};
+        use crate::validation::Limited;
+
+        let name = "n".repeat(MAX_RATE_LIMIT_NAME_CHARS);
+        let limit = RateLimit {
+            name: name.clone(),
+            limit: MAX_RATE_LIMIT,
+            window: Duration::from_secs(30 * 24 * 3600),
+            cost: 1,
+        };
+        let policy = Policy {
+            rate_limits: RateLimits::new(vec![limit]).expect("a valid limit"),
+            ..Policy::default()
+        };
+        let validation = Validation {
+            code: ValidationCode::RateLimited,
+            key: None,
+            metered: true,
+            throttle: Some(Limited {
+                state: LimitState {
+                    which: Which::RateLimit(0),
+                    limit: u64::MAX,
+                    remaining: u64::MAX,
+                    reset: Duration::MAX,
+                    retry_after: Duration::MAX,
+                },
+                policy: Arc::new(policy),
+            }),
+        };
+        let reply = ValidateKeyReply::new(validation, Duration::MAX);
+        let mut own = BytesMut::new();
+        reply.encode_own(&mut own);
+        assert!(
+            own.len() <= OWN_FIELDS_MAX + name.len(),
+            "{} bytes",
+            own.len()
+        );
+        let read = reply.to_message();
+        assert_eq!(
+            read.encode_to_vec(),
+            own.to_vec(),
+            "the stack buffer's bytes"
+        );
+        assert_eq!(
+            (read.code(), read.metered, read.limit_name.as_str()),
+            (pb::ValidationCode::RateLimited, true, name.as_str())
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ enum Call {
     Events(pb::ListKeyEventsRequest),
     Usage(pb::GetKeyUsageRequest),
     Validate(pb::ValidateKeyRequest),
+    /// A serialized ValidateKeyRequest: strings that are not UTF-8, which
+    /// no generated message can hold.
+    ValidateBytes(Vec<u8>),
 }
 
 /// Sends `call` as acme; `Ok` means the server accepted it.
@@ -54,6 +57,7 @@ async fn send(app: &TestApp, call: Call) -> Result<(), Status> {
         Call::Events(r) => admin.list_key_events(app.acme(r)).await.map(drop),
         Call::Usage(r) => admin.get_key_usage(app.acme(r)).await.map(drop),
         Call::Validate(r) => app.validation().validate_key(r).await.map(drop),
+        Call::ValidateBytes(message) => validate_bytes(app, message).await,
     }
 }
 
@@ -150,6 +154,68 @@ fn validate(key: &str, bad: impl FnOnce(&mut pb::ValidateKeyRequest)) -> Call {
     };
     bad(&mut request);
     Call::Validate(request)
+}
+
+/// `validate(key, bad)`'s request serialized, with its UTF-8 text `valid`
+/// (in one of its strings) made invalid: its first byte becomes 0xff.
+fn not_utf8(key: &str, valid: &str, bad: impl FnOnce(&mut pb::ValidateKeyRequest)) -> Call {
+    use prost::Message;
+    let Call::Validate(request) = validate(key, bad) else {
+        unreachable!("validate makes a ValidateKey call")
+    };
+    let mut message = request.encode_to_vec();
+    let at = message
+        .windows(valid.len())
+        .position(|window| window == valid.as_bytes())
+        .expect("the text is in the message");
+    message[at] = 0xff;
+    Call::ValidateBytes(message)
+}
+
+/// Sends a serialized ValidateKeyRequest as it is.
+async fn validate_bytes(app: &TestApp, message: Vec<u8>) -> Result<(), Status> {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    struct Raw;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = ();
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = ();
+        type Error = Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+            buf.advance(buf.remaining());
+            Ok(Some(()))
+        }
+    }
+
+    let mut grpc = tonic::client::Grpc::new(app.lazy_channel());
+    grpc.ready()
+        .await
+        .map_err(|error| Status::unavailable(error.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/keyward.v1.KeyValidationService/ValidateKey");
+    grpc.unary(tonic::Request::new(message), path, Raw)
+        .await
+        .map(drop)
 }
 
 /// The RPCs that take one key's id, each with `id`.
@@ -468,6 +534,13 @@ e2e_test!(every_bad_field_is_named_and_nothing_is_written, |app| {
         case("validate: 65 required scopes", validate(&secret, |r| r.required_scopes = scopes(65)), &["required_scopes"]),
         case("validate: 513-char user_agent", validate(&secret, |r| r.user_agent = long(513)), &["user_agent"]),
         case("validate: newline in user_agent", validate(&secret, |r| r.user_agent = "agent\r\nx-injected: 1".into()), &["user_agent"]),
+        // Strings that are not UTF-8: prost would refuse the whole message
+        // (INTERNAL); keyward names the field.
+        case("validate: key not UTF-8", not_utf8(&secret, "sk_", |_| {}), &["key"]),
+        case("validate: required scope not UTF-8", not_utf8(&secret, "b:\u{e9}", |r| r.required_scopes.push("b:\u{e9}".into())), &["required_scopes[1]"]),
+        case("validate: client_ip not UTF-8", not_utf8(&secret, "203.", |_| {}), &["client_ip"]),
+        case("validate: user_agent not UTF-8", not_utf8(&secret, "bad-input-test", |_| {}), &["user_agent"]),
+        case("validate: idempotency_key not UTF-8", not_utf8(&secret, "retry-1", |r| r.idempotency_key = "retry-1".into()), &["idempotency_key"]),
         case("validate: 65-char client_ip", validate(&secret, |r| r.client_ip = long(65)), &["client_ip"]),
         case("validate: client_ip not an address", validate(&secret, |r| r.client_ip = "unknown".into()), &["client_ip"]),
         case("validate: client_ip with a port", validate(&secret, |r| r.client_ip = "203.0.113.7:443".into()), &["client_ip"]),
