@@ -46,7 +46,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let id = match request.headers().get(&X_REQUEST_ID) {
+        let mut id = match request.headers().get(&X_REQUEST_ID) {
             Some(id) if id.len() <= 128 => id.clone(),
             _ => {
                 let id = HeaderValue::from_bytes(&keyward_core::new_ulid_bytes())
@@ -55,6 +55,11 @@ where
                 id
             }
         };
+        // Every answer's id is new: HTTP/2 sends it as a literal "never
+        // indexed" (HPACK), instead of adding each one to the connection's
+        // header table, where it would only push out the headers that repeat
+        // (and cost both ends an insertion and an eviction per call).
+        id.set_sensitive(true);
         let span = tracing::info_span!(
             "request",
             request_id = id.to_str().unwrap_or("<not ascii>"),
