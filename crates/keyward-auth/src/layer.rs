@@ -201,7 +201,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -219,7 +219,7 @@ where
             .iter()
             .any(|prefix| path.starts_with(prefix.as_str()))
         {
-            return Box::pin(inner.call(request));
+            return ResponseFuture::inner(inner.call(request));
         }
 
         config.metrics.note_request();
@@ -229,14 +229,13 @@ where
         let (header, cached) = match question(config, &request) {
             Ok((header, question)) => (header, self.validator.validate_cached(&question)),
             Err(reason) => {
-                let refused = refuse(config, &request, reason);
-                return Box::pin(async move { Ok(refused) });
+                return ResponseFuture::refused(refuse(config, &request, reason));
             }
         };
         if let Some(verdict) = cached {
             return match admit(config, &header, Ok(verdict), &mut request) {
-                Ok(()) => Box::pin(inner.call(request)),
-                Err(refused) => Box::pin(async move { Ok(refused) }),
+                Ok(()) => ResponseFuture::inner(inner.call(request)),
+                Err(refused) => ResponseFuture::refused(refused),
             };
         }
 
@@ -244,7 +243,7 @@ where
         // owns, so it is asked again there (header lookups, once per miss).
         let config = Arc::clone(&self.config);
         let validator = Arc::clone(&self.validator);
-        Box::pin(async move {
+        ResponseFuture::validating(async move {
             let verdict = match question(&config, &request) {
                 Ok((_, question)) => validator.validate(question).await,
                 Err(reason) => return Ok(refuse(&config, &request, reason)),
@@ -254,6 +253,75 @@ where
                 Err(refused) => Ok(refused),
             }
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`KeywardAuth`] call. When the layer decides at once
+    /// (a verdict at hand, the warm path; or a request refused without
+    /// asking) it is the inner service's own future, or the refusal, with
+    /// nothing boxed; only a call that waits for the validator is boxed.
+    pub struct ResponseFuture<F, ResBody, E> {
+        #[pin]
+        state: Decision<F, ResBody, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DecisionProj]
+    enum Decision<F, ResBody, E> {
+        Admitted { #[pin] inner: F },
+        Refused { response: Option<Response<ResBody>> },
+        Validating { future: Pin<Box<dyn Future<Output = Result<Response<ResBody>, E>> + Send>> },
+    }
+}
+
+impl<F, ResBody, E> ResponseFuture<F, ResBody, E> {
+    fn inner(inner: F) -> Self {
+        Self {
+            state: Decision::Admitted { inner },
+        }
+    }
+
+    fn refused(response: Response<ResBody>) -> Self {
+        Self {
+            state: Decision::Refused {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn validating(
+        future: impl Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
+    ) -> Self {
+        Self {
+            state: Decision::Validating {
+                future: Box::pin(future),
+            },
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F, ResBody, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            DecisionProj::Admitted { inner } => inner.poll(cx),
+            DecisionProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("a refusal is answered once")))
+            }
+            DecisionProj::Validating { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, ResBody, E> std::fmt::Debug for ResponseFuture<F, ResBody, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseFuture")
     }
 }
 

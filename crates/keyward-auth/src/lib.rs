@@ -67,7 +67,9 @@ mod validator;
 pub use keyward_core::Cidr;
 pub use keyward_core::Environment;
 pub use keyward_core::Scope;
-pub use layer::{ClientIp, CredentialSource, KeywardAuth, KeywardAuthLayer, presented_key};
+pub use layer::{
+    ClientIp, CredentialSource, KeywardAuth, KeywardAuthLayer, ResponseFuture, presented_key,
+};
 pub use metrics::{AuthMetrics, DenialReason};
 #[cfg(feature = "remote")]
 pub use remote::{
