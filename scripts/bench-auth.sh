@@ -5,11 +5,12 @@
 #   bash scripts/bench-auth.sh            # full run, prints the tables
 #   bash scripts/bench-auth.sh --quick    # smoke run (CI): debug binaries, 1 s loads, nothing judged
 #
-# 1. orders-service (examples/) protected by KeywardAuthLayer + RemoteValidator
-#    (warm verdict cache: keyward's 750 ms hint, so about one ValidateKey a
-#    second) vs the same binary with --no-auth; unary GetOrder, saturating
-#    load, in alternating rounds (BENCH_ROUNDS); judged: throughput loss (the
-#    median of the rounds') <= 3%.
+# 1. A null handler (benches/null-service: grpc.health.v1.Health/Check, the
+#    same answer whoever calls) protected by KeywardAuthLayer + RemoteValidator
+#    (configured as the orders example is; warm verdict cache: keyward's
+#    750 ms hint, so about one ValidateKey a second) vs the same binary
+#    without the layer; saturating load, in alternating rounds (BENCH_ROUNDS);
+#    judged: throughput loss (the median of the rounds') <= 3%.
 # 2. Envoy (--concurrency 1) in front of a trivial HTTP/1.1 upstream
 #    (examples/bench_upstream.rs), four setups of deploy/envoy/envoy.yaml
 #    (ports rewritten) in alternating rounds: no auth; Envoy's native static
@@ -39,7 +40,7 @@
 # 12 runs in part 1, 24 in part 2, 30 in part 3); every process the script
 # starts is stopped on exit. Every generated Envoy config is checked with
 # `envoy --mode validate` first.
-# With 2+ CPUs the servers (keyward, orders-service, Envoy, upstream) share
+# With 2+ CPUs the servers (keyward, null-service, Envoy, upstream) share
 # CPU 0 and h2load gets CPU 1, so the load generator does not compete with what
 # it measures; BENCH_PIN=0 turns that off. Other load on the machine skews the
 # figures: run it on an otherwise idle machine (it prints the load average and
@@ -57,7 +58,7 @@
 #   BENCH_ENVOY_VARIANTS=1|0 run part 3 (default 1, --quick too)
 #   BENCH_PIN=1|0            pin servers / load generator to CPUs (default: 1 with 2+ CPUs)
 #   KEYWARD_BIN=PATH         use the binaries already built: keyward at PATH,
-#                            orders-service and examples/bench_upstream next
+#                            null-service, null-authz and examples/bench_upstream next
 #                            to it; build nothing
 #   BENCH_KEEP=1             keep the temporary directory (logs, configs, h2load logs)
 # (scripts/lib/bench.sh has the shared code and these settings' details.)
@@ -82,7 +83,7 @@ if [[ $QUICK == 1 ]]; then
   ENVOY_LOAD="-c 2 -m 2"
 fi
 
-bench_build orders
+bench_build auth
 bench_tools
 
 # cpu_ticks NAME...: user + system CPU time so far of those servers, in ticks
@@ -136,37 +137,22 @@ refused() {
     { cat "$WORK/$name.out" >&2; die "$name: a request without a key was answered"; }
 }
 
-# ------------------------------------------------- 1. orders-service, gRPC
+# ------------------------------------------------- 1. the null handler, gRPC
 
-bench_start_orders bench_start
-bench_wait_port "$PROTECTED_PORT" orders-protected
-bench_wait_port "$UNPROTECTED_PORT" orders-unprotected
-ORDER_P="$(bench_create_order "$PROTECTED_PORT" -H "authorization: Bearer $KEY")"
-ORDER_U="$(bench_create_order "$UNPROTECTED_PORT")"
-[[ "$ORDER_P" == "$ORDER_U" ]] || die "orders differ: $ORDER_P vs $ORDER_U"
-
-# The GetOrder request as gRPC frames it: 0x00 (not compressed), big-endian
-# u32 length, then the protobuf GetOrderRequest { id = 1 (string) }.
-python3 - "$ORDER_P" "$WORK/get_order.bin" <<'PY'
-import struct, sys
-order_id = sys.argv[1].encode()
-message = bytes([0x0A, len(order_id)]) + order_id  # field 1, wire type 2
-open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(message)) + message)
-PY
-GRPC_HEADERS=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/get_order.bin")
-GET_ORDER=/orders.v1.OrderService/GetOrder
+bench_start_null_services bench_start
+bench_wait_port "$PROTECTED_PORT" null-protected
+bench_wait_port "$UNPROTECTED_PORT" null-unprotected
+bench_null_check_body "$WORK/null_check.bin"
+GRPC_HEADERS=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$WORK/null_check.bin")
 AUTH=(-H "authorization: Bearer $KEY")
-# A GetOrderResponse with its order and caller is well over 20 bytes (a gRPC
-# error is a 200 with no body).
-ORDER_BYTES=20
 
-bench_h2load unprotected-check "$ORDER_BYTES" -n 20 -c 1 "${GRPC_HEADERS[@]}" \
-  "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER"
-bench_h2load protected-check "$ORDER_BYTES" -n 20 -c 1 "${GRPC_HEADERS[@]}" "${AUTH[@]}" \
-  "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER"
-refused protected-no-key "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "${GRPC_HEADERS[@]}"
+bench_h2load unprotected-check "$NULL_CHECK_BYTES" -n 20 -c 1 "${GRPC_HEADERS[@]}" \
+  "http://127.0.0.1:$UNPROTECTED_PORT$NULL_CHECK"
+bench_h2load protected-check "$NULL_CHECK_BYTES" -n 20 -c 1 "${GRPC_HEADERS[@]}" "${AUTH[@]}" \
+  "http://127.0.0.1:$PROTECTED_PORT$NULL_CHECK"
+refused protected-no-key "http://127.0.0.1:$PROTECTED_PORT$NULL_CHECK" "${GRPC_HEADERS[@]}"
 
-say "part 1: orders-service GetOrder, h2load $GRPC_LOAD, $ROUNDS round(s) of ${WARMUP}s warm-up + ${DURATION}s each"
+say "part 1: the null handler (Health/Check), h2load $GRPC_LOAD, $ROUNDS round(s) of ${WARMUP}s warm-up + ${DURATION}s each"
 UPTIME_1="$(uptime)"
 PSI_1="$(head -n1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 # Rounds alternate the order (U P, P U, ...) so that a slow spell of a
@@ -176,11 +162,11 @@ for round in $(seq "$ROUNDS"); do
   if ((round % 2 == 1)); then order=(unprotected protected); else order=(protected unprotected); fi
   for what in "${order[@]}"; do
     if [[ $what == unprotected ]]; then
-      load "unprotected-$round" "http://127.0.0.1:$UNPROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" \
-        "orders-unprotected" "$ORDER_BYTES" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+      load "unprotected-$round" "http://127.0.0.1:$UNPROTECTED_PORT$NULL_CHECK" "$GRPC_LOAD" \
+        "null-unprotected" "$NULL_CHECK_BYTES" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
     else
-      load "protected-$round" "http://127.0.0.1:$PROTECTED_PORT$GET_ORDER" "$GRPC_LOAD" \
-        "orders-protected keyward" "$ORDER_BYTES" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
+      load "protected-$round" "http://127.0.0.1:$PROTECTED_PORT$NULL_CHECK" "$GRPC_LOAD" \
+        "null-protected keyward" "$NULL_CHECK_BYTES" "${GRPC_HEADERS[@]}" "${AUTH[@]}"
     fi
   done
 done
@@ -328,7 +314,7 @@ for round in $(seq "$ROUNDS"); do
       "envoy-$setup upstream $(authz_server "$setup")" 2 "${AUTH[@]}"
   done
 done
-for name in keyward orders-protected orders-unprotected upstream null-authz "${ENVOY_SETUPS[@]/#/envoy-}"; do
+for name in keyward null-protected null-unprotected upstream null-authz "${ENVOY_SETUPS[@]/#/envoy-}"; do
   bench_alive "$name"
 done
 
@@ -480,7 +466,7 @@ if quick == "1":
 print(f"each run: {warmup} s warm-up run, then h2load -D {duration} (measured); CPU pinning: "
       f"{'servers on CPU 0, h2load on CPU 1' if pin == '1' else 'off'}")
 print()
-print(f"orders-service GetOrder (gRPC, h2load {grpc_load}), {rounds} round(s), req/s the mean of the rounds; "
+print(f"the null handler, Health/Check (gRPC, h2load {grpc_load}), {rounds} round(s), req/s the mean of the rounds; "
       "protected CPU includes keyward's:")
 print(head)
 print(row("unprotected (`--no-auth`)", u))

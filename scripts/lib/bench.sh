@@ -15,11 +15,14 @@
 #
 # One way to pass prebuilt binaries, for every bench script:
 #   KEYWARD_BIN=PATH   use this keyward binary and build nothing; a script
-#                      that also needs orders-service and bench_upstream (or
-#                      the accuracy driver) takes them next to it:
-#                      DIR/orders-service and DIR/examples/bench_upstream (or
-#                      DIR/accuracy) (`cargo build --bins --examples` or
-#                      `cargo test` puts them there).
+#                      that also needs null-service, null-authz and
+#                      bench_upstream (or orders-service and the accuracy
+#                      driver) takes them next to it: DIR/null-service,
+#                      DIR/null-authz and DIR/examples/bench_upstream (or
+#                      DIR/orders-service and DIR/accuracy) (`cargo build
+#                      --bins --examples` or `cargo test` puts them there;
+#                      for figures, build them apart from keyward, as
+#                      bench_build does: see there).
 #   BENCH_PIN=1|0      pin servers to CPU 0 and h2load to CPU 1 (default: 1
 #                      with 2+ CPUs and taskset)
 #   BENCH_KEEP=1       keep the temporary directory (logs, h2load reports)
@@ -112,9 +115,10 @@ bench_wait_port() {
 }
 
 # ----------------------------------------------------------- binaries, tools
-# bench_build keyward|orders|accuracy: sets KEYWARD; with `orders` also
-# ORDERS (orders-service), NULL_AUTHZ (benches/null-authz) and UPSTREAM
-# (examples/bench_upstream); with `accuracy` also ORDERS and ACCURACY (the
+# bench_build keyward|auth|accuracy: sets KEYWARD; with `auth` also
+# NULL_SERVICE (benches/null-service), NULL_AUTHZ (benches/null-authz) and
+# UPSTREAM (examples/bench_upstream); with `accuracy` also ORDERS
+# (orders-service) and ACCURACY (the
 # driver of benches/load-driver). Without
 # KEYWARD_BIN it builds them: release, or with --quick debug binaries with
 # --all-features, as the test suite.
@@ -124,21 +128,30 @@ bench_build() {
     KEYWARD="$(realpath -e "$KEYWARD_BIN")" || die "KEYWARD_BIN=$KEYWARD_BIN missing"
     dir="$(dirname "$KEYWARD")"
   else
-    local packages=(-p keyward)
+    # keyward, then the services beside it in a build of their own: built
+    # together, cargo would unify their dependencies' features with
+    # keyward's (sea-orm turns on tracing's `log`, which costs a process
+    # without a tracing subscriber thousands of instructions per call), and
+    # they would not be the binaries their users build.
+    local others=()
     case "$1" in
-      orders) packages+=(-p orders-service -p null-authz) ;;
-      accuracy) packages+=(-p orders-service -p load-driver) ;;
+      auth) others=(-p null-service -p null-authz) ;;
+      accuracy) others=(-p orders-service -p load-driver) ;;
     esac
+    local build=(cargo build --all-features --bins)
+    dir="$ROOT/target/debug"
     if [[ $QUICK == 1 ]]; then
-      dir="$ROOT/target/debug"
-      say "building ${packages[*]} (debug)"
-      cargo build "${packages[@]}" --all-features --bins >&2
+      say "building keyward ${others[*]} (debug)"
     else
+      build=(cargo build --release --bins)
       dir="$ROOT/target/release"
-      say "building ${packages[*]} (release; slow the first time)"
-      cargo build --release "${packages[@]}" --bins >&2
+      say "building keyward ${others[*]} (release; slow the first time)"
     fi
-    if [[ "$1" == orders ]]; then
+    "${build[@]}" -p keyward >&2
+    if ((${#others[@]})); then
+      "${build[@]}" "${others[@]}" >&2
+    fi
+    if [[ "$1" == auth ]]; then
       # std-only, compiled directly: `cargo build --example` would also build
       # the root package's dev-dependencies (and unify their features).
       mkdir -p "$dir/examples"
@@ -149,11 +162,11 @@ bench_build() {
   fi
   local bins=("$KEYWARD")
   case "$1" in
-    orders)
-      ORDERS="$dir/orders-service"
+    auth)
+      NULL_SERVICE="$dir/null-service"
       UPSTREAM="$dir/examples/bench_upstream"
       NULL_AUTHZ="$dir/null-authz"
-      bins+=("$ORDERS" "$UPSTREAM" "$NULL_AUTHZ")
+      bins+=("$NULL_SERVICE" "$UPSTREAM" "$NULL_AUTHZ")
       ;;
     accuracy)
       ORDERS="$dir/orders-service"
@@ -222,30 +235,28 @@ bench_create_key() {
   [[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
 }
 
-# bench_start_orders [LAUNCHER]: orders-service protected by keyward (at
-# KEYWARD_PORT) and the same with --no-auth, as servers orders-protected and
-# orders-unprotected on free ports PROTECTED_PORT and UNPROTECTED_PORT,
-# each started by LAUNCHER NAME COMMAND... (default bench_start); waiting
-# for them is the caller's.
-bench_start_orders() {
+# bench_start_null_services [LAUNCHER]: the null handler (benches/null-service)
+# protected by keyward (at KEYWARD_PORT) and the same without the layer, as
+# servers null-protected and null-unprotected on free ports PROTECTED_PORT
+# and UNPROTECTED_PORT, each started by LAUNCHER NAME COMMAND... (default
+# bench_start); waiting for them is the caller's. The protected one requires
+# orders:read (bench_create_key's keys hold it) of live keys.
+bench_start_null_services() {
   local launch="${1:-bench_start}"
   PROTECTED_PORT="$(free_port)"
   UNPROTECTED_PORT="$(free_port)"
-  "$launch" orders-protected "$ORDERS" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
+  "$launch" null-protected "$NULL_SERVICE" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
     --listen "127.0.0.1:$PROTECTED_PORT"
-  "$launch" orders-unprotected "$ORDERS" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
+  "$launch" null-unprotected "$NULL_SERVICE" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
 }
 
-# bench_create_order PORT [GRPCURL-ARGS...]: CreateOrder on the orders-service
-# at 127.0.0.1:PORT (grpcurl with the example's proto; e.g. a key header);
-# prints the new order's id.
-bench_create_order() {
-  local port="$1" created
-  shift
-  created="$("$GRPCURL" -plaintext -import-path "$ROOT/examples/orders-service/proto" \
-    -proto orders/v1/orders.proto "$@" -d '{"item": "tea", "quantity": 1}' \
-    "127.0.0.1:$port" orders.v1.OrderService/CreateOrder)" || die "CreateOrder on port $port failed"
-  python3 -c 'import json, sys; print(json.loads(sys.argv[1])["order"]["id"])' "$created"
+# The null handler's route, and its request as gRPC frames it: 0x00 (not
+# compressed), a zero length, an empty HealthCheckRequest. Its answer is
+# 2 bytes (status SERVING); a gRPC error is a 200 with no body.
+NULL_CHECK=/grpc.health.v1.Health/Check
+NULL_CHECK_BYTES=2
+bench_null_check_body() {
+  printf '\x00\x00\x00\x00\x00' >"$1"
 }
 
 # ------------------------------------------------------------------- h2load

@@ -1,0 +1,84 @@
+//! The null handler of `scripts/bench-auth.sh` (part 1) and
+//! `scripts/bench-instructions.sh`: `grpc.health.v1.Health/Check`, answered
+//! by tonic-health whoever calls, served with keyward-auth's layer in front
+//! or without it. Nothing the handler does depends on the caller, so the
+//! difference between the two servers is the layer's own work.
+//!
+//! ```text
+//! cargo build --release -p null-service
+//! target/release/null-service --listen 127.0.0.1:50053 --keyward-url http://127.0.0.1:50051
+//! target/release/null-service --listen 127.0.0.1:50054 --no-auth
+//! ```
+//!
+//! Protected, it is configured as a product service would be (and as the
+//! orders example is): live keys only, the check requires `orders:read`,
+//! credentials hidden from the handler, a `RemoteValidator` over one
+//! lazily connected channel with its default verdict cache. A benchmark
+//! tool, not part of keyward.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keyward_auth::{Environment, KeywardAuthLayer, RemoteValidator, Scope};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+
+const USAGE: &str = "usage: null-service --listen ADDR (--keyward-url URL | --no-auth)";
+
+/// The route the layer protects: the null handler's.
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (listen, keyward_url) =
+        parse(std::env::args().skip(1)).map_err(|why| format!("{why}\n{USAGE}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    match keyward_url {
+        None => {
+            eprintln!("null-service listening on {listen}, WITHOUT the auth layer");
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming)
+                .await?;
+        }
+        Some(url) => {
+            eprintln!("null-service listening on {listen}, protected by keyward at {url}");
+            let channel = Endpoint::from_shared(url)?.connect_lazy();
+            let layer = KeywardAuthLayer::from_shared(Arc::new(RemoteValidator::new(channel)))
+                .require_environment(Environment::Live)
+                .require_scopes(CHECK, [Scope::parse("orders:read")?])
+                .hide_credentials(true);
+            Server::builder()
+                .layer(layer)
+                .add_service(health)
+                .serve_with_incoming(incoming)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `--listen ADDR` and either `--keyward-url URL` (protected) or `--no-auth`.
+fn parse(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, Option<String>), String> {
+    let (mut listen, mut keyward_url, mut no_auth) = (None, None, false);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => {
+                listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?);
+            }
+            "--keyward-url" => keyward_url = Some(value()?),
+            "--no-auth" => no_auth = true,
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    let listen = listen.ok_or("--listen is required")?;
+    match (keyward_url, no_auth) {
+        (Some(_), true) | (None, false) => {
+            Err("give exactly one of --keyward-url and --no-auth".into())
+        }
+        (url, _) => Ok((listen, url)),
+    }
+}
