@@ -13,10 +13,6 @@
 //! Like keyward's `Application`, [`OrdersServer`] binds nothing itself: it is
 //! given a listener, so tests start it on port 0. It depends on the auth layer
 //! and tonic only: never on the keyward server or a database.
-//!
-//! [`run_unprotected_until`] serves the same handlers without the layer, every
-//! call as the [`anonymous`] caller: only the baseline of the auth-overhead
-//! benchmark (`scripts/bench-auth.sh`), never a way to deploy it.
 
 #![forbid(unsafe_code)]
 
@@ -26,8 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use keyward_auth::{
-    ClientTls, Environment, Identity, IdentityDetails, KeywardAuthLayer, RemoteValidator, Scope,
-    TlsError, Validator,
+    ClientTls, Environment, Identity, KeywardAuthLayer, RemoteValidator, Scope, TlsError, Validator,
 };
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -161,47 +156,10 @@ impl<V: Validator> OrdersServer<V> {
     }
 }
 
-/// Serves the order service on `listener` **without** the auth layer until
-/// `shutdown` completes: no key is asked for and every call is made as the
-/// [`anonymous`] caller. For measuring the layer's overhead only
-/// (`orders-service --no-auth`).
-pub async fn run_unprotected_until(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    Server::builder()
-        .add_service(OrderServiceServer::new(Orders::unprotected()))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-}
-
-/// The caller of every call to an unprotected order service: organization
-/// `anonymous`, no key, no scopes (environment `Live`, like the service).
-pub fn anonymous() -> Identity {
-    Identity::new(IdentityDetails {
-        key_id: String::new(),
-        organization_id: "anonymous".to_owned(),
-        workspace_id: None,
-        name: "anonymous".to_owned(),
-        scopes: Vec::new(),
-        metadata: Default::default(),
-        user_id: None,
-        service_account_id: None,
-        environment: Environment::Live,
-        expires_at: None,
-    })
-}
-
 /// The order service's handlers over an in-memory store.
 #[derive(Debug, Default)]
 pub struct Orders {
     state: Mutex<State>,
-    /// The caller of a call without an [`Identity`]; `None` (the default)
-    /// refuses such calls.
-    anonymous: Option<Identity>,
 }
 
 #[derive(Debug, Default)]
@@ -212,25 +170,13 @@ struct State {
 }
 
 impl Orders {
-    /// Handlers for a service served without the auth layer: calls without an
-    /// [`Identity`] are made as the [`anonymous`] caller.
-    pub fn unprotected() -> Self {
-        Self {
-            anonymous: Some(anonymous()),
-            ..Self::default()
-        }
-    }
-
-    /// The caller the auth layer let through, or the anonymous caller of an
-    /// unprotected service.
+    /// The caller the auth layer let through.
     fn caller<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         // The layer always inserts the identity before a handler runs; its
-        // absence means the service was served without the layer, so refuse
-        // unless it was served so on purpose.
+        // absence means the service was served without the layer: refuse.
         request
             .extensions()
             .get::<Identity>()
-            .or(self.anonymous.as_ref())
             .cloned()
             .ok_or_else(|| Status::unauthenticated("unauthenticated"))
     }

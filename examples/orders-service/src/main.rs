@@ -9,26 +9,24 @@
 //!
 //! Each flag has an environment equivalent: `KEYWARD_URL`, `KEYWARD_CA_CERT`,
 //! `KEYWARD_CLIENT_CERT`, `KEYWARD_CLIENT_KEY`, `ORDERS_LISTEN`,
-//! `ORDERS_ENVIRONMENT`, `ORDERS_NO_AUTH`. `--keyward-url` may be given more
+//! `ORDERS_ENVIRONMENT`. `--keyward-url` may be given more
 //! than once, or as a comma-separated list (so may `KEYWARD_URL`): the service
 //! then balances its `ValidateKey` calls over those keyward replicas.
 //! `--environment` picks the keys the
 //! service accepts: `live` (the default, a production service: `sk_test_`
 //! keys are refused) or `test` (a test deployment: `sk_live_` keys are
-//! refused). `--no-auth` serves the same handlers without the auth
-//! layer (every call as the anonymous caller): the baseline of
-//! `scripts/bench-auth.sh`, never for deployment.
+//! refused).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use keyward_auth::{ClientTls, Environment};
-use orders_service::{OrdersServer, run_unprotected_until};
+use orders_service::OrdersServer;
 use tokio::net::TcpListener;
 
 const USAGE: &str = "usage: orders-service [--keyward-url URL] [--keyward-ca-cert PEM]
                       [--keyward-client-cert PEM --keyward-client-key PEM] [--listen ADDR]
-                      [--environment ENV] [--no-auth]
+                      [--environment ENV]
   --keyward-url URL[,URL...]  keyward's gRPC address; https:// speaks TLS; repeated or comma-separated:
                               several replicas, each call to one of them [env KEYWARD_URL]
                               [default http://127.0.0.1:50051]
@@ -38,8 +36,7 @@ const USAGE: &str = "usage: orders-service [--keyward-url URL] [--keyward-ca-cer
   --listen ADDR               address to serve on; port 0 picks one [env ORDERS_LISTEN] [default 127.0.0.1:50052]
   --environment ENV           the keys accepted: live (sk_live_) or test (sk_test_); keys of the
                               other environment are refused [env ORDERS_ENVIRONMENT] [default live]
-  --no-auth                   serve WITHOUT the auth layer, every call as organization \"anonymous\";
-                              for benchmarks only [env ORDERS_NO_AUTH=1]";
+";
 
 struct Args {
     /// One or more keyward replicas.
@@ -47,7 +44,6 @@ struct Args {
     tls: ClientTls,
     listen: SocketAddr,
     environment: Environment,
-    no_auth: bool,
 }
 
 impl Args {
@@ -61,13 +57,7 @@ impl Args {
         let mut client_key = std::env::var("KEYWARD_CLIENT_KEY").ok();
         let mut listen = std::env::var("ORDERS_LISTEN").ok();
         let mut environment = std::env::var("ORDERS_ENVIRONMENT").ok();
-        let mut no_auth = std::env::var("ORDERS_NO_AUTH")
-            .is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"));
         while let Some(arg) = args.next() {
-            if arg == "--no-auth" {
-                no_auth = true;
-                continue;
-            }
             let (flag, inline) = match arg.split_once('=') {
                 Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
                 None => (arg, None),
@@ -118,7 +108,6 @@ impl Args {
             environment: Environment::from_stored(&environment).ok_or_else(|| {
                 format!("invalid environment {environment:?}: expected live or test\n{USAGE}")
             })?,
-            no_auth,
         }))
     }
 }
@@ -143,14 +132,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::future::pending::<()>().await;
         }
     };
-    if args.no_auth {
-        eprintln!(
-            "orders-service listening on {} WITHOUT authentication (--no-auth)",
-            listener.local_addr()?
-        );
-        run_unprotected_until(listener, shutdown).await?;
-        return Ok(());
-    }
     let server = OrdersServer::build_balanced(listener, &args.keyward_urls, &args.tls)?
         .environment(args.environment);
     eprintln!(
@@ -198,10 +179,10 @@ mod tests {
         assert_eq!(tls.ca_cert, Some(PathBuf::from("ca.pem")));
         assert_eq!(tls.client_cert, Some(PathBuf::from("c.pem")));
         assert_eq!(tls.client_key, Some(PathBuf::from("k.pem")));
-        let no_auth = parse(&["--no-auth", "--listen", "127.0.0.1:0"])
-            .expect("valid flags")
-            .expect("not help");
-        assert!(no_auth.no_auth, "--no-auth takes no value");
+        assert!(
+            parse(&["--no-auth"]).is_err(),
+            "there is no unauthenticated mode"
+        );
         assert!(parse(&["--help"]).expect("help is not an error").is_none());
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());

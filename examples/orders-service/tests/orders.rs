@@ -225,37 +225,44 @@ async fn every_keyward_url_must_be_valid() {
 }
 
 #[tokio::test]
-async fn an_unprotected_service_serves_every_call_as_anonymous() {
+async fn the_handlers_refuse_every_call_the_layer_did_not_let_through() {
+    use orders_service::Orders;
+    use orders_service::pb::order_service_server::OrderServiceServer;
+
+    // The handlers served without the auth layer, by mistake: no identity in
+    // any request, so every call is refused, whatever it carries.
     let listener = listener().await;
     let addr = listener.local_addr().expect("a local address");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(orders_service::run_unprotected_until(listener, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(OrderServiceServer::new(Orders::default()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("a valid URI")
         .connect()
         .await
         .expect("the order service accepts connections");
     let mut client = OrderServiceClient::new(channel);
-
-    let created = client
-        .create_order(order("tea"))
+    let mut create = Request::new(order("tea"));
+    create
+        .metadata_mut()
+        .insert("authorization", "Bearer writer".parse().expect("ASCII"));
+    let refused = client
+        .create_order(create)
         .await
-        .expect("no key needed")
-        .into_inner();
-    let caller = created.caller.expect("the caller is echoed");
-    assert_eq!(caller.organization_id, "anonymous");
-    assert!(caller.key_id.is_empty() && caller.scopes.is_empty());
-    let id = created.order.expect("the order").id;
-    let fetched = client
-        .get_order(GetOrderRequest { id })
+        .expect_err("no identity, no order");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let refused = client
+        .get_order(GetOrderRequest { id: "1".to_owned() })
         .await
-        .expect("the anonymous caller sees its own orders")
-        .into_inner();
-    assert_eq!(
-        fetched.caller.expect("the caller").organization_id,
-        "anonymous"
-    );
+        .expect_err("no identity, no order");
+    assert_eq!(refused.code(), Code::Unauthenticated);
     drop(stop);
 }
