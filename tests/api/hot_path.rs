@@ -519,6 +519,25 @@ async fn cached_verdicts_outlive_an_outage_for_stale_if_error(backend: Backend) 
         })
         .await;
         let key = app.create_key("outage").await.secret;
+        // The feed follower applies every event, this replica's own too: its
+        // KeyCreated, applied after the key was cached, would drop it from the
+        // cache (a miss the outage would then refuse). Cache it once a sync
+        // that began after the creation has finished: the second sync to
+        // finish after it.
+        let created = Instant::now();
+        let validator = &app.validator;
+        let synced_after = |since: Instant| async move {
+            while validator.since_last_sync() >= since.elapsed() {
+                assert!(
+                    created.elapsed() < Duration::from_secs(30),
+                    "the feed follower syncs"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Instant::now() - validator.since_last_sync()
+        };
+        let first = synced_after(created).await;
+        synced_after(first).await;
         assert_eq!(app.try_validate(&key, &[]).await, Ok(Valid));
 
         proxy.cut();
