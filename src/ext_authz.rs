@@ -150,7 +150,7 @@ fn required_scopes(request: &CheckRequest) -> Result<Vec<&str>, Status> {
     }
     scopes
         .map(|scope| {
-            Scope::check(scope).map(|()| scope).map_err(|error| {
+            Scope::check(scope).map_err(|error| {
                 // A route misconfiguration: deny, and tell the operator why.
                 tracing::error!(scope, %error, "bad required_scopes in an Envoy route's context_extensions");
                 Status::invalid_argument(format!("context_extensions {REQUIRED_SCOPES} {scope:?} {error}"))

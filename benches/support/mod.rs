@@ -125,8 +125,7 @@ pub async fn create_key_with_policy(
 
 /// The scope the warm-hit benchmark requires.
 pub fn required_scope() -> &'static str {
-    Scope::check(SCOPES[0]).expect("scope");
-    SCOPES[0]
+    Scope::check(SCOPES[0]).expect("scope")
 }
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";

@@ -100,7 +100,7 @@ impl ValidationApi {
             for (i, raw) in call.required_scopes().enumerate() {
                 // The field name is only formatted for a bad scope: this is
                 // the hot path.
-                match raw.map(|raw| Scope::check(raw).map(|()| raw)) {
+                match raw.map(Scope::check) {
                     Ok(Ok(scope)) => required.push(scope),
                     Ok(Err(error)) => v.add(format!("required_scopes[{i}]"), error.description()),
                     Err(_) => v.add(format!("required_scopes[{i}]"), "must be UTF-8"),

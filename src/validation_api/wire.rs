@@ -79,10 +79,10 @@ impl ValidateKeyCall {
                     | field::IDEMPOTENCY_KEY,
                     WireType::LengthDelimited,
                 ) => {
-                    let text = length_delimited(&mut rest)?;
-                    // `rest` now starts right after the text.
+                    let bytes = length_delimited(&mut rest)?;
+                    // `rest` now starts right after them.
                     let end = message.len() - rest.len();
-                    let span = end - text.len()..end;
+                    let span = end - bytes.len()..end;
                     match tag {
                         field::KEY => call.key = span,
                         field::REQUIRED_SCOPES => call.required_scopes += 1,

@@ -184,26 +184,29 @@ impl RemoteValidator {
     }
 }
 
+/// A presented credential too long to be a keyward key: refused before it
+/// is hashed, whatever its length.
+fn not_a_key(request: &ValidationRequest<'_>) -> Option<Verdict> {
+    (request.key.len() > PresentedKey::MAX_LEN).then_some(Verdict::Deny(Denial::Unauthenticated))
+}
+
 impl Validator for RemoteValidator {
     fn validate_cached(&self, request: &ValidationRequest<'_>) -> Option<Verdict> {
-        if request.key.len() > PresentedKey::MAX_LEN {
-            // Not a key (as `validate` says).
-            return Some(Verdict::Deny(Denial::Unauthenticated));
+        if let Some(refused) = not_a_key(request) {
+            return Some(refused);
         }
         let key = cache_key(request.key, request.required_scopes);
         self.cache.cached(&key, request.client_ip)
     }
 
     fn validate<'a>(&'a self, request: ValidationRequest<'a>) -> ValidationFuture<'a> {
-        if request.key.len() > PresentedKey::MAX_LEN {
-            // Not a key: deny before hashing a header of any length.
-            return Box::pin(std::future::ready(Ok(Verdict::Deny(
-                Denial::Unauthenticated,
-            ))));
+        if let Some(refused) = not_a_key(&request) {
+            return Box::pin(std::future::ready(Ok(refused)));
         }
-        // `get_or_fetch` looks the verdict up first (`VerdictCache::cached`,
-        // as `validate_cached` does): the layer asks that one on its warm
-        // path and comes here only on a miss, so nothing is looked up twice.
+        // `get_or_fetch` looks the verdict up before fetching. The layer's
+        // warm path never comes here (`validate_cached` answers it); after
+        // the layer's miss, this second look costs one lookup per miss and
+        // finds a verdict another request's fetch has just stored.
         let key = cache_key(request.key, request.required_scopes);
         Box::pin(async move {
             self.cache

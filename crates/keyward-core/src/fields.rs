@@ -162,14 +162,14 @@ pub struct Scope(String);
 impl Scope {
     /// Parses one scope.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        Self::check(raw)?;
-        Ok(Self(raw.to_owned()))
+        Self::check(raw).map(|raw| Self(raw.to_owned()))
     }
 
-    /// Checks `raw` by [`parse`](Self::parse)'s rules without copying it:
-    /// for the scopes a call requires, which are compared and dropped, so
-    /// the hot path keeps them borrowed (see [`grant_all`](Scopes::grant_all)).
-    pub fn check(raw: &str) -> Result<(), FieldError> {
+    /// Checks `raw` by [`parse`](Self::parse)'s rules without copying it,
+    /// and gives it back: for the scopes a call requires, which are compared
+    /// and dropped, so the hot path keeps them borrowed (see
+    /// [`grant_all`](Scopes::grant_all)).
+    pub fn check(raw: &str) -> Result<&str, FieldError> {
         const SYNTAX: &str =
             "must be '*' or ':'-separated segments of [a-z0-9_.-], the last of which may be '*'";
         if raw.is_empty() {
@@ -196,7 +196,7 @@ impl Scope {
         if !valid {
             return Err(FieldError::new(SYNTAX));
         }
-        Ok(())
+        Ok(raw)
     }
 
     /// The scope as text.
