@@ -133,8 +133,9 @@ pub enum Cached {
 }
 
 /// A snapshot of the cache's invalidation count, taken before a database
-/// read, so that a read racing with a change is not cached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// read, so that a read racing with a change is not cached (nor shared with
+/// a caller that arrived after the change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Generation(u64);
 
 #[derive(Debug)]

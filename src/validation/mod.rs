@@ -34,7 +34,7 @@ use self::clock::{Clock, micros};
 pub use self::feed::follow_changes;
 use self::usage::{FLUSH_TIMEOUT, UsageRecorder};
 pub use self::usage::{FlushError, Flushed};
-use crate::cache::{CacheSettings, Cached, CachedKey, KeyCache};
+use crate::cache::{CacheSettings, Cached, CachedKey, Generation, KeyCache};
 use crate::config::{parse_duration, parse_interval};
 use crate::error::ApiError;
 use crate::limits::{Call, Decision, LimitState, Limiter, LimiterSettings, Which};
@@ -251,8 +251,11 @@ pub struct KeyValidator {
     /// Lookups that reached the database.
     database_lookups: AtomicU64,
     /// Misses being read from the database: concurrent misses of one hash
-    /// wait for the same read, which is dropped when they all go away.
-    in_flight: SingleFlight<LookupHash, Read>,
+    /// wait for the same read, which is dropped when they all go away. A
+    /// read is shared only within the cache generation it began in: a miss
+    /// that arrives after an invalidation starts a read of its own, since
+    /// the one under way may have begun before the change committed.
+    in_flight: SingleFlight<(LookupHash, Generation), Read>,
     /// Counters of everything above, exported by `/metrics`.
     metrics: ValidationMetrics,
     /// Counts metered keys' calls (rate limits, credits, idempotency).
@@ -426,9 +429,9 @@ impl KeyValidator {
     /// Reads a missed hash from the database and caches the answer; concurrent
     /// misses of the same hash share one read.
     async fn read_through(&self, hash: LookupHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
-        let read = self.in_flight.run(hash, || async {
+        let read = self.cache.generation();
+        let answer = self.in_flight.run((hash, read), || async {
             self.database_lookups.fetch_add(1, Ordering::Relaxed);
-            let read = self.cache.generation();
             let found = tokio::time::timeout(
                 self.settings.lookup_timeout,
                 self.store.find_by_lookup_hash(&hash),
@@ -456,7 +459,7 @@ impl KeyValidator {
                 }
             }
         });
-        read.await.ok_or(ApiError::Unavailable)
+        answer.await.ok_or(ApiError::Unavailable)
     }
 
     /// Makes a committed change visible in this replica's verdicts at once:
@@ -908,6 +911,81 @@ mod tests {
         .await;
     }
 
+    /// A validator whose database reads wait an hour before they time out.
+    fn patient_validator(store: &Store) -> KeyValidator {
+        KeyValidator::new(
+            store.clone(),
+            LookupHasher::derived(),
+            ValidatorSettings {
+                lookup_timeout: Duration::from_secs(3600),
+                ..ValidatorSettings::default()
+            },
+        )
+    }
+
+    /// Every read of `api_keys` waits (behind this transaction's exclusive
+    /// lock) until the transaction ends.
+    async fn block_key_reads(store: &Store) -> sea_orm::DatabaseTransaction {
+        let blocker = store.connection().begin().await.expect("a transaction");
+        blocker
+            .execute_unprepared("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("the lock");
+        blocker
+    }
+
+    /// Polls `misses` until the validator has started `lookups` database
+    /// reads in all; none may answer meanwhile.
+    async fn until_lookups<F: Future + Unpin>(
+        validator: &KeyValidator,
+        misses: &mut [F],
+        lookups: u64,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while validator.database_lookups() < lookups {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {lookups} lookups started",
+                validator.database_lookups()
+            );
+            for miss in misses.iter_mut() {
+                let polled = tokio::time::timeout(Duration::from_millis(1), miss).await;
+                assert!(polled.is_err(), "a blocked lookup never answers");
+            }
+        }
+    }
+
+    /// A miss that arrives after a change does not wait for a read that
+    /// began before it: that read may predate the change's commit, and
+    /// sharing its answer would serve the old verdict for as long as the
+    /// read takes, past the propagation bound.
+    #[tokio::test]
+    async fn a_miss_after_a_change_does_not_share_a_read_that_began_before_it() {
+        testing::run(Backend::Postgres, |store| async move {
+            let validator = patient_validator(&store);
+            let (key, secret) = create_key(&store).await;
+            let blocker = block_key_reads(&store).await;
+            let miss = || Box::pin(validator.validate(secret.expose(), &[], ClientInfo::default()));
+            let mut misses = vec![miss()];
+            until_lookups(&validator, &mut misses, 1).await;
+            // Unchanged: a second miss waits for the same read.
+            misses.push(miss());
+            until_lookups(&validator, &mut misses, 1).await;
+            assert_eq!(validator.database_lookups(), 1);
+            validator.announce(Change::key(&key.id));
+            misses.push(miss());
+            until_lookups(&validator, &mut misses, 2).await;
+            assert_eq!(validator.in_flight(), 2, "one read per generation");
+            blocker.rollback().await.expect("released");
+            for miss in misses {
+                assert_eq!(miss.await.expect("a verdict").code, ValidationCode::Valid);
+            }
+            assert_eq!(validator.database_lookups(), 2);
+            assert_eq!(validator.in_flight(), 0);
+        })
+        .await;
+    }
+
     /// Misses against a database that never answers (every read of
     /// `api_keys` waits behind another transaction's exclusive lock), whose
     /// callers all go away (reset streams, expired `grpc-timeout`s), leave
@@ -915,19 +993,8 @@ mod tests {
     #[tokio::test]
     async fn dropped_misses_against_a_store_that_never_answers_leave_nothing_in_flight() {
         testing::run(Backend::Postgres, |store| async move {
-            let validator = KeyValidator::new(
-                store.clone(),
-                LookupHasher::derived(),
-                ValidatorSettings {
-                    lookup_timeout: Duration::from_secs(3600),
-                    ..ValidatorSettings::default()
-                },
-            );
-            let blocker = store.connection().begin().await.expect("a transaction");
-            blocker
-                .execute_unprepared("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
-                .await
-                .expect("the lock");
+            let validator = patient_validator(&store);
+            let blocker = block_key_reads(&store).await;
             let secrets: Vec<ApiKeySecret> = (0..8)
                 .map(|_| ApiKeySecret::generate(KeyKind::Standard, Environment::Live))
                 .collect();
@@ -938,15 +1005,7 @@ mod tests {
                     Box::pin(validator.validate(secret.expose(), &[], ClientInfo::default()))
                 })
                 .collect();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while validator.database_lookups() < 8 {
-                assert!(Instant::now() < deadline, "lookups never started");
-                for miss in &mut misses {
-                    let polled =
-                        tokio::time::timeout(Duration::from_millis(1), miss.as_mut()).await;
-                    assert!(polled.is_err(), "a blocked lookup never answers");
-                }
-            }
+            until_lookups(&validator, &mut misses, 8).await;
             assert_eq!(validator.in_flight(), 8);
             assert_eq!(validator.database_lookups(), 8, "one read per distinct key");
             drop(misses);
