@@ -24,6 +24,7 @@ pub mod request_id;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;
+pub mod unary;
 pub mod validation;
 pub mod validation_api;
 

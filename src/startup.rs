@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyward_auth::KeywardAuthLayer;
 use keyward_core::{
     Actor, ActorKind, ApiKeySecret, Description, Environment, KeyKind, KeyName, LookupHasher,
@@ -24,7 +23,7 @@ use crate::admin::AdminApi;
 pub use crate::config::Settings;
 use crate::config::{Cidr, DatabaseArgs, LimitSettings, TlsSettings};
 use crate::connection::{InFlightLimitLayer, LimitedIncoming, ServerIncoming};
-use crate::ext_authz::ExtAuthz;
+use crate::ext_authz::{AuthorizationServer, ExtAuthz};
 use crate::limits::Limiter;
 use crate::metrics::{self, AdminMetrics};
 use crate::pb;

@@ -2,29 +2,26 @@
 //! Its messages are read and written by [`wire`]'s codec, not prost's
 //! generated structs: the hot path allocates nothing for them.
 //!
-//! The server is written out here rather than generated: tonic's generated
+//! The server is a [`UnaryServer`] rather than generated: tonic's generated
 //! trait boxes every call's handler future a second time (`async_trait`),
 //! on the path whose speed is the product. Clients, tests and reflection keep
 //! the generated messages and client.
 
 pub mod wire;
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::str::Utf8Error;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use keyward_core::{
     MAX_CLIENT_IP_CHARS, MAX_SCOPES, MAX_USER_AGENT_CHARS, Scope, check_idempotency_key, parse_cost,
 };
-use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use self::wire::{ValidateKeyCall, ValidateKeyCodec, ValidateKeyReply};
 use crate::error::Violations;
 use crate::metrics::ValidationPath;
+use crate::unary::{UnaryMethod, UnaryServer};
 use crate::validation::{ClientInfo, KeyValidator};
 
 /// The validation API over a shared validator.
@@ -149,85 +146,18 @@ impl ValidationApi {
     }
 }
 
-/// The route of `ValidateKey`, the service's one method.
-const VALIDATE_KEY: &str = "/keyward.v1.KeyValidationService/ValidateKey";
+/// The tonic service serving `keyward.v1.KeyValidationService`.
+pub type KeyValidationServiceServer = UnaryServer<ValidationApi>;
 
-/// The tonic service serving `keyward.v1.KeyValidationService` from a
-/// [`ValidationApi`], through [`wire`]'s codec (no compression, like the
-/// generated servers by default).
-#[derive(Debug, Clone)]
-pub struct KeyValidationServiceServer {
-    api: ValidationApi,
-    max_decoding_message_size: Option<usize>,
-    max_encoding_message_size: Option<usize>,
-}
+impl UnaryMethod for ValidationApi {
+    const SERVICE: &'static str = "keyward.v1.KeyValidationService";
+    const ROUTE: &'static str = "/keyward.v1.KeyValidationService/ValidateKey";
+    type Codec = ValidateKeyCodec;
 
-impl KeyValidationServiceServer {
-    /// The service over `api`, with tonic's default message-size limits.
-    pub fn new(api: ValidationApi) -> Self {
-        Self {
-            api,
-            max_decoding_message_size: None,
-            max_encoding_message_size: None,
-        }
-    }
-
-    /// Largest request accepted (tonic's default: 4 MiB).
-    #[must_use]
-    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
-        self.max_decoding_message_size = Some(limit);
-        self
-    }
-
-    /// Largest answer sent (tonic's default: unlimited).
-    #[must_use]
-    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
-        self.max_encoding_message_size = Some(limit);
-        self
-    }
-}
-
-impl NamedService for KeyValidationServiceServer {
-    const NAME: &'static str = "keyward.v1.KeyValidationService";
-}
-
-impl<B> Service<http::Request<B>> for KeyValidationServiceServer
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != VALIDATE_KEY {
-            let unknown =
-                Status::unimplemented("keyward.v1.KeyValidationService has no such method");
-            return Box::pin(std::future::ready(Ok(unknown.into_http())));
-        }
-        let method = ValidateKey(self.api.clone());
-        let mut grpc = Grpc::new(ValidateKeyCodec).apply_max_message_size_config(
-            self.max_decoding_message_size,
-            self.max_encoding_message_size,
-        );
-        Box::pin(async move { Ok(grpc.unary(method, request).await) })
-    }
-}
-
-/// `ValidateKey` as tonic's unary calls take a method.
-struct ValidateKey(ValidationApi);
-
-impl UnaryService<ValidateKeyCall> for ValidateKey {
-    type Response = ValidateKeyReply;
-    type Future = BoxFuture<Response<ValidateKeyReply>, Status>;
-
-    fn call(&mut self, request: Request<ValidateKeyCall>) -> Self::Future {
-        let api = self.0.clone();
-        Box::pin(async move { api.validate_key(request).await })
+    async fn call(
+        self,
+        request: Request<ValidateKeyCall>,
+    ) -> Result<Response<ValidateKeyReply>, Status> {
+        self.validate_key(request).await
     }
 }

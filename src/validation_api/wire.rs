@@ -161,7 +161,7 @@ impl ValidateKeyCall {
 }
 
 /// The length-delimited bytes at the front of `rest`, taken off it.
-fn length_delimited<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
+pub(crate) fn length_delimited<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
     let len = decode_varint(rest).map_err(|e| e.to_string())?;
     let len = usize::try_from(len)
         .ok()
