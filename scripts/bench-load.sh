@@ -31,9 +31,11 @@
 #   that same rate-limited request over https:// to the TLS keyward (h2 by
 #       ALPN; h2load does not verify the certificate)   [tls]
 #   /grpc.health.v1.Health/Check                  (empty request)  [health]
-# with identical flags, in rounds of one run each, rotating the order round
-# by round (H V L T, V L T H, L T H V, T H V L, ...) so that drift hits all
-# alike. h2load opens its -c connections once and sends every request of a
+# with identical flags, in rounds of one run each, in the order H L T V,
+# then V T L H, and so on alternating: each judged pair (limited and health;
+# TLS and limited) always runs back to back, each side of it first in every
+# other round, so a shared machine's slow spells, which last seconds to
+# minutes, hit both sides of a ratio alike. h2load opens its -c connections once and sends every request of a
 # run on them, so the TLS figure is TLS on reused connections: one handshake
 # per connection per run (outside the measured time in a full run, which
 # starts after --warm-up-time), then record encryption of each request and
@@ -144,7 +146,7 @@ answer="$("$GRPCURL" -cacert "$WORK/tls.crt" -d "{\"key\": \"$LIMITED_KEY\", \"r
 declare -A MIN_BYTES=([validate]=60 [limited]=60 [tls]=60 [health]=2)
 declare -A URL=([validate]="$VALIDATE_URL" [limited]="$VALIDATE_URL" [tls]="$TLS_URL" [health]="$HEALTH_URL")
 declare -A BODY=([validate]=validate [limited]=limited [tls]=limited [health]=health)
-KINDS=(health validate limited tls)
+KINDS=(health limited tls validate)
 for what in "${KINDS[@]}"; do
   bench_h2load "$what-check" "${MIN_BYTES[$what]}" -n 20 -c 1 "${GRPC[@]}" -d "$WORK/${BODY[$what]}.bin" "${URL[$what]}"
 done
@@ -164,8 +166,14 @@ fi
 UPTIME_BEFORE="$(uptime)"
 NAMES=()
 for round in $(seq "$ROUNDS"); do
-  shift_by=$(((round - 1) % ${#KINDS[@]}))
-  order=("${KINDS[@]:shift_by}" "${KINDS[@]:0:shift_by}")
+  order=()
+  for i in "${!KINDS[@]}"; do
+    if ((round % 2 == 1)); then
+      order+=("${KINDS[i]}")
+    else
+      order=("${KINDS[i]}" "${order[@]}")
+    fi
+  done
   for what in "${order[@]}"; do
     # shellcheck disable=SC2086 # LOAD is a list of h2load flags
     bench_h2load "$what-$round" "${MIN_BYTES[$what]}" $LOAD -t 1 "${BOUND[@]}" \

@@ -82,3 +82,42 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, Option<S
         (url, _) => Ok((listen, url)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<(SocketAddr, Option<String>), String> {
+        parse(args.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn flags_name_one_mode_and_an_address() {
+        let listen: SocketAddr = "127.0.0.1:50053".parse().expect("an address");
+        assert_eq!(
+            parsed(&["--listen", "127.0.0.1:50053", "--keyward-url", "http://k:1"]),
+            Ok((listen, Some("http://k:1".to_owned())))
+        );
+        assert_eq!(
+            parsed(&["--no-auth", "--listen", "127.0.0.1:50053"]),
+            Ok((listen, None))
+        );
+        for bad in [
+            &[][..],
+            &["--no-auth"],
+            &["--listen", "127.0.0.1:50053"],
+            &[
+                "--listen",
+                "127.0.0.1:50053",
+                "--no-auth",
+                "--keyward-url",
+                "http://k:1",
+            ],
+            &["--listen", "localhost", "--no-auth"],
+            &["--listen"],
+            &["--listen", "127.0.0.1:50053", "--no-auth", "--verbose"],
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?}");
+        }
+    }
+}
