@@ -617,7 +617,7 @@ mod tests {
     use std::collections::HashMap;
 
     use envoy_types::ext_authz::v3::CheckRequestExt;
-    use envoy_types::ext_authz::v3::pb::{CheckRequest, HeaderValue, HttpResponse, OkHttpResponse};
+    use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse, OkHttpResponse};
     use envoy_types::pb::envoy::config::core::v3::{
         Address, Pipe, SocketAddress, address, socket_address::PortSpecifier,
     };
@@ -631,6 +631,7 @@ mod tests {
 
     use super::*;
     use crate::cache::tests::keyed;
+    use crate::ext_authz::set_header;
 
     fn pairs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -844,18 +845,6 @@ mod tests {
         encode_varint(1, &mut wrong);
         assert!(CheckRequest::decode(wrong.as_slice()).is_err());
         assert!(CheckCall::decode(wrong.into()).is_err());
-    }
-
-    fn set_header(key: &str, value: &str) -> HeaderValueOption {
-        HeaderValueOption {
-            header: Some(HeaderValue {
-                key: key.to_owned(),
-                value: value.to_owned(),
-                ..Default::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
-            ..Default::default()
-        }
     }
 
     fn string_value(value: &str) -> Value {
