@@ -240,6 +240,8 @@ struct Replica {
     name: String,
     child: Child,
     proxy: TcpProxy,
+    /// Where it serves `/metrics`.
+    metrics: std::net::SocketAddr,
     validation: KeyValidationServiceClient<Channel>,
     admin: KeyAdminServiceClient<Channel>,
 }
@@ -253,14 +255,13 @@ impl Replica {
     ) -> Result<Self, String> {
         let proxy = TcpProxy::start(upstream).await;
         let url = database_url.replacen(upstream, &proxy.addr().to_string(), 1);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = free_port()?;
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = log_file(args, name)?;
         let child = Command::new(&args.keyward)
             .args(["serve", "--database-url", &url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &metrics.to_string()])
             .args(["--stale-if-error", STALE_IF_ERROR])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -277,6 +278,7 @@ impl Replica {
             name: name.to_owned(),
             child,
             proxy,
+            metrics,
             validation: KeyValidationServiceClient::new(channel.clone()),
             admin: KeyAdminServiceClient::new(channel),
         };
@@ -318,6 +320,43 @@ impl Replica {
                 .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// How late its change feed applied other replicas' changes, from its
+    /// `/metrics` (`keyward_feed_lag_seconds`): events applied in all, and
+    /// how many of them more than 0.75 s and more than 1 s after their
+    /// commit. A wrong verdict with no late event was not the feed's lag.
+    fn feed_lag(&self) -> Result<(u64, u64, u64), String> {
+        use std::io::{Read, Write};
+        let fetch = || -> std::io::Result<String> {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&self.metrics, Duration::from_secs(3))?;
+            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")?;
+            let mut page = String::new();
+            stream.read_to_string(&mut page)?;
+            Ok(page)
+        };
+        let page = fetch().map_err(|e| format!("{}: /metrics: {e}", self.name))?;
+        let value = |prefix: &str| {
+            page.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+                .map(|count| count as u64)
+                .ok_or_else(|| format!("{}: no {prefix:?} in /metrics", self.name))
+        };
+        let events = value("keyward_feed_lag_seconds_count ")?;
+        let within = |bound: &str| {
+            value(&format!(
+                "keyward_feed_lag_seconds_bucket{{le=\"{bound}\"}} "
+            ))
+        };
+        Ok((
+            events,
+            events.saturating_sub(within("0.75")?),
+            events.saturating_sub(within("1.0")?),
+        ))
     }
 
     fn running(&mut self) -> bool {
@@ -757,6 +796,7 @@ async fn soak(args: &Args, database_url: &str) -> Result<bool, String> {
     let middle = started + Duration::from_secs(args.duration) / 2;
     tokio::time::sleep_until((middle - blackhole / 2).into()).await;
     memory.push(("middle", replicas.iter().map(Replica::memory).collect()));
+    let lag_before = feed_lags(&replicas);
     for replica in &replicas {
         replica.proxy.blackhole();
     }
@@ -800,6 +840,7 @@ async fn soak(args: &Args, database_url: &str) -> Result<bool, String> {
         }
     }
     memory.push(("end", replicas.iter().map(Replica::memory).collect()));
+    let lag_after = feed_lags(&replicas);
     let alive: Vec<bool> = replicas.iter_mut().map(Replica::running).collect();
     for replica in &mut replicas {
         replica.stop().await;
@@ -816,6 +857,17 @@ async fn soak(args: &Args, database_url: &str) -> Result<bool, String> {
         &replicas,
         judged.len(),
     );
+    // The blackhole holds events back by design: a late event is only
+    // suspect before it.
+    for (when, lags) in [
+        ("before the blackhole", &lag_before),
+        ("the whole run, the blackhole's included", &lag_after),
+    ] {
+        println!("change-feed lag per replica, {when}:");
+        for lag in lags {
+            println!("  {lag}");
+        }
+    }
     let all_alive = alive.iter().all(|&a| a);
     if !all_alive {
         println!(
@@ -894,6 +946,28 @@ fn report(
             .collect();
         println!("  {}: {}", replica.name, figures.join(", "));
     }
+}
+
+/// Each replica's [`Replica::feed_lag`], described.
+fn feed_lags(replicas: &[Replica]) -> Vec<String> {
+    replicas
+        .iter()
+        .map(|replica| match replica.feed_lag() {
+            Ok((events, late, past_bound)) => format!(
+                "{}: {events} events applied, {late} of them more than 0.75 s after their commit, \
+                 {past_bound} more than 1 s",
+                replica.name
+            ),
+            Err(error) => format!("{}: unknown ({error})", replica.name),
+        })
+        .collect()
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 fn log_file(args: &Args, name: &str) -> Result<std::fs::File, String> {
