@@ -615,6 +615,40 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_an_address_and_a_port() {
+        let parsed = |value: &str| {
+            serve(&["--metrics-listen", value]).map(|settings| settings.metrics_listen)
+        };
+        for (value, expected) in [
+            ("127.0.0.1:9091", "127.0.0.1:9091"),
+            ("[::1]:9091", "[::1]:9091"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+        ] {
+            assert_eq!(
+                parsed(value).expect("accepted"),
+                Some(expected.parse().expect("an address")),
+                "{value}"
+            );
+        }
+        // A name is not resolved, and a bare address or port is not enough.
+        for bad in [
+            "",
+            "9091",
+            "127.0.0.1",
+            "localhost:9091",
+            "127.0.0.1:70000",
+            "::1:9091",
+        ] {
+            let error = parsed(bad).expect_err("refused");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn capacities_must_be_at_least_one() {
         for flag in ["--cache-capacity", "--negative-cache-capacity"] {
             let error = Cli::try_parse_from(["keyward", "serve", flag, "0"])
