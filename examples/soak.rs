@@ -796,7 +796,7 @@ async fn soak(args: &Args, database_url: &str) -> Result<bool, String> {
     let middle = started + Duration::from_secs(args.duration) / 2;
     tokio::time::sleep_until((middle - blackhole / 2).into()).await;
     memory.push(("middle", replicas.iter().map(Replica::memory).collect()));
-    let lag_before = feed_lags(&replicas);
+    let lag_before = tokio::task::block_in_place(|| feed_lags(&replicas));
     for replica in &replicas {
         replica.proxy.blackhole();
     }
@@ -840,7 +840,7 @@ async fn soak(args: &Args, database_url: &str) -> Result<bool, String> {
         }
     }
     memory.push(("end", replicas.iter().map(Replica::memory).collect()));
-    let lag_after = feed_lags(&replicas);
+    let lag_after = tokio::task::block_in_place(|| feed_lags(&replicas));
     let alive: Vec<bool> = replicas.iter_mut().map(Replica::running).collect();
     for replica in &mut replicas {
         replica.stop().await;

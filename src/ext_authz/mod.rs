@@ -49,7 +49,7 @@ use keyward_core::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use self::wire::{Allowed, CheckCall, CheckCodec, CheckReply, Extension, Header};
+use self::wire::{Allowed, CheckCall, CheckReply, Extension, Header};
 use crate::metrics::ValidationPath;
 use crate::unary::{UnaryMethod, UnaryServer};
 use crate::validation::{ClientInfo, KeyValidator, Limited};
@@ -114,7 +114,7 @@ impl ExtAuthz {
 
 /// The credentials a request carries, read as the auth layer reads them
 /// (Envoy lowercases header names).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Credentials<'r> {
     authorization: Option<&'r str>,
     api_key: Option<&'r str>,
@@ -267,7 +267,8 @@ pub type AuthorizationServer = UnaryServer<ExtAuthz>;
 impl UnaryMethod for ExtAuthz {
     const SERVICE: &'static str = "envoy.service.auth.v3.Authorization";
     const ROUTE: &'static str = "/envoy.service.auth.v3.Authorization/Check";
-    type Codec = CheckCodec;
+    type Call = CheckCall;
+    type Reply = CheckReply;
 
     async fn call(self, request: Request<CheckCall>) -> Result<Response<CheckReply>, Status> {
         self.check(&request.into_inner()).await.map(Response::new)

@@ -1,6 +1,6 @@
-//! `Check`'s messages on the wire, read and written by a codec of its own
-//! ([`CheckCodec`]) instead of prost's generated structs, as `ValidateKey`'s
-//! are (`validation_api::wire`).
+//! `Check`'s messages on the wire, read and written through
+//! [`WireCodec`](crate::unary::WireCodec) instead of prost's generated
+//! structs, as `ValidateKey`'s are (`validation_api::wire`).
 //!
 //! - [`CheckCall`] keeps the request's bytes as tonic received them and
 //!   where the few fields keyward reads are in them: the client's address
@@ -26,7 +26,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
 use chrono::SecondsFormat;
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HeaderValueOption};
 use prost::Message;
@@ -35,11 +35,10 @@ use prost::encoding::{
     message, skip_field,
 };
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::{ENVIRONMENT, KEY_ID, METADATA_NAMESPACE, ORGANIZATION_ID, SCOPES, WORKSPACE_ID};
 use crate::cache::CachedKey;
-use crate::validation_api::wire::length_delimited;
+use crate::unary::{WireCall, WireReply, length_delimited, put_delimited_head, put_string};
 
 /// The client headers keyward reads (Envoy sends header names lowercased).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +164,23 @@ fn nested(name: &str, wire_type: WireType) -> Result<(), String> {
     }
 }
 
+/// Calls `each` with the bytes of every `tag` field of `message`: a message
+/// or string keyward reads, `name` in errors.
+fn each_of<'a>(
+    message: &'a [u8],
+    tag: u32,
+    name: &str,
+    mut each: impl FnMut(&'a [u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    fields(message, |field, wire_type, bytes| {
+        if field != tag {
+            return Ok(());
+        }
+        nested(name, wire_type)?;
+        each(bytes)
+    })
+}
+
 /// The key and value of a `map<string, string>` entry (each empty when
 /// absent, as prost reads it).
 fn map_entry<'a>(entry: &'a [u8], map: &str) -> Result<(&'a [u8], &'a [u8]), String> {
@@ -188,20 +204,16 @@ fn map_entry<'a>(entry: &'a [u8], map: &str) -> Result<(&'a [u8], &'a [u8]), Str
     Ok((key, value))
 }
 
-impl CheckCall {
+impl WireCall for CheckCall {
     /// Reads `message`, a whole serialized `CheckRequest`.
-    pub fn decode(message: Bytes) -> Result<Self, String> {
+    fn decode(message: Bytes) -> Result<Self, String> {
         let mut call = Self::default();
         let base = message.as_ptr() as usize;
         let span = |bytes: &[u8]| {
             let start = bytes.as_ptr() as usize - base;
             start..start + bytes.len()
         };
-        fields(&message, |tag, wire_type, attributes| {
-            if tag != field::ATTRIBUTES {
-                return Ok(());
-            }
-            nested("attributes", wire_type)?;
+        each_of(&message, field::ATTRIBUTES, "attributes", |attributes| {
             fields(attributes, |tag, wire_type, bytes| match tag {
                 field::SOURCE => {
                     nested("attributes.source", wire_type)?;
@@ -228,47 +240,52 @@ impl CheckCall {
         call.message = message;
         Ok(call)
     }
+}
 
-    /// `Peer`: its `address`, an `Address` whose oneof, when it is a
-    /// `socket_address`, holds the client's address.
+impl CheckCall {
+    /// `Peer`: its `address`.
     fn read_source(
         &mut self,
         peer: &[u8],
         span: &impl Fn(&[u8]) -> Range<usize>,
     ) -> Result<(), String> {
-        fields(peer, |tag, wire_type, address| {
-            if tag != field::PEER_ADDRESS {
-                return Ok(());
-            }
-            nested("attributes.source.address", wire_type)?;
-            fields(address, |tag, wire_type, bytes| {
-                match tag {
-                    field::SOCKET_ADDRESS => {
-                        nested("attributes.source.address.socket_address", wire_type)?;
-                        // A oneof set again merges into what it held; set
-                        // anew, it starts empty.
-                        let mut address = self.source_address.take().unwrap_or(0..0);
-                        fields(bytes, |tag, wire_type, bytes| {
-                            if tag == field::ADDRESS {
-                                nested(
-                                    "attributes.source.address.socket_address.address",
-                                    wire_type,
-                                )?;
-                                address = span(bytes);
-                            }
-                            Ok(())
-                        })?;
-                        self.source_address = Some(address);
-                    }
-                    // Another kind of address replaces the socket address.
-                    field::PIPE | field::ENVOY_INTERNAL_ADDRESS => {
-                        nested("attributes.source.address", wire_type)?;
-                        self.source_address = None;
-                    }
-                    _ => {}
+        each_of(
+            peer,
+            field::PEER_ADDRESS,
+            "attributes.source.address",
+            |address| self.read_address(address, span),
+        )
+    }
+
+    /// `Address`, a oneof: a `socket_address` holds the client's address;
+    /// another kind of address replaces it.
+    fn read_address(
+        &mut self,
+        address: &[u8],
+        span: &impl Fn(&[u8]) -> Range<usize>,
+    ) -> Result<(), String> {
+        const SOCKET: &str = "attributes.source.address.socket_address";
+        fields(address, |tag, wire_type, bytes| {
+            match tag {
+                field::SOCKET_ADDRESS => {
+                    nested(SOCKET, wire_type)?;
+                    // A oneof set again merges into what it held; set anew,
+                    // it starts empty.
+                    let mut held = self.source_address.take().unwrap_or(0..0);
+                    let address = "attributes.source.address.socket_address.address";
+                    each_of(bytes, field::ADDRESS, address, |text| {
+                        held = span(text);
+                        Ok(())
+                    })?;
+                    self.source_address = Some(held);
                 }
-                Ok(())
-            })
+                field::PIPE | field::ENVOY_INTERNAL_ADDRESS => {
+                    nested("attributes.source.address", wire_type)?;
+                    self.source_address = None;
+                }
+                _ => {}
+            }
+            Ok(())
         })
     }
 
@@ -278,17 +295,10 @@ impl CheckCall {
         request: &[u8],
         span: &impl Fn(&[u8]) -> Range<usize>,
     ) -> Result<(), String> {
-        fields(request, |tag, wire_type, http| {
-            if tag != field::HTTP {
-                return Ok(());
-            }
-            nested("attributes.request.http", wire_type)?;
-            fields(http, |tag, wire_type, entry| {
-                if tag != field::HEADERS {
-                    return Ok(());
-                }
-                nested("attributes.request.http.headers", wire_type)?;
-                let (name, value) = map_entry(entry, "attributes.request.http.headers")?;
+        const HEADERS: &str = "attributes.request.http.headers";
+        each_of(request, field::HTTP, "attributes.request.http", |http| {
+            each_of(http, field::HEADERS, HEADERS, |entry| {
+                let (name, value) = map_entry(entry, HEADERS)?;
                 if let Some(i) = Header::ALL.iter().position(|h| h.name().as_bytes() == name) {
                     self.headers[i] = Some(span(value));
                 }
@@ -401,18 +411,6 @@ fn string_len(tag: u32, value: &str) -> usize {
         0
     } else {
         delimited_len(tag, value.len())
-    }
-}
-
-fn put_delimited_head(tag: u32, len: usize, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
-}
-
-fn put_string(tag: u32, value: &str, buf: &mut impl BufMut) {
-    if !value.is_empty() {
-        put_delimited_head(tag, value.len(), buf);
-        buf.put_slice(value.as_bytes());
     }
 }
 
@@ -552,7 +550,7 @@ impl Allowed {
     }
 }
 
-impl CheckReply {
+impl WireReply for CheckReply {
     fn encode(&self, buf: &mut impl BufMut) {
         match self {
             Self::Allowed(allowed) => allowed.encode(buf),
@@ -561,54 +559,14 @@ impl CheckReply {
                 .expect("an encode buffer grows as needed"),
         }
     }
+}
 
+impl CheckReply {
     /// The answer as Envoy reads it (for tests: what Envoy receives).
     pub fn to_message(&self) -> CheckResponse {
         let mut bytes = bytes::BytesMut::new();
         self.encode(&mut bytes);
         CheckResponse::decode(bytes.freeze()).expect("a valid message")
-    }
-}
-
-/// The codec of `envoy.service.auth.v3.Authorization/Check`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CheckCodec;
-
-impl Codec for CheckCodec {
-    type Encode = CheckReply;
-    type Decode = CheckCall;
-    type Encoder = Self;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for CheckCodec {
-    type Item = CheckReply;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(buf);
-        Ok(())
-    }
-}
-
-impl Decoder for CheckCodec {
-    type Item = CheckCall;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        let message = buf.copy_to_bytes(buf.remaining());
-        // An unreadable message is INTERNAL, as tonic's prost codec answers.
-        CheckCall::decode(message)
-            .map(Some)
-            .map_err(Status::internal)
     }
 }
 

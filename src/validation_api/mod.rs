@@ -18,7 +18,7 @@ use keyward_core::{
 };
 use tonic::{Request, Response, Status};
 
-use self::wire::{ValidateKeyCall, ValidateKeyCodec, ValidateKeyReply};
+use self::wire::{ValidateKeyCall, ValidateKeyReply};
 use crate::error::Violations;
 use crate::metrics::ValidationPath;
 use crate::unary::{UnaryMethod, UnaryServer};
@@ -152,7 +152,8 @@ pub type KeyValidationServiceServer = UnaryServer<ValidationApi>;
 impl UnaryMethod for ValidationApi {
     const SERVICE: &'static str = "keyward.v1.KeyValidationService";
     const ROUTE: &'static str = "/keyward.v1.KeyValidationService/ValidateKey";
-    type Codec = ValidateKeyCodec;
+    type Call = ValidateKeyCall;
+    type Reply = ValidateKeyReply;
 
     async fn call(
         self,

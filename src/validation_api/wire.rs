@@ -1,6 +1,6 @@
-//! `ValidateKey`'s messages on the wire, read and written by a codec of its
-//! own ([`ValidateKeyCodec`]) instead of prost's generated structs: the hot
-//! path allocates nothing per call for either message.
+//! `ValidateKey`'s messages on the wire, read and written through
+//! [`WireCodec`](crate::unary::WireCodec) instead of prost's generated
+//! structs: the hot path allocates nothing per call for either message.
 //!
 //! - [`ValidateKeyCall`] keeps the request's bytes as tonic received them (a
 //!   reference-counted slice of its read buffer, not a copy) and where each
@@ -27,18 +27,15 @@ use std::ops::Range;
 use std::str::Utf8Error;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use keyward_core::ValidationCode;
 use prost::Message;
-use prost::encoding::{
-    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field,
-};
-use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 
 use crate::cache::CachedKey;
 use crate::convert;
 use crate::pb;
+use crate::unary::{WireCall, WireReply, length_delimited, put_string};
 use crate::validation::Validation;
 
 /// Field numbers of `keyward.v1.ValidateKeyRequest`.
@@ -63,9 +60,9 @@ pub struct ValidateKeyCall {
     cost: i64,
 }
 
-impl ValidateKeyCall {
+impl WireCall for ValidateKeyCall {
     /// Reads `message`, a whole serialized `ValidateKeyRequest`.
-    pub fn decode(message: Bytes) -> Result<Self, String> {
+    fn decode(message: Bytes) -> Result<Self, String> {
         let mut call = Self::default();
         let mut rest: &[u8] = &message;
         while !rest.is_empty() {
@@ -107,7 +104,9 @@ impl ValidateKeyCall {
         call.message = message;
         Ok(call)
     }
+}
 
+impl ValidateKeyCall {
     fn text(&self, span: &Range<usize>) -> Result<&str, Utf8Error> {
         std::str::from_utf8(&self.message[span.clone()])
     }
@@ -160,18 +159,6 @@ impl ValidateKeyCall {
     }
 }
 
-/// The length-delimited bytes at the front of `rest`, taken off it.
-pub(crate) fn length_delimited<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
-    let len = decode_varint(rest).map_err(|e| e.to_string())?;
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|&len| len <= rest.len())
-        .ok_or("buffer underflow")?;
-    let (bytes, after) = rest.split_at(len);
-    *rest = after;
-    Ok(bytes)
-}
-
 // It holds the raw key: never printed.
 impl fmt::Debug for ValidateKeyCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -220,6 +207,18 @@ mod reply {
     pub const WINDOW: u32 = 21;
 }
 
+impl WireReply for ValidateKeyReply {
+    /// Messages of a few hundred bytes: small buffers.
+    const BUFFER_SIZE: usize = 1024;
+
+    fn encode(&self, buf: &mut impl BufMut) {
+        self.encode_own(buf);
+        if let Some(key) = &self.validation.key {
+            buf.put_slice(description(key));
+        }
+    }
+}
+
 impl ValidateKeyReply {
     /// The answer to a call that `validation` decided, with the cache hint
     /// `cache_ttl`. The key is described only for VALID and
@@ -228,13 +227,6 @@ impl ValidateKeyReply {
         Self {
             validation,
             cache_ttl,
-        }
-    }
-
-    fn encode(&self, buf: &mut impl BufMut) {
-        self.encode_own(buf);
-        if let Some(key) = &self.validation.key {
-            buf.put_slice(description(key));
         }
     }
 
@@ -255,12 +247,7 @@ impl ValidateKeyReply {
             bool::encode(reply::METERED, &true, buf);
         }
         if let Some(limited) = &validation.throttle {
-            let name = limited.name();
-            if !name.is_empty() {
-                encode_key(reply::LIMIT_NAME, WireType::LengthDelimited, buf);
-                encode_varint(name.len() as u64, buf);
-                buf.put_slice(name.as_bytes());
-            }
+            put_string(reply::LIMIT_NAME, limited.name(), buf);
             for (tag, value) in [
                 (reply::LIMIT, limited.state.limit),
                 (reply::REMAINING, limited.state.remaining),
@@ -302,62 +289,6 @@ pub fn description(key: &CachedKey) -> &Bytes {
             .expect("the buffer holds the message");
         bytes.freeze()
     })
-}
-
-/// The codec of `keyward.v1.KeyValidationService/ValidateKey`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ValidateKeyCodec;
-
-/// Messages of a few hundred bytes: small buffers (tonic's default is 8 KiB
-/// per call).
-const BUFFER_SIZE: usize = 1024;
-/// tonic's default.
-const YIELD_THRESHOLD: usize = 32 * 1024;
-
-impl Codec for ValidateKeyCodec {
-    type Encode = ValidateKeyReply;
-    type Decode = ValidateKeyCall;
-    type Encoder = Self;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for ValidateKeyCodec {
-    type Item = ValidateKeyReply;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(buf);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
-    }
-}
-
-impl Decoder for ValidateKeyCodec {
-    type Item = ValidateKeyCall;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        let message = buf.copy_to_bytes(buf.remaining());
-        // An unreadable message is INTERNAL, as tonic's prost codec answers.
-        ValidateKeyCall::decode(message)
-            .map(Some)
-            .map_err(Status::internal)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use fuzz_runner::fuzz;
 use keyward::admin::AdminApi;
 use keyward::pb;
 use keyward::pb::key_admin_service_server::KeyAdminService;
+use keyward::unary::WireCall;
 use keyward::validation::{AdminValidator, KeyValidator};
 use keyward::validation_api::ValidationApi;
 use keyward::validation_api::wire::ValidateKeyCall;
