@@ -30,6 +30,7 @@ use crate::pb;
 use crate::pb::key_admin_service_server::KeyAdminServiceServer;
 use crate::request_id::RequestIdLayer;
 use crate::tls::{ServerTls, TlsError, TlsFiles};
+use crate::unary::UnaryRouteLayer;
 use crate::validation::{AdminValidator, KeyValidator, follow_changes};
 use crate::validation_api::{KeyValidationServiceServer, ValidationApi};
 
@@ -331,6 +332,14 @@ impl Application {
             }
             None => ServerIncoming::plaintext(incoming),
         };
+        let validation =
+            KeyValidationServiceServer::new(ValidationApi::new(Arc::clone(&validator)))
+                .max_decoding_message_size(limits.max_validation_message_size)
+                .max_encoding_message_size(MAX_VALIDATION_RESPONSE);
+        let authorization =
+            AuthorizationServer::new(ExtAuthz::new(Arc::clone(&validator), &self.trusted_proxies))
+                .max_decoding_message_size(limits.max_check_message_size)
+                .max_encoding_message_size(MAX_VALIDATION_RESPONSE);
         // Bounded by construction (SPEC §11): each layer caps a request's
         // size, time or the number in flight and fails fast with a status.
         let serve = Server::builder()
@@ -345,6 +354,9 @@ impl Application {
             .layer(RequestIdLayer)
             .layer(self.admin_metrics)
             .layer(auth)
+            // Innermost: the hot methods' calls skip the router.
+            .layer(UnaryRouteLayer::new(validation.clone()))
+            .layer(UnaryRouteLayer::new(authorization.clone()))
             .add_service(
                 KeyAdminServiceServer::new(AdminApi::new(
                     self.store.clone(),
@@ -354,19 +366,8 @@ impl Application {
                 .max_decoding_message_size(limits.max_admin_message_size)
                 .max_encoding_message_size(MAX_ADMIN_RESPONSE),
             )
-            .add_service(
-                KeyValidationServiceServer::new(ValidationApi::new(Arc::clone(&validator)))
-                    .max_decoding_message_size(limits.max_validation_message_size)
-                    .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
-            )
-            .add_service(
-                AuthorizationServer::new(ExtAuthz::new(
-                    Arc::clone(&validator),
-                    &self.trusted_proxies,
-                ))
-                .max_decoding_message_size(limits.max_check_message_size)
-                .max_encoding_message_size(MAX_VALIDATION_RESPONSE),
-            )
+            .add_service(validation.clone())
+            .add_service(authorization.clone())
             .add_service(health_service.max_decoding_message_size(small))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,8 +1,8 @@
-//! `Check`'s messages on the wire, read and written through
-//! [`WireCodec`](crate::unary::WireCodec) instead of prost's generated
+//! `Check`'s messages on the wire, read and written by
+//! [`UnaryServer`](crate::unary::UnaryServer) instead of prost's generated
 //! structs, as `ValidateKey`'s are (`validation_api::wire`).
 //!
-//! - [`CheckCall`] keeps the request's bytes as tonic received them and
+//! - [`CheckCall`] keeps the request's bytes as received and
 //!   where the few fields keyward reads are in them: the client's address
 //!   (`attributes.source.address.socket_address.address`), five of the
 //!   client's headers (`attributes.request.http.headers`) and the route's

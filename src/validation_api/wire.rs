@@ -1,9 +1,9 @@
-//! `ValidateKey`'s messages on the wire, read and written through
-//! [`WireCodec`](crate::unary::WireCodec) instead of prost's generated
+//! `ValidateKey`'s messages on the wire, read and written by
+//! [`UnaryServer`](crate::unary::UnaryServer) instead of prost's generated
 //! structs: the hot path allocates nothing per call for either message.
 //!
-//! - [`ValidateKeyCall`] keeps the request's bytes as tonic received them (a
-//!   reference-counted slice of its read buffer, not a copy) and where each
+//! - [`ValidateKeyCall`] keeps the request's bytes as received (a
+//!   reference-counted slice of the connection's read buffer, not a copy) and where each
 //!   field is in them; its strings are borrowed from there. The message's
 //!   structure is checked when it is decoded, by the rules prost applies: the
 //!   last value of a singular field wins, unknown fields are skipped, a known
@@ -208,9 +208,6 @@ mod reply {
 }
 
 impl WireReply for ValidateKeyReply {
-    /// Messages of a few hundred bytes: small buffers.
-    const BUFFER_SIZE: usize = 1024;
-
     fn encode(&self, buf: &mut impl BufMut) {
         self.encode_own(buf);
         if let Some(key) = &self.validation.key {
