@@ -10,7 +10,7 @@
 //! into it), compression negotiation, an encoder body that buffers and
 //! frames each message of a stream. A unary call needs none of it. Here the
 //! request's one message is taken from the body's DATA frames as received
-//! (no copy when one frame holds it, as it does from every client seen),
+//! (no copy when one frame holds it, as one holds a small request),
 //! read in place by the method's [`WireCall`], and the answer is written by
 //! its [`WireReply`] into one buffer behind the gRPC frame header, sent as
 //! one DATA frame and the `grpc-status: 0` trailers. The protocol's rules
