@@ -235,18 +235,20 @@ bench_create_key() {
   [[ "$KEY" == sk_live_* ]] || die "CreateKey returned no standard key"
 }
 
-# bench_start_null_services [LAUNCHER]: the null handler (benches/null-service)
-# protected by keyward (at KEYWARD_PORT) and the same without the layer, as
-# servers null-protected and null-unprotected on free ports PROTECTED_PORT
-# and UNPROTECTED_PORT, each started by LAUNCHER NAME COMMAND... (default
-# bench_start); waiting for them is the caller's. The protected one requires
-# orders:read (bench_create_key's keys hold it) of live keys.
+# bench_start_null_services [LAUNCHER [ARGS...]]: the null handler
+# (benches/null-service) protected by keyward (at KEYWARD_PORT), with ARGS
+# added, and the same without the layer, as servers null-protected and
+# null-unprotected on free ports PROTECTED_PORT and UNPROTECTED_PORT, each
+# started by LAUNCHER NAME COMMAND... (default bench_start); waiting for
+# them is the caller's. The protected one requires orders:read
+# (bench_create_key's keys hold it) of live keys.
 bench_start_null_services() {
   local launch="${1:-bench_start}"
+  shift || true
   PROTECTED_PORT="$(free_port)"
   UNPROTECTED_PORT="$(free_port)"
   "$launch" null-protected "$NULL_SERVICE" --keyward-url "http://127.0.0.1:$KEYWARD_PORT" \
-    --listen "127.0.0.1:$PROTECTED_PORT"
+    --listen "127.0.0.1:$PROTECTED_PORT" "$@"
   "$launch" null-unprotected "$NULL_SERVICE" --no-auth --listen "127.0.0.1:$UNPROTECTED_PORT"
 }
 
