@@ -366,8 +366,8 @@ impl Application {
                 .max_decoding_message_size(limits.max_admin_message_size)
                 .max_encoding_message_size(MAX_ADMIN_RESPONSE),
             )
-            .add_service(validation.clone())
-            .add_service(authorization.clone())
+            .add_service(validation)
+            .add_service(authorization)
             .add_service(health_service.max_decoding_message_size(small))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

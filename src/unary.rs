@@ -212,7 +212,7 @@ where
     B::Error: Into<StdError>,
 {
     let mut body = pin!(body);
-    let mut received = Received::Nothing;
+    let mut received = Received::One(Bytes::new());
     let mut expected: Option<usize> = None;
     while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         let frame = frame.map_err(|error| Status::from_error(error.into()))?;
@@ -225,11 +225,12 @@ where
             continue;
         }
         received.push(data);
-        if expected.is_none() && received.len() >= FRAME_HEADER {
-            expected = Some(FRAME_HEADER + message_length(received.header(), limit)?);
+        let bytes = received.as_slice();
+        if expected.is_none() && bytes.len() >= FRAME_HEADER {
+            expected = Some(FRAME_HEADER + message_length(&bytes[..FRAME_HEADER], limit)?);
         }
         if let Some(expected) = expected
-            && received.len() > expected
+            && bytes.len() > expected
         {
             return Err(Status::internal(
                 "protocol error: a unary call carried more than one request message",
@@ -237,8 +238,8 @@ where
         }
     }
     match expected {
-        None if received.len() == 0 => Err(Status::internal("Missing request message.")),
-        Some(expected) if received.len() == expected => {
+        None if received.as_slice().is_empty() => Err(Status::internal("Missing request message.")),
+        Some(expected) if received.as_slice().len() == expected => {
             let mut whole = received.into_bytes();
             whole.advance(FRAME_HEADER);
             Ok(whole)
@@ -247,8 +248,8 @@ where
     }
 }
 
-/// The message length a frame header announces, under `limit`.
-fn message_length(header: [u8; FRAME_HEADER], limit: usize) -> Result<usize, Status> {
+/// The message length a frame header (five bytes) announces, under `limit`.
+fn message_length(header: &[u8], limit: usize) -> Result<usize, Status> {
     match header[0] {
         0 => {}
         1 => {
@@ -274,51 +275,33 @@ fn message_length(header: [u8; FRAME_HEADER], limit: usize) -> Result<usize, Sta
 /// The request body's bytes so far: the first DATA frame kept as received,
 /// copied together only when the message spans several.
 enum Received {
-    Nothing,
     One(Bytes),
     Several(BytesMut),
 }
 
 impl Received {
     fn push(&mut self, data: Bytes) {
-        *self = match std::mem::replace(self, Self::Nothing) {
-            Self::Nothing => Self::One(data),
+        match self {
+            Self::One(first) if first.is_empty() => *first = data,
             Self::One(first) => {
                 let mut joined = BytesMut::with_capacity(first.len() + data.len());
-                joined.extend_from_slice(&first);
+                joined.extend_from_slice(first);
                 joined.extend_from_slice(&data);
-                Self::Several(joined)
+                *self = Self::Several(joined);
             }
-            Self::Several(mut joined) => {
-                joined.extend_from_slice(&data);
-                Self::Several(joined)
-            }
-        };
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::Nothing => 0,
-            Self::One(bytes) => bytes.len(),
-            Self::Several(bytes) => bytes.len(),
+            Self::Several(joined) => joined.extend_from_slice(&data),
         }
     }
 
-    /// The first five bytes (there are at least five).
-    fn header(&self) -> [u8; FRAME_HEADER] {
-        let bytes: &[u8] = match self {
-            Self::Nothing => &[],
+    fn as_slice(&self) -> &[u8] {
+        match self {
             Self::One(bytes) => bytes,
             Self::Several(bytes) => bytes,
-        };
-        bytes[..FRAME_HEADER]
-            .try_into()
-            .expect("five bytes received")
+        }
     }
 
     fn into_bytes(self) -> Bytes {
         match self {
-            Self::Nothing => Bytes::new(),
             Self::One(bytes) => bytes,
             Self::Several(bytes) => bytes.freeze(),
         }
